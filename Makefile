@@ -1,0 +1,41 @@
+# The README's commands. Each sets up .venv first (system site-packages visible, so a GPU user's CUDA torch is
+# reused; torch==2.13.0 (CPU) is installed only when no torch is importable), then runs.
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.lattice-installed
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
+
+.PHONY: test bench bench-quick gpu-check lint install clean
+
+$(VPY):
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+
+$(STAMP): $(SOURCES) | $(VPY)
+	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install torch==2.13.0
+	$(VPY) -m pip install --upgrade "setuptools>=64" wheel ninja
+	$(VPY) -m pip install --no-build-isolation -e ".[test,triton]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VPY) -m ruff check .
+
+test: $(STAMP)
+	$(VPY) -m ruff check .
+	$(VPY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(VPY) -m bench
+
+bench-quick: $(STAMP)
+	$(VPY) -m bench --quick
+
+# On a GPU machine: builds the CUDA extension (no network needed: --no-deps), runs the GPU tests and the
+# benchmarks, and writes a log, JSON and plots under $OUT (default bench/results/gpu-check).
+gpu-check:
+	bash tools/gpu_check.sh
+
+clean:
+	rm -rf build *.egg-info lattice_kernels/*.so $(STAMP)

@@ -1,0 +1,97 @@
+// Torch-free argument blocks shared by the CPU kernels (kernels_impl.h) and their binding (ops_cpu.cpp).
+//
+// A 4-D tensor (N, C, H, W) is seen as (N, C, P) with P = H*W and element strides (sn, sc, sp). Every operand of one
+// call shares the same unit-stride axis: "planar" (sp == 1, NCHW-like) or "interleaved" (sc == 1, channels_last-like).
+// Channel slices of a contiguous tensor keep that property, which is how butterfly writes p and q into the two halves
+// of one (N, 2C, H, W) buffer.
+#pragma once
+#include <cstdint>
+
+namespace lk {
+
+enum class DType : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
+
+struct View {
+  void* data = nullptr;
+  int64_t sn = 0, sc = 0, sp = 0;
+};
+
+struct Geometry {
+  int64_t N = 0, C = 0, P = 0;
+  bool interleaved = false;
+  // Planar: a work item is (row = n*C + c, chunk of `chunk` elements). Interleaved: (n, chunk of `chunk` pixels),
+  // all C channels at once. The chunking depends on the shape only, never on the thread count, so every partial
+  // result and every merge happens in the same order on every run.
+  int64_t chunk = 0;
+  int64_t nchunk = 0;
+  int64_t items() const { return (interleaved ? N : N * C) * nchunk; }
+  int64_t chunk_len(int64_t k) const {
+    int64_t rest = P - k * chunk;
+    return rest < chunk ? rest : chunk;
+  }
+};
+
+// Per (n, c, chunk) partial statistics, laid out [n][c][k] (planar) or [n][k][c] (interleaved): `mean` and `m2`
+// (sum of squared deviations) of the chunk, in double.
+struct Partials {
+  void* mean = nullptr;
+  void* m2 = nullptr;
+  int64_t index(const Geometry& g, int64_t n, int64_t c, int64_t k) const {
+    return g.interleaved ? (n * g.nchunk + k) * g.C + c : (n * g.C + c) * g.nchunk + k;
+  }
+};
+
+struct StatsArgs {
+  DType dtype;
+  Geometry g;
+  View x;
+  Partials part;
+};
+
+// p = a1*x1 + a2*x2 and q = b1*x1 + b2*x2; coefficients are (N, C) arrays in the accumulation type (ones where the
+// user passed none). With q_stats, the partial statistics of q (as stored, after rounding to the output dtype).
+struct ButterflyArgs {
+  DType dtype;
+  Geometry g;
+  View x1, x2, p, q;
+  const void* a1;
+  const void* a2;
+  const void* b1;
+  const void* b2;
+  bool q_stats;
+  Partials part;
+};
+
+// dq' = dq + gm_q/P + bs_q*(q - mean_q), with q recomputed from x1, x2 and bs_q = gs_q / ((P-1)*std_q) folded by the
+// binding (zero when q had no statistics), then dx1 = a1*dp + b1*dq', dx2 = a2*dp + b2*dq' and the per-(n, c, chunk)
+// partial sums of dp*x1, dp*x2, dq'*x1, dq'*x2 (the coefficient gradients), in `sums` laid out like Partials times 4.
+struct ButterflyBackwardArgs {
+  DType dtype;
+  Geometry g;
+  View dp, dq, x1, x2, dx1, dx2;
+  const void* a1;
+  const void* a2;
+  const void* b1;
+  const void* b2;
+  const void* gm_q;   // (N, C): grad of mean_q divided by P
+  const void* bs_q;   // (N, C)
+  const void* mean_q; // (N, C)
+  void* sums;         // double[4 * N * C * nchunk], see sums_index
+  int64_t sums_index(int64_t n, int64_t c, int64_t k, int which) const {
+    int64_t per = g.N * g.C * g.nchunk;
+    int64_t base = g.interleaved ? (n * g.nchunk + k) * g.C + c : (n * g.C + c) * g.nchunk + k;
+    return which * per + base;
+  }
+};
+
+// dx = a + b*(x - mean) per (n, c): a = gm/P, b = gs/((P-1)*std), folded by the binding.
+struct StatsBackwardArgs {
+  DType dtype;
+  Geometry g;
+  View x, dx;
+  const void* a;
+  const void* b;
+  const void* mean;
+};
+
+}  // namespace lk

@@ -1,0 +1,28 @@
+// Entry points of the torch-free CPU kernels, one set per instruction set (see kernels_impl.h).
+#pragma once
+#include "kernel_args.h"
+
+namespace lk {
+
+struct KernelSet {
+  const char* isa;
+  void (*stats_partials)(const StatsArgs&, int64_t, int64_t, void*);
+  void (*butterfly_forward)(const ButterflyArgs&, int64_t, int64_t, void*);
+  void (*butterfly_backward)(const ButterflyBackwardArgs&, int64_t, int64_t, void*);
+  void (*stats_backward)(const StatsBackwardArgs&, int64_t, int64_t);
+};
+
+#define LK_DECLARE_KERNELS(ns)                                                      \
+  namespace ns {                                                                    \
+  void stats_partials(const StatsArgs&, int64_t, int64_t, void*);                   \
+  void butterfly_forward(const ButterflyArgs&, int64_t, int64_t, void*);            \
+  void butterfly_backward(const ButterflyBackwardArgs&, int64_t, int64_t, void*);   \
+  void stats_backward(const StatsBackwardArgs&, int64_t, int64_t);                  \
+  }
+LK_DECLARE_KERNELS(isa_baseline)
+#if defined(LK_HAVE_AVX2)
+LK_DECLARE_KERNELS(isa_avx2)
+#endif
+#undef LK_DECLARE_KERNELS
+
+}  // namespace lk

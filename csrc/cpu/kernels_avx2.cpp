@@ -1,0 +1,15 @@
+// The CPU kernels compiled for AVX2 + FMA + F16C; selected at run time when the CPU has them. The standard headers
+// are included before the target pragma so that nothing they define is compiled for AVX2.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "kernel_args.h"
+#include "kernels.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#define LK_ISA_NS isa_avx2
+#include "kernels.h"
+#include "kernels_impl.h"
+#pragma GCC pop_options

@@ -1,0 +1,539 @@
+// Torch-free CPU kernels of the lattice_kernels ops. Included once per instruction set by kernels_<isa>.cpp inside
+// its own namespace (LK_ISA_NS), so the same source is compiled for the baseline x86-64/aarch64 target and for
+// AVX2+FMA+F16C, and the binding picks one at run time. Everything here is `static inline` or a template inside
+// that namespace: no symbol is shared between the per-ISA objects, and nothing here allocates (a std:: template
+// instantiated under another target could leak into the other objects); the interleaved layouts get a scratch of
+// 4*C accumulators from the binding.
+//
+// Inner loops use GCC vector types of 32 bytes (8 floats or 4 doubles; two SSE registers on the baseline target),
+// sums keep kAcc independent vector accumulators to hide the add latency, and every reduction has a fixed order:
+// the result never depends on the thread count.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "kernel_args.h"
+
+namespace lk {
+namespace LK_ISA_NS {
+
+typedef float vf __attribute__((vector_size(32)));
+typedef double vd __attribute__((vector_size(32)));
+typedef uint32_t vu __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
+typedef uint16_t vh __attribute__((vector_size(16)));
+
+constexpr int kAcc = 4;
+
+template <class V, class P> static inline V load_raw(const P* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <class V, class P> static inline void store_raw(P* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+template <class To, class From> static inline To bitcast(From f) {
+  static_assert(sizeof(To) == sizeof(From), "bitcast size");
+  To t;
+  std::memcpy(&t, &f, sizeof(To));
+  return t;
+}
+
+static inline uint32_t bits_of(float f) { return bitcast<uint32_t>(f); }
+static inline float float_of(uint32_t u) { return bitcast<float>(u); }
+
+// IEEE binary16 <-> binary32 without branches, scalar and 8-wide; round-to-nearest-even like c10::Half.
+static inline float half_to_float(uint16_t h) {
+  const uint32_t w = static_cast<uint32_t>(h) << 16;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t two_w = w + w;
+  const float normalized = float_of((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+  const float denormalized = float_of((two_w >> 17) | (126u << 23)) - 0.5f;
+  const uint32_t mag = two_w < (1u << 27) ? bits_of(denormalized) : bits_of(normalized);
+  return float_of(sign | mag);
+}
+static inline vf half_to_float(vh h) {
+  const vu w = __builtin_convertvector(h, vu) << 16;
+  const vu sign = w & 0x80000000u;
+  const vu two_w = w + w;
+  const vf normalized = bitcast<vf>((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+  const vf denormalized = bitcast<vf>((two_w >> 17) | (126u << 23)) - 0.5f;
+  const vu mag = two_w < (1u << 27) ? bitcast<vu>(denormalized) : bitcast<vu>(normalized);
+  return bitcast<vf>(sign | mag);
+}
+static inline uint16_t float_to_half(float f) {
+  float base = (std::fabs(f) * 0x1.0p+112f) * 0x1.0p-110f;
+  const uint32_t w = bits_of(f);
+  const uint32_t shl1_w = w + w;
+  const uint32_t sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  bias = bias < 0x71000000u ? 0x71000000u : bias;
+  base = float_of((bias >> 1) + 0x07800000u) + base;
+  const uint32_t b = bits_of(base);
+  const uint32_t nonsign = ((b >> 13) & 0x00007C00u) + (b & 0x00000FFFu);
+  return static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+static inline vh float_to_half(vf f) {
+  const vu w = bitcast<vu>(f);
+  vf base = (bitcast<vf>(w & 0x7FFFFFFFu) * 0x1.0p+112f) * 0x1.0p-110f;
+  const vu shl1_w = w + w;
+  const vu sign = w & 0x80000000u;
+  vu bias = shl1_w & 0xFF000000u;
+  bias = bias < 0x71000000u ? vu{} + 0x71000000u : bias;
+  base = bitcast<vf>((bias >> 1) + 0x07800000u) + base;
+  const vu b = bitcast<vu>(base);
+  const vu nonsign = ((b >> 13) & 0x00007C00u) + (b & 0x00000FFFu);
+  const vu r = (sign >> 16) | (shl1_w > 0xFF000000u ? vu{} + 0x7E00u : nonsign);
+  return __builtin_convertvector(r, vh);
+}
+static inline float bf16_to_float(uint16_t h) { return float_of(static_cast<uint32_t>(h) << 16); }
+static inline vf bf16_to_float(vh h) { return bitcast<vf>(__builtin_convertvector(h, vu) << 16); }
+static inline uint16_t float_to_bf16(float f) {
+  const uint32_t u = bits_of(f);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>(f != f ? 0x7FC0u : rounded);
+}
+static inline vh float_to_bf16(vf f) {
+  const vu u = bitcast<vu>(f);
+  const vu rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const vu r = f != f ? vu{} + 0x7FC0u : rounded;
+  return __builtin_convertvector(r, vh);
+}
+
+// Storage type S, accumulation type A and its vector V (W lanes); ld/st convert S <-> A (rounding once).
+template <DType D> struct Traits;
+template <> struct Traits<DType::F32> {
+  using S = float; using A = float; using V = vf;
+  static constexpr int W = 8;
+  static inline A ld(S v) { return v; }
+  static inline S st(A v) { return v; }
+  static inline V vld(const S* p) { return load_raw<V>(p); }
+  static inline void vst(S* p, V v) { store_raw(p, v); }
+};
+template <> struct Traits<DType::F64> {
+  using S = double; using A = double; using V = vd;
+  static constexpr int W = 4;
+  static inline A ld(S v) { return v; }
+  static inline S st(A v) { return v; }
+  static inline V vld(const S* p) { return load_raw<V>(p); }
+  static inline void vst(S* p, V v) { store_raw(p, v); }
+};
+template <> struct Traits<DType::F16> {
+  using S = uint16_t; using A = float; using V = vf;
+  static constexpr int W = 8;
+  static inline A ld(S v) { return half_to_float(v); }
+  static inline S st(A v) { return float_to_half(v); }
+  static inline V vld(const S* p) { return half_to_float(load_raw<vh>(p)); }
+  static inline void vst(S* p, V v) { store_raw(p, float_to_half(v)); }
+};
+template <> struct Traits<DType::BF16> {
+  using S = uint16_t; using A = float; using V = vf;
+  static constexpr int W = 8;
+  static inline A ld(S v) { return bf16_to_float(v); }
+  static inline S st(A v) { return float_to_bf16(v); }
+  static inline V vld(const S* p) { return bf16_to_float(load_raw<vh>(p)); }
+  static inline void vst(S* p, V v) { store_raw(p, float_to_bf16(v)); }
+};
+
+template <class V, class A> static inline V splat(A a) { return V{} + a; }
+
+// Sum of the lanes of one vector, pairwise in a fixed order.
+template <class A, class V, int W> static inline A hsum(V v) {
+  A t[W];
+  std::memcpy(t, &v, sizeof(V));
+  for (int w = W / 2; w >= 1; w /= 2)
+    for (int j = 0; j < w; ++j) t[j] = t[j] + t[j + w];
+  return t[0];
+}
+template <class Tr> static inline typename Tr::A reduce(const typename Tr::V* acc) {
+  typename Tr::V s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  return hsum<typename Tr::A, typename Tr::V, Tr::W>(s);
+}
+
+template <class Tr> static inline typename Tr::A span_sum(const typename Tr::S* __restrict__ x, int64_t L) {
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr int W = Tr::W;
+  V acc[kAcc] = {};
+  int64_t i = 0;
+  for (; i + kAcc * W <= L; i += kAcc * W)
+    for (int j = 0; j < kAcc; ++j) acc[j] += Tr::vld(x + i + j * W);
+  for (; i + W <= L; i += W) acc[0] += Tr::vld(x + i);
+  A tail = 0;
+  for (; i < L; ++i) tail += Tr::ld(x[i]);
+  return reduce<Tr>(acc) + tail;
+}
+
+// Mean and M2 of a contiguous span (L >= 1) that sits in L1: a first pass gives a trial mean m~, a second the
+// compensated sums of d = x - m~ (mean = m~ + sum(d)/L, M2 = sum(d^2) - sum(d)^2/L). Accurate when |mean| >> std,
+// unlike a raw sum of squares. The results are double so that the merge of the chunks keeps the digits of the mean
+// that m~ alone (rounded to float) would lose.
+template <class Tr>
+static inline void span_stats(const typename Tr::S* __restrict__ x, int64_t L, double& mean, double& m2) {
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr int W = Tr::W;
+  const A mt = span_sum<Tr>(x, L) / A(L);
+  const V vm = splat<V>(mt);
+  V s1[kAcc] = {}, s2[kAcc] = {};
+  int64_t i = 0;
+  for (; i + kAcc * W <= L; i += kAcc * W)
+    for (int j = 0; j < kAcc; ++j) {
+      const V d = Tr::vld(x + i + j * W) - vm;
+      s1[j] += d;
+      s2[j] += d * d;
+    }
+  for (; i + W <= L; i += W) {
+    const V d = Tr::vld(x + i) - vm;
+    s1[0] += d;
+    s2[0] += d * d;
+  }
+  A t1 = 0, t2 = 0;
+  for (; i < L; ++i) {
+    const A d = Tr::ld(x[i]) - mt;
+    t1 += d;
+    t2 += d * d;
+  }
+  const double S1 = double(reduce<Tr>(s1) + t1), S2 = double(reduce<Tr>(s2) + t2), inv = 1.0 / double(L);
+  mean = double(mt) + S1 * inv;
+  const double v = S2 - S1 * S1 * inv;
+  m2 = v > 0.0 ? v : 0.0;
+}
+
+// Per-channel loops of the interleaved layout: f(c, is_vector) over c = 0, W, 2W, ... then the scalar tail.
+template <int W, class FV, class FS> static inline void over_channels(int64_t C, FV fv, FS fs) {
+  int64_t c = 0;
+  for (; c + W <= C; c += W) fv(c);
+  for (; c < C; ++c) fs(c);
+}
+
+// The same statistics over L pixels of C interleaved channels (pixel stride sp), per channel into mean[C], m2[C].
+// scratch: 3*C accumulators, kept in L1 across the pixel loop.
+template <class Tr>
+static inline void pixels_stats(const typename Tr::S* __restrict__ x, int64_t sp, int64_t L, int64_t C,
+                                double* __restrict__ mean, double* __restrict__ m2,
+                                typename Tr::A* __restrict__ scratch) {
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr int W = Tr::W;
+  A* __restrict__ mt = scratch;
+  A* __restrict__ s1 = scratch + C;
+  A* __restrict__ s2 = scratch + 2 * C;
+  for (int64_t c = 0; c < 3 * C; ++c) scratch[c] = 0;
+  for (int64_t p = 0; p < L; ++p) {
+    const typename Tr::S* __restrict__ r = x + p * sp;
+    over_channels<W>(
+        C, [&](int64_t c) { store_raw(mt + c, load_raw<V>(mt + c) + Tr::vld(r + c)); },
+        [&](int64_t c) { mt[c] += Tr::ld(r[c]); });
+  }
+  for (int64_t c = 0; c < C; ++c) mt[c] = mt[c] / A(L);
+  for (int64_t p = 0; p < L; ++p) {
+    const typename Tr::S* __restrict__ r = x + p * sp;
+    over_channels<W>(
+        C,
+        [&](int64_t c) {
+          const V d = Tr::vld(r + c) - load_raw<V>(mt + c);
+          store_raw(s1 + c, load_raw<V>(s1 + c) + d);
+          store_raw(s2 + c, load_raw<V>(s2 + c) + d * d);
+        },
+        [&](int64_t c) {
+          const A d = Tr::ld(r[c]) - mt[c];
+          s1[c] += d;
+          s2[c] += d * d;
+        });
+  }
+  const double inv = 1.0 / double(L);
+  for (int64_t c = 0; c < C; ++c) {
+    const double S1 = s1[c], v = double(s2[c]) - S1 * S1 * inv;
+    m2[c] = v > 0.0 ? v : 0.0;
+    mean[c] = double(mt[c]) + S1 * inv;
+  }
+}
+
+template <class S> static inline S* at(const View& v, int64_t n, int64_t c, int64_t p) {
+  return static_cast<S*>(v.data) + n * v.sn + c * v.sc + p * v.sp;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// channel_stats: partial (mean, M2) per work item; the binding merges them in chunk order.
+
+template <DType D> static void stats_partials_t(const StatsArgs& a, int64_t begin, int64_t end, void* scratch) {
+  using Tr = Traits<D>;
+  using S = typename Tr::S;
+  using A = typename Tr::A;
+  const Geometry& g = a.g;
+  double* pm = static_cast<double*>(a.part.mean);
+  double* pv = static_cast<double*>(a.part.m2);
+  for (int64_t it = begin; it < end; ++it) {
+    if (!g.interleaved) {
+      const int64_t row = it / g.nchunk, k = it % g.nchunk, n = row / g.C, c = row % g.C;
+      const int64_t idx = a.part.index(g, n, c, k);
+      span_stats<Tr>(at<const S>(a.x, n, c, k * g.chunk), g.chunk_len(k), pm[idx], pv[idx]);
+    } else {
+      const int64_t n = it / g.nchunk, k = it % g.nchunk;
+      const int64_t idx = a.part.index(g, n, 0, k);
+      pixels_stats<Tr>(at<const S>(a.x, n, 0, k * g.chunk), a.x.sp, g.chunk_len(k), g.C, pm + idx, pv + idx,
+                       static_cast<A*>(scratch));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// butterfly forward, with the statistics of q computed from the freshly written (cache-resident) q chunk.
+
+template <DType D>
+static void butterfly_forward_t(const ButterflyArgs& a, int64_t begin, int64_t end, void* scratch) {
+  using Tr = Traits<D>;
+  using S = typename Tr::S;
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr int W = Tr::W;
+  const Geometry& g = a.g;
+  const A* A1 = static_cast<const A*>(a.a1);
+  const A* A2 = static_cast<const A*>(a.a2);
+  const A* B1 = static_cast<const A*>(a.b1);
+  const A* B2 = static_cast<const A*>(a.b2);
+  double* pm = static_cast<double*>(a.part.mean);
+  double* pv = static_cast<double*>(a.part.m2);
+  for (int64_t it = begin; it < end; ++it) {
+    if (!g.interleaved) {
+      const int64_t row = it / g.nchunk, k = it % g.nchunk, n = row / g.C, c = row % g.C, off = k * g.chunk;
+      const int64_t L = g.chunk_len(k);
+      const A a1 = A1[row], a2 = A2[row], b1 = B1[row], b2 = B2[row];
+      const V va1 = splat<V>(a1), va2 = splat<V>(a2), vb1 = splat<V>(b1), vb2 = splat<V>(b2);
+      const S* __restrict__ x1 = at<const S>(a.x1, n, c, off);
+      const S* __restrict__ x2 = at<const S>(a.x2, n, c, off);
+      S* __restrict__ p = at<S>(a.p, n, c, off);
+      S* __restrict__ q = at<S>(a.q, n, c, off);
+      int64_t i = 0;
+      for (; i + W <= L; i += W) {
+        const V v1 = Tr::vld(x1 + i), v2 = Tr::vld(x2 + i);
+        Tr::vst(p + i, va1 * v1 + va2 * v2);
+        Tr::vst(q + i, vb1 * v1 + vb2 * v2);
+      }
+      for (; i < L; ++i) {
+        const A v1 = Tr::ld(x1[i]), v2 = Tr::ld(x2[i]);
+        p[i] = Tr::st(a1 * v1 + a2 * v2);
+        q[i] = Tr::st(b1 * v1 + b2 * v2);
+      }
+      if (a.q_stats) {
+        const int64_t idx = a.part.index(g, n, c, k);
+        span_stats<Tr>(q, L, pm[idx], pv[idx]);
+      }
+    } else {
+      const int64_t n = it / g.nchunk, k = it % g.nchunk, off = k * g.chunk, C = g.C;
+      const int64_t L = g.chunk_len(k);
+      const A* __restrict__ a1 = A1 + n * C;
+      const A* __restrict__ a2 = A2 + n * C;
+      const A* __restrict__ b1 = B1 + n * C;
+      const A* __restrict__ b2 = B2 + n * C;
+      for (int64_t px = 0; px < L; ++px) {
+        const S* __restrict__ x1 = at<const S>(a.x1, n, 0, off + px);
+        const S* __restrict__ x2 = at<const S>(a.x2, n, 0, off + px);
+        S* __restrict__ p = at<S>(a.p, n, 0, off + px);
+        S* __restrict__ q = at<S>(a.q, n, 0, off + px);
+        over_channels<W>(
+            C,
+            [&](int64_t c) {
+              const V v1 = Tr::vld(x1 + c), v2 = Tr::vld(x2 + c);
+              Tr::vst(p + c, load_raw<V>(a1 + c) * v1 + load_raw<V>(a2 + c) * v2);
+              Tr::vst(q + c, load_raw<V>(b1 + c) * v1 + load_raw<V>(b2 + c) * v2);
+            },
+            [&](int64_t c) {
+              const A v1 = Tr::ld(x1[c]), v2 = Tr::ld(x2[c]);
+              p[c] = Tr::st(a1[c] * v1 + a2[c] * v2);
+              q[c] = Tr::st(b1[c] * v1 + b2[c] * v2);
+            });
+      }
+      if (a.q_stats) {
+        const int64_t idx = a.part.index(g, n, 0, k);
+        pixels_stats<Tr>(at<const S>(a.q, n, 0, off), a.q.sp, L, C, pm + idx, pv + idx, static_cast<A*>(scratch));
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// butterfly backward: one pass over dp, dq, x1, x2 gives dx1, dx2 and the partial sums of the coefficient grads.
+
+template <DType D>
+static void butterfly_backward_t(const ButterflyBackwardArgs& a, int64_t begin, int64_t end, void* scratch) {
+  using Tr = Traits<D>;
+  using S = typename Tr::S;
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr int W = Tr::W;
+  const Geometry& g = a.g;
+  const A* A1 = static_cast<const A*>(a.a1);
+  const A* A2 = static_cast<const A*>(a.a2);
+  const A* B1 = static_cast<const A*>(a.b1);
+  const A* B2 = static_cast<const A*>(a.b2);
+  const A* GM = static_cast<const A*>(a.gm_q);
+  const A* BS = static_cast<const A*>(a.bs_q);
+  const A* MQ = static_cast<const A*>(a.mean_q);
+  double* sums = static_cast<double*>(a.sums);
+  for (int64_t it = begin; it < end; ++it) {
+    if (!g.interleaved) {
+      const int64_t row = it / g.nchunk, k = it % g.nchunk, n = row / g.C, c = row % g.C, off = k * g.chunk;
+      const int64_t L = g.chunk_len(k);
+      const A a1 = A1[row], a2 = A2[row], b1 = B1[row], b2 = B2[row], gm = GM[row], bs = BS[row], mq = MQ[row];
+      const V va1 = splat<V>(a1), va2 = splat<V>(a2), vb1 = splat<V>(b1), vb2 = splat<V>(b2);
+      const V vgm = splat<V>(gm), vbs = splat<V>(bs), vmq = splat<V>(mq);
+      const S* __restrict__ dp = at<const S>(a.dp, n, c, off);
+      const S* __restrict__ dq = at<const S>(a.dq, n, c, off);
+      const S* __restrict__ x1 = at<const S>(a.x1, n, c, off);
+      const S* __restrict__ x2 = at<const S>(a.x2, n, c, off);
+      S* __restrict__ dx1 = at<S>(a.dx1, n, c, off);
+      S* __restrict__ dx2 = at<S>(a.dx2, n, c, off);
+      V r0 = {}, r1 = {}, r2 = {}, r3 = {};
+      int64_t i = 0;
+      for (; i + W <= L; i += W) {
+        const V gp = Tr::vld(dp + i), v1 = Tr::vld(x1 + i), v2 = Tr::vld(x2 + i);
+        const V gq = Tr::vld(dq + i) + vgm + vbs * ((vb1 * v1 + vb2 * v2) - vmq);
+        Tr::vst(dx1 + i, va1 * gp + vb1 * gq);
+        Tr::vst(dx2 + i, va2 * gp + vb2 * gq);
+        r0 += gp * v1;
+        r1 += gp * v2;
+        r2 += gq * v1;
+        r3 += gq * v2;
+      }
+      A t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+      for (; i < L; ++i) {
+        const A gp = Tr::ld(dp[i]), v1 = Tr::ld(x1[i]), v2 = Tr::ld(x2[i]);
+        const A gq = Tr::ld(dq[i]) + gm + bs * ((b1 * v1 + b2 * v2) - mq);
+        dx1[i] = Tr::st(a1 * gp + b1 * gq);
+        dx2[i] = Tr::st(a2 * gp + b2 * gq);
+        t0 += gp * v1;
+        t1 += gp * v2;
+        t2 += gq * v1;
+        t3 += gq * v2;
+      }
+      sums[a.sums_index(n, c, k, 0)] = double(hsum<A, V, W>(r0) + t0);
+      sums[a.sums_index(n, c, k, 1)] = double(hsum<A, V, W>(r1) + t1);
+      sums[a.sums_index(n, c, k, 2)] = double(hsum<A, V, W>(r2) + t2);
+      sums[a.sums_index(n, c, k, 3)] = double(hsum<A, V, W>(r3) + t3);
+    } else {
+      const int64_t n = it / g.nchunk, k = it % g.nchunk, off = k * g.chunk, C = g.C;
+      const int64_t L = g.chunk_len(k), nc = n * C;
+      const A* __restrict__ a1 = A1 + nc;
+      const A* __restrict__ a2 = A2 + nc;
+      const A* __restrict__ b1 = B1 + nc;
+      const A* __restrict__ b2 = B2 + nc;
+      const A* __restrict__ gm = GM + nc;
+      const A* __restrict__ bs = BS + nc;
+      const A* __restrict__ mq = MQ + nc;
+      A* __restrict__ r0 = static_cast<A*>(scratch);
+      A* __restrict__ r1 = r0 + C;
+      A* __restrict__ r2 = r0 + 2 * C;
+      A* __restrict__ r3 = r0 + 3 * C;
+      for (int64_t c = 0; c < 4 * C; ++c) r0[c] = 0;
+      for (int64_t px = 0; px < L; ++px) {
+        const S* __restrict__ dp = at<const S>(a.dp, n, 0, off + px);
+        const S* __restrict__ dq = at<const S>(a.dq, n, 0, off + px);
+        const S* __restrict__ x1 = at<const S>(a.x1, n, 0, off + px);
+        const S* __restrict__ x2 = at<const S>(a.x2, n, 0, off + px);
+        S* __restrict__ dx1 = at<S>(a.dx1, n, 0, off + px);
+        S* __restrict__ dx2 = at<S>(a.dx2, n, 0, off + px);
+        over_channels<W>(
+            C,
+            [&](int64_t c) {
+              const V gp = Tr::vld(dp + c), v1 = Tr::vld(x1 + c), v2 = Tr::vld(x2 + c);
+              const V vb1 = load_raw<V>(b1 + c), vb2 = load_raw<V>(b2 + c);
+              const V gq = Tr::vld(dq + c) + load_raw<V>(gm + c) +
+                           load_raw<V>(bs + c) * ((vb1 * v1 + vb2 * v2) - load_raw<V>(mq + c));
+              Tr::vst(dx1 + c, load_raw<V>(a1 + c) * gp + vb1 * gq);
+              Tr::vst(dx2 + c, load_raw<V>(a2 + c) * gp + vb2 * gq);
+              store_raw(r0 + c, load_raw<V>(r0 + c) + gp * v1);
+              store_raw(r1 + c, load_raw<V>(r1 + c) + gp * v2);
+              store_raw(r2 + c, load_raw<V>(r2 + c) + gq * v1);
+              store_raw(r3 + c, load_raw<V>(r3 + c) + gq * v2);
+            },
+            [&](int64_t c) {
+              const A gp = Tr::ld(dp[c]), v1 = Tr::ld(x1[c]), v2 = Tr::ld(x2[c]);
+              const A gq = Tr::ld(dq[c]) + gm[c] + bs[c] * ((b1[c] * v1 + b2[c] * v2) - mq[c]);
+              dx1[c] = Tr::st(a1[c] * gp + b1[c] * gq);
+              dx2[c] = Tr::st(a2[c] * gp + b2[c] * gq);
+              r0[c] += gp * v1;
+              r1[c] += gp * v2;
+              r2[c] += gq * v1;
+              r3[c] += gq * v2;
+            });
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        sums[a.sums_index(n, c, k, 0)] = double(r0[c]);
+        sums[a.sums_index(n, c, k, 1)] = double(r1[c]);
+        sums[a.sums_index(n, c, k, 2)] = double(r2[c]);
+        sums[a.sums_index(n, c, k, 3)] = double(r3[c]);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// channel_stats backward: dx = a + b*(x - mean), one pass, x - mean never stored.
+
+template <DType D> static void stats_backward_t(const StatsBackwardArgs& a, int64_t begin, int64_t end) {
+  using Tr = Traits<D>;
+  using S = typename Tr::S;
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr int W = Tr::W;
+  const Geometry& g = a.g;
+  const A* CA = static_cast<const A*>(a.a);
+  const A* CB = static_cast<const A*>(a.b);
+  const A* M = static_cast<const A*>(a.mean);
+  for (int64_t it = begin; it < end; ++it) {
+    if (!g.interleaved) {
+      const int64_t row = it / g.nchunk, k = it % g.nchunk, n = row / g.C, c = row % g.C, off = k * g.chunk;
+      const int64_t L = g.chunk_len(k);
+      const A ca = CA[row], cb = CB[row], m = M[row];
+      const V vca = splat<V>(ca), vcb = splat<V>(cb), vm = splat<V>(m);
+      const S* __restrict__ x = at<const S>(a.x, n, c, off);
+      S* __restrict__ dx = at<S>(a.dx, n, c, off);
+      int64_t i = 0;
+      for (; i + W <= L; i += W) Tr::vst(dx + i, vca + vcb * (Tr::vld(x + i) - vm));
+      for (; i < L; ++i) dx[i] = Tr::st(ca + cb * (Tr::ld(x[i]) - m));
+    } else {
+      const int64_t n = it / g.nchunk, k = it % g.nchunk, off = k * g.chunk, C = g.C;
+      const int64_t L = g.chunk_len(k), nc = n * C;
+      const A* __restrict__ ca = CA + nc;
+      const A* __restrict__ cb = CB + nc;
+      const A* __restrict__ m = M + nc;
+      for (int64_t px = 0; px < L; ++px) {
+        const S* __restrict__ x = at<const S>(a.x, n, 0, off + px);
+        S* __restrict__ dx = at<S>(a.dx, n, 0, off + px);
+        over_channels<W>(
+            C,
+            [&](int64_t c) {
+              Tr::vst(dx + c, load_raw<V>(ca + c) + load_raw<V>(cb + c) * (Tr::vld(x + c) - load_raw<V>(m + c)));
+            },
+            [&](int64_t c) { dx[c] = Tr::st(ca[c] + cb[c] * (Tr::ld(x[c]) - m[c])); });
+      }
+    }
+  }
+}
+
+#define LK_DISPATCH_DTYPE(dtype, fn, ...)                 \
+  switch (dtype) {                                         \
+    case DType::F32: fn<DType::F32>(__VA_ARGS__); break;   \
+    case DType::F64: fn<DType::F64>(__VA_ARGS__); break;   \
+    case DType::F16: fn<DType::F16>(__VA_ARGS__); break;   \
+    case DType::BF16: fn<DType::BF16>(__VA_ARGS__); break; \
+  }
+
+void stats_partials(const StatsArgs& a, int64_t begin, int64_t end, void* scratch) {
+  LK_DISPATCH_DTYPE(a.dtype, stats_partials_t, a, begin, end, scratch)
+}
+void butterfly_forward(const ButterflyArgs& a, int64_t begin, int64_t end, void* scratch) {
+  LK_DISPATCH_DTYPE(a.dtype, butterfly_forward_t, a, begin, end, scratch)
+}
+void butterfly_backward(const ButterflyBackwardArgs& a, int64_t begin, int64_t end, void* scratch) {
+  LK_DISPATCH_DTYPE(a.dtype, butterfly_backward_t, a, begin, end, scratch)
+}
+void stats_backward(const StatsBackwardArgs& a, int64_t begin, int64_t end) {
+  LK_DISPATCH_DTYPE(a.dtype, stats_backward_t, a, begin, end)
+}
+
+#undef LK_DISPATCH_DTYPE
+
+}  // namespace LK_ISA_NS
+}  // namespace lk

@@ -1,0 +1,68 @@
+// The op schemas of the lattice_kernels namespace, in one place, and the Python module that loads them.
+// Implementations are registered per dispatch key: cpu/ops_cpu.cpp (CPU), cuda/ops_cuda.cpp (CUDA, when built);
+// fake (meta) implementations and autograd live in lattice_kernels/ops/ (Python).
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+namespace lk {
+const char* cpu_isa_name();
+}
+
+TORCH_LIBRARY(lattice_kernels, m) {
+  // mean, std over H*W per (n, c); std unbiased. Outputs (N, C) float32 (float64 for float64 x).
+  m.def("channel_stats(Tensor x) -> (Tensor, Tensor)");
+  m.def("channel_stats_backward(Tensor grad_mean, Tensor grad_std, Tensor x, Tensor mean, Tensor std) -> Tensor");
+  // cc = 0.5 * (sigmoid(w2m relu(w1m mean + b1m) + b2m) + sigmoid(w2s relu(w1s std + b1s) + b2s)); returns
+  // (cc, mean, std). Weights are 2-D: w1 (C/r, C), w2 (C, C/r).
+  m.def(
+      "combination_coefficients(Tensor x, Tensor w1m, Tensor b1m, Tensor w2m, Tensor b2m, Tensor w1s, Tensor b1s, "
+      "Tensor w2s, Tensor b2s) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "combination_coefficients_backward(Tensor grad, Tensor x, Tensor mean, Tensor std, Tensor w1m, Tensor b1m, "
+      "Tensor w2m, Tensor b2m, Tensor w1s, Tensor b1s, Tensor w2s, Tensor b2s) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // p = alpha1*x1 + alpha2*x2, q = beta1*x1 + beta2*x2 with (N, C) coefficients (absent = 1). Returns
+  // (p, q, mean_q, std_q); the statistics are empty unless q_stats.
+  m.def(
+      "butterfly(Tensor x1, Tensor x2, Tensor? alpha1, Tensor? alpha2, Tensor? beta1, Tensor? beta2, bool q_stats) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  // The same, p and q written to channels [0, C) and [C, 2C) of one new (N, 2C, H, W) tensor: (pq, mean_q, std_q).
+  m.def(
+      "butterfly_stacked(Tensor x1, Tensor x2, Tensor? alpha1, Tensor? alpha2, Tensor? beta1, Tensor? beta2, "
+      "bool q_stats) -> (Tensor, Tensor, Tensor)");
+  // The same into a caller's (N, 2C, H, W) buffer: (mean_q, std_q).
+  m.def(
+      "butterfly_out(Tensor x1, Tensor x2, Tensor? alpha1, Tensor? alpha2, Tensor? beta1, Tensor? beta2, "
+      "bool q_stats, Tensor(a!) out) -> (Tensor, Tensor)");
+  // (dx1, dx2, dalpha1, dalpha2, dbeta1, dbeta2); the gradient of an absent coefficient is an empty tensor.
+  m.def(
+      "butterfly_backward(Tensor grad_p, Tensor grad_q, Tensor? grad_mean_q, Tensor? grad_std_q, Tensor x1, "
+      "Tensor x2, Tensor? alpha1, Tensor? alpha2, Tensor? beta1, Tensor? beta2, Tensor? mean_q, Tensor? std_q) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+namespace {
+
+PyObject* cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(lk::cpu_isa_name()); }
+
+PyObject* cuda_built(PyObject*, PyObject*) {
+#if defined(LK_WITH_CUDA)
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
+PyMethodDef methods[] = {
+    {"cpu_isa", cpu_isa, METH_NOARGS, "Instruction set of the CPU kernels chosen at load time."},
+    {"cuda_built", cuda_built, METH_NOARGS, "Whether the CUDA kernels were compiled into this build."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "lattice_kernels compiled ops", -1, methods,
+                          nullptr,               nullptr, nullptr,                       nullptr};
+
+}  // namespace
+
+extern "C" PyObject* PyInit__C(void) { return PyModule_Create(&module_def); }

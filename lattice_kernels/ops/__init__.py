@@ -1,0 +1,132 @@
+"""The public functional ops. Each validates its arguments, resolves the backend (``backend=``, else the default
+of lattice_kernels.set_backend / LATTICE_KERNELS_BACKEND) for the inputs' device and runs that backend's op.
+
+- channel_stats(x) -> (mean, std)
+- combination_coefficients(x, w1m, b1m, w2m, b2m, w1s, b1s, w2s, b2s) -> cc
+- coefficients_from_stats(mean, std, w1m, ..., b2s) -> cc     (the CC's MLP on given statistics)
+- butterfly(x1, x2, alpha1, alpha2, beta1, beta2, out=, q_stats=) -> (p, q[, mean_q, std_q])
+- butterfly_stacked(x1, x2, ..., q_stats=) -> (pq[, mean_q, std_q])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _backend
+from . import _checks, reference
+from ._compiled import CompiledOps
+from ._torch import TorchOps
+
+__all__ = [
+    "butterfly",
+    "butterfly_stacked",
+    "channel_stats",
+    "coefficients_from_stats",
+    "combination_coefficients",
+    "reference",
+]
+
+_OPSETS: dict[str, object] = {"torch": TorchOps(), "cpu": CompiledOps(), "cuda": CompiledOps()}
+
+
+def _opset(backend: str | None, device: torch.device):
+    name = _backend.resolve(backend, device)
+    if name == "triton" and "triton" not in _OPSETS:
+        from ..triton import TritonOps
+
+        _OPSETS["triton"] = TritonOps()
+    return _OPSETS[name]
+
+
+def channel_stats(x: Tensor, *, backend: str | None = None) -> tuple[Tensor, Tensor]:
+    """Per-(n, c) mean and unbiased std over H*W of x (N, C, H, W): two (N, C) tensors, float32 (float64 for
+    float64 x). H*W = 1 gives NaN std, like torch.std."""
+    _checks.check_input(x, "x")
+    return _opset(backend, x.device).channel_stats(x)
+
+
+def combination_coefficients(
+    x: Tensor,
+    w1m: Tensor, b1m: Tensor, w2m: Tensor, b2m: Tensor,
+    w1s: Tensor, b1s: Tensor, w2s: Tensor, b2s: Tensor,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """The combination coefficient of x (N, C, H, W): (N, C) in float32 (float64 for float64 x),
+    0.5 * (sigmoid(w2m relu(w1m mean + b1m) + b2m) + sigmoid(w2s relu(w1s std + b1s) + b2s)).
+    Weights in the published Conv2d layout (w1: (R, C, 1, 1), w2: (C, R, 1, 1)) or 2-D."""
+    _checks.check_input(x, "x")
+    weights = _checks.mlp_weights(x, (w1m, b1m, w2m, b2m, w1s, b1s, w2s, b2s))
+    return _opset(backend, x.device).combination_coefficients(x, weights)
+
+
+def coefficients_from_stats(
+    mean: Tensor, std: Tensor,
+    w1m: Tensor, b1m: Tensor, w2m: Tensor, b2m: Tensor,
+    w1s: Tensor, b1s: Tensor, w2s: Tensor, b2s: Tensor,
+) -> Tensor:
+    """The CC's MLP on given (N, C) statistics (e.g. the q statistics of a butterfly). Tiny: plain PyTorch on
+    every backend, never autocast."""
+    if mean.dim() != 2 or std.shape != mean.shape:
+        raise ValueError(f"mean and std must be (N, C) of one shape, got {tuple(mean.shape)} and {tuple(std.shape)}")
+    probe = mean[:, :, None, None]
+    weights = _checks.mlp_weights(probe, (w1m, b1m, w2m, b2m, w1s, b1s, w2s, b2s))
+    return reference.coefficients_from_stats(mean, std, *weights)
+
+
+def _butterfly_args(x1, x2, alpha1, alpha2, beta1, beta2):
+    _checks.check_input(x1, "x1")
+    _checks.check_like(x2, x1, "x2", "x1")
+    return tuple(
+        _checks.coefficient(c, x1, n)
+        for c, n in ((alpha1, "alpha1"), (alpha2, "alpha2"), (beta1, "beta1"), (beta2, "beta2"))
+    )
+
+
+def butterfly(
+    x1: Tensor, x2: Tensor,
+    alpha1: Tensor | None = None, alpha2: Tensor | None = None,
+    beta1: Tensor | None = None, beta2: Tensor | None = None,
+    *,
+    out: Tensor | None = None,
+    q_stats: bool = False,
+    backend: str | None = None,
+) -> tuple[Tensor, ...]:
+    """p = alpha1*x1 + alpha2*x2, q = beta1*x1 + beta2*x2 for x1, x2 (N, C, H, W) of one dtype; coefficients are
+    (N, C) tensors or None (the constant 1). Returns (p, q), plus (mean_q, std_q) = channel_stats(q) computed in the
+    same pass when q_stats. With out, an (N, 2C, H, W) buffer, p and q are written to its channels [0, C) and
+    [C, 2C) and returned as views of it (no autograd: use butterfly_stacked for a differentiable stacked result)."""
+    coefs = _butterfly_args(x1, x2, alpha1, alpha2, beta1, beta2)
+    ops = _opset(backend, x1.device)
+    if out is None:
+        p, q, mean_q, std_q = ops.butterfly(x1, x2, *coefs, bool(q_stats))
+    else:
+        _checks.out_buffer(out, x1)
+        if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x1, x2, *coefs)
+        ):
+            raise RuntimeError(
+                "butterfly(out=...) does not support autograd (an input requires grad); call it under "
+                "torch.no_grad(), or use butterfly_stacked(), which returns p and q in one differentiable "
+                "(N, 2C, H, W) tensor"
+            )
+        mean_q, std_q = ops.butterfly_out(x1, x2, *coefs, bool(q_stats), out)
+        c = x1.shape[1]
+        p, q = out[:, :c], out[:, c:]
+    return (p, q, mean_q, std_q) if q_stats else (p, q)
+
+
+def butterfly_stacked(
+    x1: Tensor, x2: Tensor,
+    alpha1: Tensor | None = None, alpha2: Tensor | None = None,
+    beta1: Tensor | None = None, beta2: Tensor | None = None,
+    *,
+    q_stats: bool = False,
+    backend: str | None = None,
+) -> tuple[Tensor, ...]:
+    """butterfly with p and q in channels [0, C) and [C, 2C) of one new (N, 2C, H, W) tensor pq (the input of a
+    following 1x1 conv, with no cat), differentiable. Returns (pq,) or (pq, mean_q, std_q)."""
+    coefs = _butterfly_args(x1, x2, alpha1, alpha2, beta1, beta2)
+    pq, mean_q, std_q = _opset(backend, x1.device).butterfly_stacked(x1, x2, *coefs, bool(q_stats))
+    return (pq, mean_q, std_q) if q_stats else (pq,)

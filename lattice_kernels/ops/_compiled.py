@@ -1,0 +1,151 @@
+"""Fake (meta) implementations and autograd of the C++ ops (torch.ops.lattice_kernels.*), whose CPU and CUDA
+kernels are registered by the extension. Shared by the ``cpu`` and ``cuda`` backends: the dispatcher picks the
+kernel by the tensors' device."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._backend import _C
+from ._layout import empty_in_layout_of
+from .reference import stats_dtype
+
+NS = "lattice_kernels"
+ops = torch.ops.lattice_kernels if _C is not None else None
+
+
+def _stats_like(x: Tensor, n: int | None = None, c: int | None = None) -> Tensor:
+    shape = (x.shape[0] if n is None else n, x.shape[1] if c is None else c)
+    return x.new_empty(shape, dtype=stats_dtype(x.dtype))
+
+
+def _empty_stats(x: Tensor) -> Tensor:
+    return x.new_empty((0,), dtype=stats_dtype(x.dtype))
+
+
+def _zeros_if_none(g: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if g is None else g
+
+
+def _present(t: Tensor | None) -> Tensor | None:
+    return t if t is not None and t.numel() > 0 else None
+
+
+def _register() -> None:
+    # ---- channel_stats
+    @torch.library.register_fake(f"{NS}::channel_stats")
+    def _(x):
+        return _stats_like(x), _stats_like(x)
+
+    @torch.library.register_fake(f"{NS}::channel_stats_backward")
+    def _(grad_mean, grad_std, x, mean, std):
+        return empty_in_layout_of(x)
+
+    def stats_setup(ctx, inputs, output):
+        (x,) = inputs
+        ctx.save_for_backward(x, *output)
+
+    def stats_backward(ctx, grad_mean, grad_std):
+        x, mean, std = ctx.saved_tensors
+        gm, gs = _zeros_if_none(grad_mean, mean), _zeros_if_none(grad_std, std)
+        return ops.channel_stats_backward(gm, gs, x, mean, std)
+
+    torch.library.register_autograd(f"{NS}::channel_stats", stats_backward, setup_context=stats_setup)
+
+    # ---- combination_coefficients
+    @torch.library.register_fake(f"{NS}::combination_coefficients")
+    def _(x, w1m, b1m, w2m, b2m, w1s, b1s, w2s, b2s):
+        return _stats_like(x), _stats_like(x), _stats_like(x)
+
+    @torch.library.register_fake(f"{NS}::combination_coefficients_backward")
+    def _(grad, x, mean, std, *weights):
+        return (empty_in_layout_of(x), *(torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights))
+
+    def cc_setup(ctx, inputs, output):
+        x, *weights = inputs
+        _, mean, std = output
+        ctx.mark_non_differentiable(mean, std)
+        ctx.save_for_backward(x, mean, std, *weights)
+
+    def cc_backward(ctx, grad, _grad_mean, _grad_std):
+        x, mean, std, *weights = ctx.saved_tensors
+        return ops.combination_coefficients_backward(_zeros_if_none(grad, mean), x, mean, std, *weights)
+
+    torch.library.register_autograd(f"{NS}::combination_coefficients", cc_backward, setup_context=cc_setup)
+
+    # ---- butterfly (separate p, q), butterfly_stacked (one (N, 2C, H, W) tensor), butterfly_out (caller's buffer)
+    def bf_stats(x1, q_stats):
+        return (_stats_like(x1), _stats_like(x1)) if q_stats else (_empty_stats(x1), _empty_stats(x1))
+
+    @torch.library.register_fake(f"{NS}::butterfly")
+    def _(x1, x2, alpha1, alpha2, beta1, beta2, q_stats):
+        return (empty_in_layout_of(x1), empty_in_layout_of(x1), *bf_stats(x1, q_stats))
+
+    @torch.library.register_fake(f"{NS}::butterfly_stacked")
+    def _(x1, x2, alpha1, alpha2, beta1, beta2, q_stats):
+        return (empty_in_layout_of(x1, 2 * x1.shape[1]), *bf_stats(x1, q_stats))
+
+    @torch.library.register_fake(f"{NS}::butterfly_out")
+    def _(x1, x2, alpha1, alpha2, beta1, beta2, q_stats, out):
+        return bf_stats(x1, q_stats)
+
+    @torch.library.register_fake(f"{NS}::butterfly_backward")
+    def _(grad_p, grad_q, grad_mean_q, grad_std_q, x1, x2, alpha1, alpha2, beta1, beta2, mean_q, std_q):
+        coef = [_stats_like(x1) if c is not None else _empty_stats(x1) for c in (alpha1, alpha2, beta1, beta2)]
+        return (empty_in_layout_of(x1), empty_in_layout_of(x1), *coef)
+
+    def bf_setup(ctx, inputs, output):
+        x1, x2, a1, a2, b1, b2, q_stats = inputs
+        mean_q, std_q = output[-2:]
+        ctx.q_stats = q_stats
+        ctx.save_for_backward(x1, x2, a1, a2, b1, b2, mean_q, std_q)
+
+    def bf_grads(ctx, grad_p, grad_q, grad_mean_q, grad_std_q):
+        x1, x2, a1, a2, b1, b2, mean_q, std_q = ctx.saved_tensors
+        grad_p, grad_q = _zeros_if_none(grad_p, x1), _zeros_if_none(grad_q, x1)
+        if ctx.q_stats and (grad_mean_q is not None or grad_std_q is not None):
+            gm, gs = _zeros_if_none(grad_mean_q, mean_q), _zeros_if_none(grad_std_q, std_q)
+            stats = (gm, gs, mean_q, std_q)
+        else:
+            stats = (None, None, None, None)
+        dx1, dx2, da1, da2, db1, db2 = ops.butterfly_backward(
+            grad_p, grad_q, stats[0], stats[1], x1, x2, a1, a2, b1, b2, stats[2], stats[3]
+        )
+        return dx1, dx2, _present(da1), _present(da2), _present(db1), _present(db2), None
+
+    def bf_backward(ctx, grad_p, grad_q, grad_mean_q, grad_std_q):
+        return bf_grads(ctx, grad_p, grad_q, grad_mean_q, grad_std_q)
+
+    def bf_stacked_backward(ctx, grad_pq, grad_mean_q, grad_std_q):
+        c = ctx.saved_tensors[0].shape[1]
+        grad_p = grad_q = None
+        if grad_pq is not None:
+            grad_p, grad_q = grad_pq.narrow(1, 0, c), grad_pq.narrow(1, c, c)
+        return bf_grads(ctx, grad_p, grad_q, grad_mean_q, grad_std_q)
+
+    torch.library.register_autograd(f"{NS}::butterfly", bf_backward, setup_context=bf_setup)
+    torch.library.register_autograd(f"{NS}::butterfly_stacked", bf_stacked_backward, setup_context=bf_setup)
+
+
+if _C is not None:
+    _register()
+
+
+class CompiledOps:
+    """The C++ ops (CPU or CUDA kernels, by the tensors' device)."""
+
+    def channel_stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return ops.channel_stats(x)
+
+    def combination_coefficients(self, x: Tensor, weights: tuple[Tensor, ...]) -> Tensor:
+        return ops.combination_coefficients(x, *weights)[0]
+
+    def butterfly(self, x1, x2, a1, a2, b1, b2, q_stats: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return ops.butterfly(x1, x2, a1, a2, b1, b2, q_stats)
+
+    def butterfly_stacked(self, x1, x2, a1, a2, b1, b2, q_stats: bool) -> tuple[Tensor, Tensor, Tensor]:
+        return ops.butterfly_stacked(x1, x2, a1, a2, b1, b2, q_stats)
+
+    def butterfly_out(self, x1, x2, a1, a2, b1, b2, q_stats: bool, out: Tensor) -> tuple[Tensor, Tensor]:
+        return ops.butterfly_out(x1, x2, a1, a2, b1, b2, q_stats, out)

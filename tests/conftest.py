@@ -1,0 +1,110 @@
+"""Shared fixtures: the backends available on this machine, and the tolerance rules of the op contract."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import lattice_kernels as lk
+
+# The backends each op test runs: every concrete backend that can run here, on the device it runs on.
+# triton runs on CPU tensors only through its interpreter (TRITON_INTERPRET=1), with small shapes.
+
+
+def _backend_devices() -> list[tuple[str, str]]:
+    out = []
+    avail = lk.available_backends()
+    for b in avail:
+        if b == "cuda":
+            out.append((b, "cuda"))
+        elif b == "triton":
+            out.append((b, "cuda" if torch.cuda.is_available() else "cpu"))
+        else:
+            out.append((b, "cpu"))
+    if torch.cuda.is_available() and "torch" in avail:
+        out.append(("torch", "cuda"))
+    return out
+
+
+BACKEND_DEVICES = _backend_devices()
+ON_GPU = torch.cuda.is_available()
+
+
+@pytest.fixture(params=BACKEND_DEVICES, ids=[f"{b}-{d}" for b, d in BACKEND_DEVICES])
+def backend_device(request) -> tuple[str, str]:
+    return request.param
+
+
+def interpreted(backend: str, device: str) -> bool:
+    return backend == "triton" and device == "cpu"
+
+
+def skip_if_unsupported(backend: str, device: str, dtype: torch.dtype) -> None:
+    if interpreted(backend, device) and dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter has no bfloat16 (numpy has no bf16 type)")
+    if device == "cuda" and dtype == torch.float64 and backend == "triton":
+        pytest.skip("the triton backend does not take float64 (float64 is for CPU gradchecks)")
+
+
+FP32_RTOL = 1e-5
+
+
+def assert_close_to_reference(actual: torch.Tensor, expected64: torch.Tensor, dtype: torch.dtype, scale: float = 1.0,
+                              eager: torch.Tensor | None = None, what: str = "") -> None:
+    """actual vs the float64 reference, judged by the rules of `dtype` (the precision the values went through).
+    float32: relative 1e-5 (absolute 1e-5 * scale near zero); float64: 1e-10.
+    float16/bfloat16 results: within 2x the error that eager PyTorch makes in that dtype (`eager`), and never more
+    than one unit in the last place of the half dtype at the result's scale."""
+    a = actual.detach().double().cpu()
+    e = expected64.detach().double().cpu()
+    assert a.shape == e.shape, f"{what}: shape {tuple(a.shape)} != {tuple(e.shape)}"
+    nan = torch.isnan(e)
+    assert torch.equal(torch.isnan(a), nan), f"{what}: NaN pattern differs from the reference"
+    a, e = a[~nan], e[~nan]
+    if a.numel() == 0:
+        return
+    if dtype == torch.float64:
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10 * scale, msg=what)
+    elif dtype == torch.float32:
+        torch.testing.assert_close(a, e, rtol=FP32_RTOL, atol=FP32_RTOL * scale, msg=what)
+    else:
+        err = (a - e).abs().max().item()
+        ulp = torch.finfo(dtype).eps * max(scale, e.abs().max().item())
+        bound = ulp
+        if eager is not None:
+            eager_err = (eager.detach().double().cpu()[~nan] - e).abs().max().item()
+            bound = max(2 * eager_err, 0.5 * ulp)
+        assert err <= bound, f"{what}: max error {err:.3g} > bound {bound:.3g} ({dtype})"
+
+
+def make_input(shape, dtype, device, layout: str, seed: int = 0, offset: float = 0.0) -> torch.Tensor:
+    """A random (N, C, H, W) tensor in the given layout: 'nchw', 'nhwc' (channels_last) or 'strided' (a
+    non-contiguous view whose strides fit neither)."""
+    g = torch.Generator().manual_seed(seed)
+    n, c, h, w = shape
+    if layout == "strided":
+        base = torch.randn((n, c, h, 2 * w + 1), generator=g, dtype=torch.float64)[..., 1::2]
+    else:
+        base = torch.randn(shape, generator=g, dtype=torch.float64)
+    x = (base + offset).to(dtype).to(device)
+    if layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def expected_format(x: torch.Tensor) -> torch.memory_format:
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def assert_format(t: torch.Tensor, fmt: torch.memory_format, what: str) -> None:
+    assert t.is_contiguous(memory_format=fmt), f"{what}: output lost the input's memory format ({fmt})"
+
+
+def weights_dir() -> str | None:
+    d = os.environ.get("LATTICE_WEIGHTS_DIR") or os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+                                                               "weights")
+    return d if os.path.isdir(d) else None

@@ -1,0 +1,136 @@
+"""combination_coefficients (and coefficients_from_stats) and their backward on every available backend, against
+the float64 spec (ops/reference.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lattice_kernels as lk
+from lattice_kernels.ops import reference as ref
+
+from .conftest import (
+    assert_close_to_reference,
+    assert_format,
+    expected_format,
+    interpreted,
+    make_input,
+    skip_if_unsupported,
+)
+
+SHAPES = [(2, 16, 7, 13), (1, 64, 1, 2), (3, 19, 5, 6), (1, 64, 16, 16), (2, 4, 70, 70)]
+SMALL = SHAPES[:3]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def make_weights(c, r, dtype=torch.float64, conv_layout=True, seed=7, device="cpu"):
+    """w1m, b1m, w2m, b2m, w1s, b1s, w2s, b2s; the published layout is Conv2d's (R, C, 1, 1) / (C, R, 1, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(r, c), (r,), (c, r), (c,)] * 2
+    ws = [torch.randn(s, generator=g, dtype=torch.float64) * 0.5 for s in shapes]
+    if conv_layout:
+        ws = [w[:, :, None, None] if w.dim() == 2 else w for w in ws]
+    return [w.to(dtype).to(device) for w in ws]
+
+
+def _reduced(c):
+    return max(1, c // 16)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape_i", range(len(SHAPES)))
+def test_forward_matches_reference(backend_device, shape_i, dtype, layout):
+    backend, device = backend_device
+    skip_if_unsupported(backend, device, dtype)
+    shapes = SMALL if interpreted(backend, device) else SHAPES
+    if shape_i >= len(shapes):
+        pytest.skip("large shape: not run in the Triton interpreter")
+    shape = shapes[shape_i]
+    st = torch.float64 if dtype == torch.float64 else torch.float32
+    x = make_input(shape, dtype, device, layout)
+    w = make_weights(shape[1], _reduced(shape[1]), st, device=device)
+    cc = lk.ops.combination_coefficients(x, *w, backend=backend)
+    assert cc.dtype == st and cc.shape == shape[:2]
+    w2d = [t.flatten(1) if t.dim() == 4 else t for t in w]
+    want = ref.combination_coefficients(x.double(), *[t.double() for t in w2d])
+    assert_close_to_reference(cc, want, st, what="cc")
+    # The 2-D weight layout gives the same result.
+    torch.testing.assert_close(lk.ops.combination_coefficients(x, *w2d, backend=backend), cc, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_backward_matches_reference(backend_device, dtype, layout):
+    backend, device = backend_device
+    skip_if_unsupported(backend, device, dtype)
+    st = torch.float64 if dtype == torch.float64 else torch.float32
+    shapes = SMALL if interpreted(backend, device) else [*SMALL, (2, 4, 70, 70)]
+    for shape in shapes:
+        x = make_input(shape, dtype, device, layout).requires_grad_()
+        w = [t.requires_grad_() for t in make_weights(shape[1], _reduced(shape[1]), st, device=device)]
+        g = torch.randn(shape[:2], generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device)
+        (lk.ops.combination_coefficients(x, *w, backend=backend).double() * g).sum().backward()
+        xr = x.detach().double().requires_grad_()
+        wr = [t.detach().double().flatten(1).requires_grad_() if t.dim() == 4 else t.detach().double().requires_grad_()
+              for t in w]
+        (ref.combination_coefficients(xr, *wr) * g).sum().backward()
+        eager = None
+        if dtype in (torch.float16, torch.bfloat16):
+            xe = x.detach().clone().requires_grad_()
+            (ref.combination_coefficients(xe, *[t.detach().flatten(1) if t.dim() == 4 else t.detach() for t in w])
+             .double() * g).sum().backward()
+            eager = xe.grad
+        assert_format(x.grad, expected_format(x), "grad x")
+        assert_close_to_reference(x.grad, xr.grad, dtype, scale=xr.grad.abs().max().item(), eager=eager,
+                                  what=f"grad x {shape}")
+        for i, (a, b) in enumerate(zip(w, wr)):
+            assert a.grad.shape == a.shape, "weight grads keep the weight's layout"
+            assert_close_to_reference(a.grad.reshape(b.shape), b.grad, st, scale=b.grad.abs().max().item() + 1e-30,
+                                      what=f"grad w[{i}] {shape}")
+
+
+def test_gradcheck_float64(backend_device):
+    backend, device = backend_device
+    skip_if_unsupported(backend, device, torch.float64)
+    for layout in ("nchw", "nhwc"):
+        x = make_input((2, 16, 3, 4), torch.float64, device, layout).requires_grad_()
+        w = [t.requires_grad_() for t in make_weights(16, 2, device=device, conv_layout=False)]
+        assert torch.autograd.gradcheck(lambda *a: lk.ops.combination_coefficients(*a, backend=backend), (x, *w))
+
+
+def test_coefficients_from_stats_matches_op(backend_device):
+    backend, device = backend_device
+    x = make_input((2, 16, 7, 13), torch.float32, device, "nchw")
+    w = make_weights(16, 1, torch.float32, device=device)
+    mean, std = lk.ops.channel_stats(x, backend=backend)
+    a = lk.ops.coefficients_from_stats(mean, std, *w)
+    b = lk.ops.combination_coefficients(x, *w, backend=backend)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_autocast_does_not_lower_the_mlp():
+    x = make_input((2, 16, 7, 13), torch.bfloat16, "cpu", "nchw")
+    w = make_weights(16, 1, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mean, std = lk.ops.channel_stats(x)
+        cc = lk.ops.coefficients_from_stats(mean, std, *w)
+    assert cc.dtype == torch.float32
+
+
+def test_deterministic(backend_device):
+    backend, device = backend_device
+    shape = (2, 16, 7, 13) if interpreted(backend, device) else (4, 64, 48, 48)
+    x = make_input(shape, torch.float32, device, "nhwc").requires_grad_()
+    w = [t.requires_grad_() for t in make_weights(shape[1], shape[1] // 16, torch.float32, device=device)]
+    runs = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for t in (x, *w):
+            t.grad = None
+        cc = lk.ops.combination_coefficients(x, *w, backend=backend)
+        (cc * torch.arange(cc.numel(), device=device).reshape(cc.shape)).sum().backward()
+        runs.append([cc.detach().clone()] + [t.grad.clone() for t in (x, *w)])
+    torch.set_num_threads(2)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b), "two runs differ bitwise"

@@ -1,0 +1,67 @@
+"""The CPU kernels exist for the baseline target and for AVX2; the suite runs the one the CPU picks, and this test
+runs the other (in a subprocess, LATTICE_KERNELS_CPU_ISA forces it) against the spec."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import lattice_kernels as lk
+
+CHECK = r"""
+import torch, lattice_kernels as lk
+from lattice_kernels._backend import _C
+from lattice_kernels.ops import reference as ref
+assert _C.cpu_isa() == ISA, _C.cpu_isa()
+for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        g = torch.Generator().manual_seed(0)
+        x1 = torch.randn(2, 19, 33, 35, generator=g).to(dtype).contiguous(memory_format=fmt).requires_grad_()
+        x2 = torch.randn(2, 19, 33, 35, generator=g).to(dtype).contiguous(memory_format=fmt).requires_grad_()
+        st = torch.float64 if dtype == torch.float64 else torch.float32
+        a = torch.rand(2, 19, generator=g).to(st).requires_grad_()
+        p, q, mq, sq = lk.ops.butterfly(x1, x2, alpha2=a, q_stats=True, backend="cpu")
+        rp, rq = ref.butterfly(x1.double(), x2.double(), alpha2=a.double())
+        tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+        assert ((p.double() - rp).abs() / (rp.abs() + 1)).max() < tol, dtype
+        assert ((q.double() - rq).abs() / (rq.abs() + 1)).max() < tol, dtype
+        m, s = lk.ops.channel_stats(x1, backend="cpu")
+        rm, rs = ref.channel_stats(x1.double())
+        assert (m.double() - rm).abs().max() < 1e-5 and (s.double() - rs).abs().max() < 1e-5, dtype
+        (p.float().sum() + (q.float() ** 2).sum() + sq.sum() + s.sum()).backward()
+        x1r, x2r = x1.detach().double().requires_grad_(), x2.detach().double().requires_grad_()
+        ar = a.detach().double().requires_grad_()
+        rp, rq = ref.butterfly(x1r, x2r, alpha2=ar)
+        (rp.sum() + (rq.to(dtype).double() ** 2).sum() + ref.channel_stats(rq.to(dtype).double())[1].sum()
+         + ref.channel_stats(x1r)[1].sum()).backward()
+        for got, want in ((x1.grad, x1r.grad), (x2.grad, x2r.grad), (a.grad, ar.grad)):
+            err = ((got.double() - want).abs().max() / want.abs().max()).item()
+            assert err < max(tol, 1e-5) * 4, (dtype, err)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_each_instruction_set_matches_reference(isa):
+    if "cpu" not in lk.available_backends():
+        pytest.skip("the compiled extension did not load")
+    from lattice_kernels._backend import _C
+
+    if isa == "avx2" and _C.cpu_isa() != "avx2":
+        pytest.skip("this CPU or build has no AVX2 kernels")
+    r = subprocess.run([sys.executable, "-c", f"ISA = {isa!r}\n" + CHECK], capture_output=True, text=True,
+                       env={**os.environ, "LATTICE_KERNELS_CPU_ISA": isa}, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
+def test_bad_isa_request_is_an_error():
+    if "cpu" not in lk.available_backends():
+        pytest.skip("the compiled extension did not load")
+    r = subprocess.run([sys.executable, "-c", "import torch, lattice_kernels as lk; "
+                        "lk.ops.channel_stats(torch.randn(1, 2, 3, 3), backend='cpu')"],
+                       capture_output=True, text=True, env={**os.environ, "LATTICE_KERNELS_CPU_ISA": "sse9"},
+                       timeout=300)
+    assert r.returncode != 0 and "LATTICE_KERNELS_CPU_ISA must be 'baseline' or 'avx2'" in r.stderr

@@ -1,0 +1,104 @@
+"""torch.library.opcheck of every compiled op, and torch.compile(fullgraph=True) of a small module built from the
+ops, compared with eager, on every available backend."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lattice_kernels as lk
+from lattice_kernels._backend import _C
+
+from .conftest import BACKEND_DEVICES, make_input
+from .test_combination_coefficients import make_weights
+
+needs_ext = pytest.mark.skipif(_C is None, reason="the compiled extension did not load")
+COMPILED_DEVICES = [d for b, d in BACKEND_DEVICES if b in ("cpu", "cuda")]
+
+
+def _opcheck(op, args, kwargs=None):
+    torch.library.opcheck(op, args, kwargs or {})
+
+
+@needs_ext
+@pytest.mark.parametrize("device", COMPILED_DEVICES)
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_opcheck(device, layout, dtype):
+    ops = torch.ops.lattice_kernels
+    st = dtype
+    for grad in (False, True):
+        x = make_input((2, 16, 5, 6), dtype, device, layout, seed=1).requires_grad_(grad)
+        y = make_input((2, 16, 5, 6), dtype, device, layout, seed=2).requires_grad_(grad)
+        _opcheck(ops.channel_stats.default, (x,))
+        w = [t.requires_grad_(grad) for t in make_weights(16, 1, st, conv_layout=False, device=device)]
+        _opcheck(ops.combination_coefficients.default, (x, *w))
+        a = torch.rand(2, 16, dtype=st, device=device).requires_grad_(grad)
+        b = torch.rand(2, 16, dtype=st, device=device).requires_grad_(grad)
+        for coefs in ((None, a, b, None), (a, None, None, b), (None, None, None, None)):
+            for q_stats in (False, True):
+                _opcheck(ops.butterfly.default, (x, y, *coefs, q_stats))
+                _opcheck(ops.butterfly_stacked.default, (x, y, *coefs, q_stats))
+    x = make_input((2, 16, 5, 6), dtype, device, layout, seed=1)
+    y = make_input((2, 16, 5, 6), dtype, device, layout, seed=2)
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    out = torch.empty(2, 32, 5, 6, dtype=dtype, device=device).contiguous(memory_format=fmt)
+    _opcheck(ops.butterfly_out.default, (x, y, None, a.detach(), b.detach(), None, True, out))
+    # The backward ops themselves (plain tensors, no autograd of their own).
+    m, s = ops.channel_stats(x)
+    gm, gs = torch.randn_like(m), torch.randn_like(s)
+    _opcheck(ops.channel_stats_backward.default, (gm, gs, x, m, s))
+    w = make_weights(16, 1, st, conv_layout=False, device=device)
+    cc, m, s = ops.combination_coefficients(x, *w)
+    _opcheck(ops.combination_coefficients_backward.default, (torch.randn_like(cc), x, m, s, *w))
+    p, q, mq, sq = ops.butterfly(x, y, None, a.detach(), b.detach(), None, True)
+    _opcheck(ops.butterfly_backward.default,
+             (torch.randn_like(p), torch.randn_like(q), torch.randn_like(mq), torch.randn_like(sq), x, y, None,
+              a.detach(), b.detach(), None, mq, sq))
+
+
+class TinyLatticeUnit(nn.Module):
+    """A miniature of the Lattice Block's non-conv work, built from the public ops."""
+
+    def __init__(self, c: int, backend: str):
+        super().__init__()
+        self.backend = backend
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.w_f = nn.ParameterList(make_weights(c, c // 16, torch.float32, seed=1))
+        self.w_x = nn.ParameterList(make_weights(c, c // 16, torch.float32, seed=2))
+        self.w_q = nn.ParameterList(make_weights(c, c // 16, torch.float32, seed=3))
+        self.compress = nn.Conv2d(2 * c, c, 1)
+
+    def forward(self, x):
+        f = self.conv(x)
+        a = lk.ops.combination_coefficients(f, *self.w_f, backend=self.backend)
+        b = lk.ops.combination_coefficients(x, *self.w_x, backend=self.backend)
+        p, q, mq, sq = lk.ops.butterfly(x, f, alpha2=a, beta1=b, q_stats=True, backend=self.backend)
+        m, s = lk.ops.channel_stats(p, backend=self.backend)
+        c = lk.ops.coefficients_from_stats(mq, sq, *self.w_q)
+        (pq,) = lk.ops.butterfly_stacked(p, q, alpha2=c, beta1=torch.sigmoid(m + s), backend=self.backend)
+        return self.compress(pq)
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_matches_eager(backend_device):
+    backend, device = backend_device
+    if backend == "triton" and device == "cpu":
+        pytest.skip("torch.compile of the Triton ops needs a GPU (see DESIGN.md)")
+    torch.manual_seed(0)
+    m = TinyLatticeUnit(32, backend).to(device)
+    x = make_input((2, 32, 12, 10), torch.float32, device, "nchw").requires_grad_()
+    eager = m(x)
+    eager.square().sum().backward()
+    g_eager = [p.grad.clone() for p in m.parameters()] + [x.grad.clone()]
+    m.zero_grad()
+    x.grad = None
+    torch._dynamo.reset()
+    compiled = torch.compile(m, fullgraph=True)
+    out = compiled(x)
+    out.square().sum().backward()
+    g_comp = [p.grad.clone() for p in m.parameters()] + [x.grad.clone()]
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_comp, g_eager):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
