@@ -1,0 +1,127 @@
+"""python -m bench [--quick] [--ops ...] [--models ...] [--shapes ...] [--dtypes ...] [--backends ...]
+
+Runs the op micro-benchmarks and the model benchmarks on the default device (CUDA when available), prints tables,
+and writes JSON and PNG plots named by the device under bench/results/ (or --out)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+import lattice_kernels as lk
+
+from . import ops_bench, report
+from .timing import copy_bandwidth_gbps
+
+DEFAULT_SHAPES = {"cpu": ["1x64x180x320", "16x64x48x48"],
+                  "cuda": ["16x64x64x64", "1x64x180x320", "1x64x540x960"]}
+DEFAULT_DTYPES = {"cpu": ["float32"], "cuda": ["float32", "bfloat16"]}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer repeats and one shape: a smoke run")
+    p.add_argument("--ops", nargs="*", default=None, help=f"ops to run (default all: {', '.join(ops_bench.OPS)}); "
+                   "pass no names to skip the op benchmarks")
+    p.add_argument("--models", nargs="*", default=None, help="model cases to run (default all); none to skip")
+    p.add_argument("--shapes", nargs="+", default=None, help="op shapes as NxCxHxW")
+    p.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--backends", nargs="+", default=None,
+                   help="library backends to compare (default: every available one for the device)")
+    p.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"])
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results",
+                   help="folder for JSON and PNG (default bench/results)")
+    p.add_argument("--name", default=None, help="file name stem (default: the device's name)")
+    p.add_argument("--no-plots", action="store_true")
+    return p.parse_args(argv)
+
+
+def library_backends(device: torch.device, wanted: list[str] | None) -> list[str]:
+    avail = lk.available_backends()
+    native = {"cpu": ["cpu"], "cuda": ["cuda", "triton"]}[device.type]
+    chosen = [b for b in native if b in avail] if wanted is None else wanted
+    for b in chosen:
+        if b not in avail:
+            raise SystemExit(f"backend {b!r} is not available here (available: {', '.join(avail)})")
+    return chosen
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = device.type
+    repeats = args.repeats or (5 if args.quick else (50 if dev == "cuda" else 15))
+    warmup = 2 if args.quick else 3
+    shapes = args.shapes or (DEFAULT_SHAPES[dev][:1] if args.quick else DEFAULT_SHAPES[dev])
+    shapes = [tuple(int(v) for v in s.lower().split("x")) for s in shapes]
+    dtypes = [getattr(torch, d) for d in (args.dtypes or DEFAULT_DTYPES[dev])]
+    lib = library_backends(device, args.backends)
+    baselines = ["eager", "compile"] + (["compile-max"] if dev == "cuda" else [])
+    env = report.environment(device)
+    print(f"# lattice_kernels benchmarks on {env['device']}: torch {env['torch']}, triton {env['triton']}, "
+          f"CPU ISA {env['cpu_isa']}", flush=True)
+    copy_gbps = copy_bandwidth_gbps(device)
+    env["copy_bandwidth_GBps"] = copy_gbps
+    print(f"# measured copy bandwidth (read + write): {copy_gbps:.1f} GB/s", flush=True)
+
+    rows: list[dict] = []
+    op_names = ops_bench.OPS if args.ops is None else args.ops
+    for shape in shapes if op_names else []:
+        for dtype in dtypes:
+            for case in ops_bench.make_cases(shape, dtype, device):
+                if case.name not in op_names:
+                    continue
+                for pass_ in args.passes:
+                    for backend in baselines + lib:
+                        row = ops_bench.bench_op(case, backend, shape, dtype, device, pass_ == "fwd+bwd",
+                                                 repeats, warmup)
+                        row["kind"] = "op"
+                        rows.append(row)
+                        print(f"  {case.name:26s} {pass_:7s} {'x'.join(map(str, shape)):14s} {row['dtype']:8s} "
+                              f"{backend:12s} {row['median_ms']:9.3f} ms", flush=True)
+    report.add_ratios([r for r in rows if r["kind"] == "op"], ("op", "shape", "dtype", "pass"), copy_gbps)
+
+    import importlib.util
+
+    if (args.models is None or args.models) and importlib.util.find_spec("bench.models_bench"):
+        from . import models_bench
+
+        model_rows = models_bench.run(device, args.models, quick=args.quick, repeats=repeats)
+        rows.extend(model_rows)
+
+    op_rows = [r for r in rows if r["kind"] == "op"]
+    if op_rows:
+        print()
+        print(report.format_table(op_rows, [
+            ("op", "op", ""), ("pass", "pass", ""), ("shape", "shape", ""), ("dtype", "dtype", ""),
+            ("backend", "backend", ""), ("median ms", "median_ms", "{:.3f}"), ("p10", "p10_ms", "{:.3f}"),
+            ("p90", "p90_ms", "{:.3f}"), ("GB/s", "GBps", "{:.1f}"), ("% copy", "pct_copy_bw", "{:.0f}%"),
+            ("vs eager", "vs_eager", "{:.2f}x"), ("vs compile", "vs_compile", "{:.2f}x")]))
+    model_rows = [r for r in rows if r["kind"] == "model"]
+    if model_rows:
+        print()
+        print(report.format_table(model_rows, [
+            ("case", "case", ""), ("backend", "backend", ""), ("median ms", "median_ms", "{:.1f}"),
+            ("p10", "p10_ms", "{:.1f}"), ("p90", "p90_ms", "{:.1f}"), ("peak MiB", "peak_mem_MB", "{:.0f}"),
+            ("vs eager", "vs_eager", "{:.2f}x"), ("vs compile", "vs_compile", "{:.2f}x")]))
+        for note in sorted({r["memory_method"] for r in model_rows if r.get("memory_method")}):
+            print(f"# peak memory: {note}")
+
+    stem = args.name or report.slug(f"{device.type}-{env['device']}") + ("-quick" if args.quick else "")
+    path = args.out / f"{stem}.json"
+    report.write_json(path, {"environment": env, "rows": rows, "argv": sys.argv[1:]})
+    print(f"\n# wrote {path}")
+    if not args.no_plots:
+        for p in report.plot(rows, args.out / stem, env["device"]):
+            print(f"# wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""Op micro-benchmarks: each op forward and forward+backward, per backend, against the eager spec and
+torch.compile of the spec, with bytes moved over the measured copy bandwidth as the floor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+import lattice_kernels as lk
+from lattice_kernels.ops import reference as ref
+
+from .timing import measure, rotation_count
+
+OPS = ("channel_stats", "combination_coefficients", "butterfly", "butterfly_q_stats", "lattice_block_mixing")
+
+
+@dataclass
+class OpCase:
+    """make_inputs(seed) -> tuple of tensors; run(backend, *inputs) -> outputs; `passes` = tensor-sized
+    reads + writes of the fused forward and of forward+backward."""
+
+    name: str
+    make_inputs: Callable[[int], tuple]
+    run: Callable[..., tuple]
+    spec: Callable[..., tuple]
+    passes_fwd: int
+    passes_fwd_bwd: int
+
+
+def _weights(c: int, device, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    r = max(1, c // 16)
+    return [(torch.randn(s, generator=g) * 0.3).to(device) for s in [(r, c), (r,), (c, r), (c,)] * 2]
+
+
+def make_cases(shape, dtype, device) -> list[OpCase]:
+    n, c = shape[:2]
+
+    def tensors(seed, k):
+        g = torch.Generator().manual_seed(seed)
+        return tuple(torch.randn(shape, generator=g).to(device=device, dtype=dtype) for _ in range(k))
+
+    def coefs(seed, k):
+        g = torch.Generator().manual_seed(seed + 100)
+        return tuple((torch.rand((n, c), generator=g) + 0.5).to(device) for _ in range(k))
+
+    cases = [
+        OpCase("channel_stats", lambda s: tensors(s, 1),
+               lambda b, x: lk.ops.channel_stats(x, backend=b), ref.channel_stats, 1, 3),
+        OpCase("combination_coefficients", lambda s: (*tensors(s, 1), *_weights(c, device, s)),
+               lambda b, x, *w: (lk.ops.combination_coefficients(x, *w, backend=b),),
+               lambda x, *w: (ref.combination_coefficients(x, *w),), 1, 3),
+        OpCase("butterfly", lambda s: (*tensors(s, 2), *coefs(s, 2)),
+               lambda b, x1, x2, a, bb: lk.ops.butterfly(x1, x2, alpha2=a, beta1=bb, backend=b),
+               lambda x1, x2, a, bb: ref.butterfly(x1, x2, alpha2=a, beta1=bb), 4, 10),
+        OpCase("butterfly_q_stats", lambda s: (*tensors(s, 2), *coefs(s, 2)),
+               lambda b, x1, x2, a, bb: lk.ops.butterfly(x1, x2, alpha2=a, beta1=bb, q_stats=True, backend=b),
+               _butterfly_q_stats_spec, 4, 10),
+    ]
+    try:
+        from lattice_kernels.nn.lattice_block import mixing_benchmark_case
+    except ImportError:
+        return cases
+    cases.append(mixing_benchmark_case(OpCase, shape, dtype, device))
+    return cases
+
+
+def _butterfly_q_stats_spec(x1, x2, a, b):
+    p, q = ref.butterfly(x1, x2, alpha2=a, beta1=b)
+    return (p, q, *ref.channel_stats(q))
+
+
+def _grads_for(outputs, seed):
+    g = torch.Generator().manual_seed(seed + 7)
+    return [torch.randn(o.shape, generator=g).to(device=o.device, dtype=o.dtype) for o in outputs]
+
+
+def bench_op(case: OpCase, backend: str, shape, dtype, device: torch.device, with_backward: bool, repeats: int,
+             warmup: int) -> dict:
+    """backend: 'eager' (the spec), 'compile' / 'compile-max' (torch.compile of the spec), or a library backend."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    numel = 1
+    for s in shape:
+        numel *= s
+    passes = case.passes_fwd_bwd if with_backward else case.passes_fwd
+    nbytes = passes * numel * itemsize
+    rot = rotation_count(nbytes, device)
+    sets = [case.make_inputs(i) for i in range(rot)]
+    if backend == "eager":
+        fn = case.spec
+    elif backend in ("compile", "compile-max"):
+        mode = "max-autotune-no-cudagraphs" if backend == "compile-max" else None
+        torch._dynamo.reset()
+        fn = torch.compile(case.spec, mode=mode, dynamic=False)
+    else:
+        def fn(*a, _b=backend):
+            return case.run(_b, *a)
+
+    if with_backward:
+        sets = [tuple(t.detach().requires_grad_(t.is_floating_point()) for t in s) for s in sets]
+        probe = [o for o in fn(*sets[0]) if o.requires_grad]
+        grads = [_grads_for(probe, i) for i in range(rot)]
+
+        def call(i):
+            outs = [o for o in fn(*sets[i]) if o.requires_grad]
+            torch.autograd.backward(outs, grads[i])
+            for t in sets[i]:
+                t.grad = None
+    else:
+        def call(i):
+            with torch.no_grad():
+                fn(*sets[i])
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t = measure(call, device, repeats=repeats, warmup=warmup, rotations=rot)
+    row = {"op": case.name, "shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "device": device.type,
+           "pass": "fwd+bwd" if with_backward else "fwd", "backend": backend, "bytes": nbytes, **t.as_dict(),
+           "GBps": nbytes / (t.median_ms * 1e-3) / 1e9, "rotations": rot}
+    if device.type == "cuda":
+        row["peak_mem_MB"] = torch.cuda.max_memory_allocated() / 2**20
+    return row
