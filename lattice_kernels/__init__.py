@@ -9,10 +9,16 @@ from ._backend import (
     set_backend,
     use_backend,
 )
+from .models import LatticeNet, LatticeRestorer
+from .nn import CombinationCoefficient, LatticeBlock
 
 __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
+    "CombinationCoefficient",
+    "LatticeBlock",
+    "LatticeNet",
+    "LatticeRestorer",
     "available_backends",
     "get_backend",
     "ops",

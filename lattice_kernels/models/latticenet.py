@@ -1,0 +1,92 @@
+"""LatticeNet for super-resolution (x2/x3/x4), with the published architecture and state-dict keys."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor, nn
+
+from ..nn import LatticeBlock
+from .checkpoint import CheckpointError, check_state_dict, read_state_dict, save_safetensors
+
+DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+class MeanShift(nn.Conv2d):
+    """A frozen 1x1 conv adding (sign=+1) or subtracting (sign=-1) rgb_range * mean. The published checkpoints
+    carry their own (slightly trained) values, which load over these."""
+
+    def __init__(self, rgb_range: float, mean=DIV2K_MEAN, sign: int = -1):
+        super().__init__(3, 3, 1)
+        with torch.no_grad():
+            self.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+            self.bias.copy_(sign * rgb_range * torch.tensor(mean))
+        self.requires_grad_(False)
+
+
+def _tdm(channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(channels, channels // 2, 1), nn.ReLU(inplace=True))
+
+
+class LatticeNet(nn.Module):
+    """LatticeNet(scale): (N, 3, h, w) RGB in [0, rgb_range] -> (N, 3, scale*h, scale*w).
+
+    sub_mean -> conv1 -> conv2 -> 4 LatticeBlocks -> backward fusion (T_tdm/L_tdm) -> + conv2's output -> tail
+    (conv, conv to 3*s^2, PixelShuffle) -> add_mean. 756K / 765K / 777K parameters for x2 / x3 / x4."""
+
+    def __init__(self, scale: int = 4, n_feats: int = 64, n_blocks: int = 4, rgb_range: float = 255.0,
+                 backend: str | None = None, **block_kwargs):
+        super().__init__()
+        if scale not in (2, 3, 4):
+            raise ValueError(f"scale must be 2, 3 or 4, got {scale}")
+        if n_blocks != 4:
+            raise ValueError("the backward fusion of LatticeNet is defined for n_blocks = 4")
+        self.scale = scale
+        self.rgb_range = rgb_range
+        # Registered in the published order, so state_dict() lists the keys as the checkpoints do.
+        self.sub_mean = MeanShift(rgb_range, sign=-1)
+        self.conv1 = nn.Conv2d(3, n_feats, 3, padding=1)
+        self.conv2 = nn.Conv2d(n_feats, n_feats, 3, padding=1)
+        for i in range(1, 5):
+            self.add_module(f"body_unit{i}", LatticeBlock(n_feats, backend=backend, **block_kwargs))
+        for i in range(1, 4):
+            self.add_module(f"T_tdm{i}", _tdm(n_feats))
+            self.add_module(f"L_tdm{i}", _tdm(n_feats))
+        self.tail = nn.Sequential(nn.Conv2d(n_feats, n_feats, 3, padding=1),
+                                  nn.Conv2d(n_feats, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+        self.add_mean = MeanShift(rgb_range, sign=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"LatticeNet takes (N, 3, H, W) RGB in [0, {self.rgb_range:g}], got {tuple(x.shape)}")
+        x = self.sub_mean(x)
+        x = self.conv2(self.conv1(x))
+        res1 = self.body_unit1(x)
+        res2 = self.body_unit2(res1)
+        res3 = self.body_unit3(res2)
+        res4 = self.body_unit4(res3)
+        t = torch.cat((self.T_tdm1(res4), self.L_tdm1(res3)), 1)
+        t = torch.cat((self.T_tdm2(t), self.L_tdm2(res2)), 1)
+        t = torch.cat((self.T_tdm3(t), self.L_tdm3(res1)), 1)
+        return self.add_mean(self.tail(t + x))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                        backend: str | None = None) -> LatticeNet:
+        """A LatticeNet with the weights of a .pt (published) or .safetensors file; the scale is inferred from
+        the tail. A file that does not fit says which keys and shapes are wrong."""
+        sd = read_state_dict(path, map_location)
+        tail = sd.get("tail.1.weight")
+        if tail is None or tail.dim() != 4 or tail.shape[0] not in (12, 27, 48):
+            shape = None if tail is None else tuple(tail.shape)
+            raise CheckpointError(f"{path}: cannot infer the scale: 'tail.1.weight' should be (3*s*s, 64, 3, 3) with "
+                                  f"s in 2, 3, 4, got {shape}")
+        scale = {12: 2, 27: 3, 48: 4}[tail.shape[0]]
+        model = cls(scale=scale, backend=backend)
+        check_state_dict(model, sd, str(path))
+        model.load_state_dict(sd)
+        return model.to(map_location)
+
+    def save_safetensors(self, path: str | os.PathLike) -> None:
+        save_safetensors(self, path, metadata={"model": "LatticeNet", "scale": str(self.scale)})

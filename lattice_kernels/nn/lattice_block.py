@@ -1,0 +1,166 @@
+"""LatticeBlock: two butterfly units around two residual blocks, run on the fused plan of DESIGN.md."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from .combination_coefficient import CombinationCoefficient
+
+# Which coefficients of the general butterfly p = a1*x1 + a2*x2, q = b1*x1 + b2*x2 are learned (the rest are 1).
+# Unit 1 combines (x1, x2) = (x, f = RB0(x)); unit 2 combines (g = RB1(p1), q1). A coefficient on a term is the
+# CC of that term.
+PLACEMENTS: dict[str, tuple[str, ...]] = {
+    "cross": ("alpha2", "beta1"),  # the paper: p = x1 + CC(x2) x2, q = CC(x1) x1 + x2
+    "parallel": ("alpha1", "beta2"),  # p = CC(x1) x1 + x2, q = x1 + CC(x2) x2
+    "serial": ("alpha2",),  # p = x1 + CC(x2) x2, q = x1 + x2
+    "both": ("alpha1", "alpha2", "beta1", "beta2"),  # every term weighted
+}
+# Published parameter names (cross placement: fea_ca{u} is alpha2, x_ca{u} is beta1); the others are new.
+_MODULE_NAME = {"alpha1": "x_ca_p{}", "alpha2": "fea_ca{}", "beta1": "x_ca{}", "beta2": "fea_ca_q{}"}
+_TERM = {"alpha1": 0, "alpha2": 1, "beta1": 0, "beta2": 1}  # which input of the unit the coefficient weights
+
+
+def residual_block(channels: int, diff: int) -> nn.Sequential:
+    """conv3x3 C -> C-d, LeakyReLU(0.05), conv3x3 C-d -> C-d, LeakyReLU, conv3x3 C-d -> C, LeakyReLU."""
+    mid = channels - diff
+    return nn.Sequential(
+        nn.Conv2d(channels, mid, 3, padding=1), nn.LeakyReLU(0.05, inplace=True),
+        nn.Conv2d(mid, mid, 3, padding=1), nn.LeakyReLU(0.05, inplace=True),
+        nn.Conv2d(mid, channels, 3, padding=1), nn.LeakyReLU(0.05, inplace=True),
+    )
+
+
+def _placement(placement: str | tuple[str, ...]) -> tuple[str, ...]:
+    if isinstance(placement, str):
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)} or a tuple of coefficient names, "
+                             f"got {placement!r}")
+        return PLACEMENTS[placement]
+    names = tuple(placement)
+    bad = [n for n in names if n not in _MODULE_NAME]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"placement coefficients must be distinct names among alpha1, alpha2, beta1, beta2, "
+                         f"got {names}")
+    return names
+
+
+class LatticeBlock(nn.Module):
+    """The Lattice Block (x: (N, C, H, W) -> (N, C, H, W)):
+        f = RB0(x); p1 = x + CC_fea1(f) f; q1 = f + CC_x1(x) x; g = RB1(p1);
+        p3 = g + CC_fea2(q1) q1; q3 = q1 + CC_x2(g) g; out = compress(cat(p3, q3))   (the 'cross' placement)
+    State-dict keys as published (conv_block{0,1}.{0,2,4}, fea_ca1, x_ca1, fea_ca2, x_ca2, compress).
+
+    The non-conv work runs the fused plan: the statistics of x, f and g once each, butterfly 1 returning q1's
+    statistics from its own pass, butterfly 2 writing p3 and q3 straight into the compress conv's input."""
+
+    def __init__(self, channels: int = 64, diff: int = 16, reduction: int = 16,
+                 placement: str | tuple[str, ...] = "cross", backend: str | None = None):
+        super().__init__()
+        if not 0 < diff < channels:
+            raise ValueError(f"diff must be in (0, channels={channels}), got {diff}")
+        self.placement = _placement(placement)
+        self.backend = backend
+        # Registered in the published order (conv_block0, fea_ca1, x_ca1, conv_block1, fea_ca2, x_ca2, compress).
+        for u in (1, 2):
+            self.add_module(f"conv_block{u - 1}", residual_block(channels, diff))
+            for name in self.placement:
+                self.add_module(_MODULE_NAME[name].format(u), CombinationCoefficient(channels, reduction, backend))
+        self.compress = nn.Conv2d(2 * channels, channels, 1)
+
+    def _coefficients(self, unit: int, stats: tuple) -> dict[str, Tensor]:
+        return {name: getattr(self, _MODULE_NAME[name].format(unit)).from_stats(*stats[_TERM[name]])
+                for name in self.placement}
+
+    def _stats(self, t: Tensor, term: int, unit_needs: set[int]) -> tuple[Tensor, Tensor] | None:
+        return ops.channel_stats(t, backend=self.backend) if term in unit_needs else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.compress.out_channels
+        if x.dim() != 4 or x.shape[1] != c:
+            raise ValueError(f"LatticeBlock({c}) takes (N, {c}, H, W), got {tuple(x.shape)}")
+        terms = {_TERM[n] for n in self.placement}
+        f = self.conv_block0(x)
+        x, f = _common_dtype(x, f)
+        p1, q1, *q1_stats = ops.butterfly(
+            x, f, **self._coefficients(1, (self._stats(x, 0, terms), self._stats(f, 1, terms))),
+            q_stats=1 in terms, backend=self.backend)
+        g = self.conv_block1(p1)
+        g, q1 = _common_dtype(g, q1)
+        stats2 = (self._stats(g, 0, terms), tuple(q1_stats) if q1_stats else None)
+        (pq,) = ops.butterfly_stacked(g, q1, **self._coefficients(2, stats2), backend=self.backend)
+        return self.compress(pq)
+
+
+def _common_dtype(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Under autocast a block input may be float32 while its conv outputs are bfloat16: promote like eager."""
+    if a.dtype == b.dtype:
+        return a, b
+    dt = torch.promote_types(a.dtype, b.dtype)
+    return a.to(dt), b.to(dt)
+
+
+class MixingOnly(LatticeBlock):
+    """A LatticeBlock whose residual blocks and compress conv are identities: exactly the block's non-conv work
+    (statistics, coefficients, butterflies, the stacked output). For benchmarks."""
+
+    def __init__(self, channels: int = 64, backend: str | None = None):
+        super().__init__(channels, backend=backend)
+        self.conv_block0 = nn.Identity()
+        self.conv_block1 = nn.Identity()
+        self.compress = _Stacked(channels)
+
+
+class _Stacked(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.out_channels = channels
+
+    def forward(self, pq: Tensor) -> Tensor:
+        return pq
+
+
+def mixing_spec(block: LatticeBlock, x: Tensor, f: Tensor, g_from_p1=None) -> Tensor:
+    """The published block's non-conv work in plain eager PyTorch (pooling, the CC MLPs as 1x1 convs, products,
+    sums and the cat), with identity residual blocks. For benchmarks against MixingOnly."""
+    def cc(m: CombinationCoefficient, t: Tensor) -> Tensor:
+        mean = t.mean(dim=(2, 3), keepdim=True)
+        std = t.flatten(2).std(dim=2)[:, :, None, None]
+        return (m.conv_mean(mean) + m.conv_std(std)) / 2.0
+
+    p1 = x + cc(block.fea_ca1, f) * f
+    q1 = f + cc(block.x_ca1, x) * x
+    g = p1
+    p3 = g + cc(block.fea_ca2, q1) * q1
+    q3 = q1 + cc(block.x_ca2, g) * g
+    return torch.cat((p3, q3), 1)
+
+
+def mixing_benchmark_case(case_type, shape, dtype, device):
+    """The 'lattice_block_mixing' op benchmark: MixingOnly (fused) against mixing_spec (eager / compiled)."""
+    torch.manual_seed(0)
+    c = shape[1]
+    blocks: dict[str, nn.Module] = {}
+
+    def block_for(backend):
+        if backend not in blocks:
+            blocks[backend] = MixingOnly(c, backend=backend).to(device)
+            blocks[backend].load_state_dict(reference.state_dict())
+        return blocks[backend]
+
+    reference = MixingOnly(c).to(device)
+
+    def make_inputs(seed):
+        g = torch.Generator().manual_seed(seed)
+        return (torch.randn(shape, generator=g).to(device=device, dtype=dtype),)
+
+    def run(backend, x):
+        return (block_for(backend)(x),)
+
+    def spec(x):
+        return (mixing_spec(reference, x, x),)
+
+    # Passes of the fused plan: stats x (1 read) + butterfly 1 (2 reads, 2 writes, q stats in the epilogue) +
+    # stats g (1) + butterfly 2 (2 reads, 2 writes into the stacked output) = 10; backward roughly twice that.
+    return case_type("lattice_block_mixing", make_inputs, run, spec, 10, 22)
