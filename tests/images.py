@@ -1,20 +1,12 @@
-"""Real photographs shipped with scikit-image, for tests and demos."""
+"""Real photographs shipped with scikit-image, for tests."""
 
 from __future__ import annotations
 
 import numpy as np
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "immunohistochemistry")
+from lattice_kernels.train.photos import PHOTOS, photo
 
-
-def photo(name: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB."""
-    import skimage.data
-
-    img = getattr(skimage.data, name)()
-    if img.ndim == 2:
-        img = np.stack([img] * 3, axis=-1)
-    return np.ascontiguousarray(img[..., :3])
+__all__ = ["PHOTOS", "crop", "photo"]
 
 
 def crop(img: np.ndarray, h: int, w: int, top: int = 0, left: int = 0) -> np.ndarray:

@@ -44,6 +44,8 @@ class LatticeNet(nn.Module):
             raise ValueError("the backward fusion of LatticeNet is defined for n_blocks = 4")
         self.scale = scale
         self.rgb_range = rgb_range
+        # 3x3 convs on the longest path: conv1, conv2, 6 per block, tail.0, tail.1 (for tiled inference).
+        self.receptive_radius = 2 + 6 * n_blocks + 2
         # Registered in the published order, so state_dict() lists the keys as the checkpoints do.
         self.sub_mean = MeanShift(rgb_range, sign=-1)
         self.conv1 = nn.Conv2d(3, n_feats, 3, padding=1)

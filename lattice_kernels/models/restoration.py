@@ -31,6 +31,7 @@ class LatticeRestorer(nn.Module):
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
         feats, n_blocks = PRESETS[preset]
         self.channels, self.preset = channels, preset
+        self.receptive_radius = 2 + 6 * n_blocks + 2  # 3x3 convs on the longest path (for tiled inference)
         self.head = nn.Sequential(_conv_bn_relu(channels, feats), _conv_bn_relu(feats, feats))
         self.blocks = nn.ModuleList(LatticeBlock(feats, backend=backend, **block_kwargs) for _ in range(n_blocks))
         self.tail = nn.Sequential(_conv_bn_relu(feats, feats), nn.Conv2d(feats, channels, 3, padding=1), nn.Tanh())

@@ -73,23 +73,38 @@ class LatticeBlock(nn.Module):
         return {name: getattr(self, _MODULE_NAME[name].format(unit)).from_stats(*stats[_TERM[name]])
                 for name in self.placement}
 
-    def _stats(self, t: Tensor, term: int, unit_needs: set[int]) -> tuple[Tensor, Tensor] | None:
-        return ops.channel_stats(t, backend=self.backend) if term in unit_needs else None
+    def needed_statistics(self) -> tuple[str, ...]:
+        """The statistics the block's coefficients use, in the order forward needs them: 'x', 'f' (unit 1),
+        'q1', 'g' (unit 2)."""
+        terms = {_TERM[n] for n in self.placement}
+        return tuple(s for s, t in (("x", 0), ("f", 1), ("q1", 1), ("g", 0)) if t in terms)
+
+    # Tiled inference (lattice_kernels.inference) sets this to a callable (block, name, tensor) -> (mean, std)
+    # that supplies whole-image statistics instead of the tile's own.
+    statistics_hook = None
+
+    def _stats(self, t: Tensor, name: str, needed: tuple[str, ...]) -> tuple[Tensor, Tensor] | None:
+        if name not in needed:
+            return None
+        if self.statistics_hook is not None:
+            return self.statistics_hook(self, name, t)
+        return ops.channel_stats(t, backend=self.backend)
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.compress.out_channels
         if x.dim() != 4 or x.shape[1] != c:
             raise ValueError(f"LatticeBlock({c}) takes (N, {c}, H, W), got {tuple(x.shape)}")
-        terms = {_TERM[n] for n in self.placement}
+        needed = self.needed_statistics()
         f = self.conv_block0(x)
         x, f = _common_dtype(x, f)
-        p1, q1, *q1_stats = ops.butterfly(
-            x, f, **self._coefficients(1, (self._stats(x, 0, terms), self._stats(f, 1, terms))),
-            q_stats=1 in terms, backend=self.backend)
+        coefs1 = self._coefficients(1, (self._stats(x, "x", needed), self._stats(f, "f", needed)))
+        fused_q_stats = "q1" in needed and self.statistics_hook is None
+        p1, q1, *q1_stats = ops.butterfly(x, f, **coefs1, q_stats=fused_q_stats, backend=self.backend)
+        s_q1 = tuple(q1_stats) if fused_q_stats else self._stats(q1, "q1", needed)
         g = self.conv_block1(p1)
         g, q1 = _common_dtype(g, q1)
-        stats2 = (self._stats(g, 0, terms), tuple(q1_stats) if q1_stats else None)
-        (pq,) = ops.butterfly_stacked(g, q1, **self._coefficients(2, stats2), backend=self.backend)
+        coefs2 = self._coefficients(2, (self._stats(g, "g", needed), s_q1))
+        (pq,) = ops.butterfly_stacked(g, q1, **coefs2, backend=self.backend)
         return self.compress(pq)
 
 
