@@ -32,6 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--backends", nargs="+", default=None,
                    help="library backends to compare (default: every available one for the device)")
+    p.add_argument("--layouts", nargs="+", default=["nchw", "nhwc"], choices=["nchw", "nhwc"],
+                   help="memory formats of the op inputs (nhwc = channels_last)")
     p.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.add_argument("--repeats", type=int, default=None)
@@ -73,19 +75,20 @@ def main(argv=None) -> int:
     rows: list[dict] = []
     op_names = ops_bench.OPS if args.ops is None else args.ops
     for shape in shapes if op_names else []:
-        for dtype in dtypes:
-            for case in ops_bench.make_cases(shape, dtype, device):
-                if case.name not in op_names:
-                    continue
-                for pass_ in args.passes:
-                    for backend in baselines + lib:
-                        row = ops_bench.bench_op(case, backend, shape, dtype, device, pass_ == "fwd+bwd",
-                                                 repeats, warmup)
-                        row["kind"] = "op"
-                        rows.append(row)
-                        print(f"  {case.name:26s} {pass_:7s} {'x'.join(map(str, shape)):14s} {row['dtype']:8s} "
-                              f"{backend:12s} {row['median_ms']:9.3f} ms", flush=True)
-    report.add_ratios([r for r in rows if r["kind"] == "op"], ("op", "shape", "dtype", "pass"), copy_gbps)
+        for layout in args.layouts:
+            for dtype in dtypes:
+                for case in ops_bench.make_cases(shape, dtype, device, layout):
+                    if case.name not in op_names:
+                        continue
+                    for pass_ in args.passes:
+                        for backend in baselines + lib:
+                            row = ops_bench.bench_op(case, backend, shape, dtype, device, pass_ == "fwd+bwd",
+                                                     repeats, warmup, layout)
+                            row["kind"] = "op"
+                            rows.append(row)
+                            print(f"  {case.name:26s} {pass_:7s} {'x'.join(map(str, shape)):14s} {layout} "
+                                  f"{row['dtype']:8s} {backend:12s} {row['median_ms']:9.3f} ms", flush=True)
+    report.add_ratios([r for r in rows if r["kind"] == "op"], ("op", "shape", "layout", "dtype", "pass"), copy_gbps)
 
     import importlib.util
 
@@ -99,7 +102,8 @@ def main(argv=None) -> int:
     if op_rows:
         print()
         print(report.format_table(op_rows, [
-            ("op", "op", ""), ("pass", "pass", ""), ("shape", "shape", ""), ("dtype", "dtype", ""),
+            ("op", "op", ""), ("pass", "pass", ""), ("shape", "shape", ""), ("layout", "layout", ""),
+            ("dtype", "dtype", ""),
             ("backend", "backend", ""), ("median ms", "median_ms", "{:.3f}"), ("p10", "p10_ms", "{:.3f}"),
             ("p90", "p90_ms", "{:.3f}"), ("GB/s", "GBps", "{:.1f}"), ("% copy", "pct_copy_bw", "{:.0f}%"),
             ("vs eager", "vs_eager", "{:.2f}x"), ("vs compile", "vs_compile", "{:.2f}x")]))

@@ -35,12 +35,14 @@ def _weights(c: int, device, seed: int) -> list[torch.Tensor]:
     return [(torch.randn(s, generator=g) * 0.3).to(device) for s in [(r, c), (r,), (c, r), (c,)] * 2]
 
 
-def make_cases(shape, dtype, device) -> list[OpCase]:
+def make_cases(shape, dtype, device, layout: str = "nchw") -> list[OpCase]:
     n, c = shape[:2]
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
 
     def tensors(seed, k):
         g = torch.Generator().manual_seed(seed)
-        return tuple(torch.randn(shape, generator=g).to(device=device, dtype=dtype) for _ in range(k))
+        return tuple(torch.randn(shape, generator=g).to(device=device, dtype=dtype).contiguous(memory_format=fmt)
+                     for _ in range(k))
 
     def coefs(seed, k):
         g = torch.Generator().manual_seed(seed + 100)
@@ -63,7 +65,7 @@ def make_cases(shape, dtype, device) -> list[OpCase]:
         from lattice_kernels.nn.lattice_block import mixing_benchmark_case
     except ImportError:
         return cases
-    cases.append(mixing_benchmark_case(OpCase, shape, dtype, device))
+    cases.append(mixing_benchmark_case(OpCase, shape, dtype, device, fmt))
     return cases
 
 
@@ -78,7 +80,7 @@ def _grads_for(outputs, seed):
 
 
 def bench_op(case: OpCase, backend: str, shape, dtype, device: torch.device, with_backward: bool, repeats: int,
-             warmup: int) -> dict:
+             warmup: int, layout: str = "nchw") -> dict:
     """backend: 'eager' (the spec), 'compile' / 'compile-max' (torch.compile of the spec), or a library backend."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     numel = 1
@@ -116,7 +118,8 @@ def bench_op(case: OpCase, backend: str, shape, dtype, device: torch.device, wit
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t = measure(call, device, repeats=repeats, warmup=warmup, rotations=rot)
-    row = {"op": case.name, "shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "device": device.type,
+    row = {"op": case.name, "shape": list(shape), "layout": layout, "dtype": str(dtype).replace("torch.", ""),
+           "device": device.type,
            "pass": "fwd+bwd" if with_backward else "fwd", "backend": backend, "bytes": nbytes, **t.as_dict(),
            "GBps": nbytes / (t.median_ms * 1e-3) / 1e9, "rotations": rot}
     if device.type == "cuda":

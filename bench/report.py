@@ -107,7 +107,10 @@ def plot(rows: list[dict], path_prefix: Path, title: str) -> list[Path]:
     written = []
     op_rows = [r for r in rows if r.get("kind") == "op"]
     if op_rows:
-        groups = sorted({(r["op"], r["pass"], "x".join(map(str, r["shape"])), r["dtype"]) for r in op_rows})
+        def gkey(r):
+            return (r["op"], r["pass"], "x".join(map(str, r["shape"])), r.get("layout", ""), r["dtype"])
+
+        groups = sorted({gkey(r) for r in op_rows})
         backends = sorted({r["backend"] for r in op_rows}, key=lambda b: ["eager", "compile", "compile-max"].index(b)
                           if b in ("eager", "compile", "compile-max") else 3 + hash(b) % 7)
         for what, key, ylabel, log in (("time", "median_ms", "median time (ms)", True),
@@ -117,12 +120,11 @@ def plot(rows: list[dict], path_prefix: Path, title: str) -> list[Path]:
             for bi, b in enumerate(backends):
                 vals = []
                 for g in groups:
-                    match = [r for r in op_rows if (r["op"], r["pass"], "x".join(map(str, r["shape"])), r["dtype"]) == g
-                             and r["backend"] == b]
+                    match = [r for r in op_rows if gkey(r) == g and r["backend"] == b]
                     vals.append(match[0].get(key, float("nan")) if match else float("nan"))
                 ax.bar([i + bi * width for i in range(len(groups))], vals, width, label=b)
             ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
-            ax.set_xticklabels([f"{g[0]}\n{g[1]} {g[2]}\n{g[3]}" for g in groups], fontsize=6, rotation=90)
+            ax.set_xticklabels([f"{g[0]}\n{g[1]} {g[2]}\n{g[3]} {g[4]}" for g in groups], fontsize=6, rotation=90)
             ax.set_ylabel(ylabel)
             if log:
                 ax.set_yscale("log")

@@ -10,37 +10,43 @@ namespace lk {
 const char* cpu_isa_name();
 }
 
+// Every op takes NCHW, channels_last or channel-sliced inputs and gives outputs in the input's memory format, so
+// Inductor may hand it tensors in whatever layout it chose (flexible_layout): with the default constraint it would
+// transpose the channels_last activations of its convolutions back to NCHW around every call (measured: a 13 ms
+// transpose per Lattice Block at 1x64x180x320 on the 2-core CPU).
+static const std::vector<at::Tag> kTags = {at::Tag::flexible_layout, at::Tag::pt2_compliant_tag};
+
 TORCH_LIBRARY(lattice_kernels, m) {
   // mean, std over H*W per (n, c); std unbiased. Outputs (N, C) float32 (float64 for float64 x).
-  m.def("channel_stats(Tensor x) -> (Tensor, Tensor)");
-  m.def("channel_stats_backward(Tensor grad_mean, Tensor grad_std, Tensor x, Tensor mean, Tensor std) -> Tensor");
+  m.def("channel_stats(Tensor x) -> (Tensor, Tensor)", kTags);
+  m.def("channel_stats_backward(Tensor grad_mean, Tensor grad_std, Tensor x, Tensor mean, Tensor std) -> Tensor", kTags);
   // cc = 0.5 * (sigmoid(w2m relu(w1m mean + b1m) + b2m) + sigmoid(w2s relu(w1s std + b1s) + b2s)); returns
   // (cc, mean, std). Weights are 2-D: w1 (C/r, C), w2 (C, C/r).
   m.def(
       "combination_coefficients(Tensor x, Tensor w1m, Tensor b1m, Tensor w2m, Tensor b2m, Tensor w1s, Tensor b1s, "
-      "Tensor w2s, Tensor b2s) -> (Tensor, Tensor, Tensor)");
+      "Tensor w2s, Tensor b2s) -> (Tensor, Tensor, Tensor)", kTags);
   m.def(
       "combination_coefficients_backward(Tensor grad, Tensor x, Tensor mean, Tensor std, Tensor w1m, Tensor b1m, "
       "Tensor w2m, Tensor b2m, Tensor w1s, Tensor b1s, Tensor w2s, Tensor b2s) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", kTags);
   // p = alpha1*x1 + alpha2*x2, q = beta1*x1 + beta2*x2 with (N, C) coefficients (absent = 1). Returns
   // (p, q, mean_q, std_q); the statistics are empty unless q_stats.
   m.def(
       "butterfly(Tensor x1, Tensor x2, Tensor? alpha1, Tensor? alpha2, Tensor? beta1, Tensor? beta2, bool q_stats) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "-> (Tensor, Tensor, Tensor, Tensor)", kTags);
   // The same, p and q written to channels [0, C) and [C, 2C) of one new (N, 2C, H, W) tensor: (pq, mean_q, std_q).
   m.def(
       "butterfly_stacked(Tensor x1, Tensor x2, Tensor? alpha1, Tensor? alpha2, Tensor? beta1, Tensor? beta2, "
-      "bool q_stats) -> (Tensor, Tensor, Tensor)");
+      "bool q_stats) -> (Tensor, Tensor, Tensor)", kTags);
   // The same into a caller's (N, 2C, H, W) buffer: (mean_q, std_q).
   m.def(
       "butterfly_out(Tensor x1, Tensor x2, Tensor? alpha1, Tensor? alpha2, Tensor? beta1, Tensor? beta2, "
-      "bool q_stats, Tensor(a!) out) -> (Tensor, Tensor)");
+      "bool q_stats, Tensor(a!) out) -> (Tensor, Tensor)", kTags);
   // (dx1, dx2, dalpha1, dalpha2, dbeta1, dbeta2); the gradient of an absent coefficient is an empty tensor.
   m.def(
       "butterfly_backward(Tensor grad_p, Tensor grad_q, Tensor? grad_mean_q, Tensor? grad_std_q, Tensor x1, "
       "Tensor x2, Tensor? alpha1, Tensor? alpha2, Tensor? beta1, Tensor? beta2, Tensor? mean_q, Tensor? std_q) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", kTags);
 }
 
 namespace {

@@ -1,5 +1,6 @@
-"""LatticeNet, LatticeBlock and the restoration model against an independent plain-PyTorch implementation
-(plain_latticenet.py), with the published checkpoints on real photographs, on every available backend."""
+"""LatticeNet, LatticeBlock and the restoration model against the plain-PyTorch implementation
+(lattice_kernels/models/reference.py, which shares no code with the fused modules), with the published
+checkpoints on real photographs, on every available backend."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import torch
 
 import lattice_kernels as lk
 from lattice_kernels.models import CheckpointError
+from lattice_kernels.models.reference import PlainCC, PlainLatticeNet, plain_rb
 from lattice_kernels.nn import PLACEMENTS
 
 from .conftest import BACKEND_DEVICES, interpreted, weights_dir
 from .images import crop, photo
-from .plain_latticenet import PlainCC, PlainLatticeNet, plain_rb
 
 WEIGHTS = weights_dir()
 needs_weights = pytest.mark.skipif(

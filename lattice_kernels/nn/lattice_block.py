@@ -152,7 +152,7 @@ def mixing_spec(block: LatticeBlock, x: Tensor, f: Tensor, g_from_p1=None) -> Te
     return torch.cat((p3, q3), 1)
 
 
-def mixing_benchmark_case(case_type, shape, dtype, device):
+def mixing_benchmark_case(case_type, shape, dtype, device, memory_format=torch.contiguous_format):
     """The 'lattice_block_mixing' op benchmark: MixingOnly (fused) against mixing_spec (eager / compiled)."""
     torch.manual_seed(0)
     c = shape[1]
@@ -168,7 +168,7 @@ def mixing_benchmark_case(case_type, shape, dtype, device):
 
     def make_inputs(seed):
         g = torch.Generator().manual_seed(seed)
-        return (torch.randn(shape, generator=g).to(device=device, dtype=dtype),)
+        return (torch.randn(shape, generator=g).to(device=device, dtype=dtype).contiguous(memory_format=memory_format),)
 
     def run(backend, x):
         return (block_for(backend)(x),)

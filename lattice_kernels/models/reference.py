@@ -1,5 +1,7 @@
-"""An independent plain-PyTorch LatticeNet written from DESIGN.md (not from the library), with the published
-state-dict keys: the reference the library's models are checked against."""
+"""The plain-PyTorch LatticeNet, written from DESIGN.md as the published code has it (pooling, std, 1x1-conv MLPs,
+products, sums, cat), sharing no code with the fused modules and with the published state-dict keys. It is the
+spec the library's models are tested against and the "eager PyTorch" / "torch.compile" baseline of the
+benchmarks."""
 
 from __future__ import annotations
 
