@@ -37,7 +37,8 @@ def _extension():
     debug = os.environ.get("LATTICE_KERNELS_DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # -fopenmp: at::parallel_for is a header template and runs single-threaded in a TU built without it.
-    cxx = [*opt, "-Wall", "-Wextra", "-Wno-unused-parameter", "-fopenmp"]
+    # -Wno-psabi: the kernels pass 32-byte vectors between static inline functions of the baseline TU (no ABI edge).
+    cxx = [*opt, "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-psabi", "-fopenmp"]
     sources = [f"{CSRC}/lattice_kernels.cpp", f"{CSRC}/cpu/ops_cpu.cpp", f"{CSRC}/cpu/kernels_baseline.cpp"]
     if platform.machine() in ("x86_64", "AMD64"):
         sources.append(f"{CSRC}/cpu/kernels_avx2.cpp")

@@ -21,7 +21,6 @@ from .conftest import (
 )
 
 SHAPES = [(2, 5, 7, 13), (1, 64, 1, 1), (3, 4, 1, 1), (2, 3, 1, 2), (2, 19, 6, 5), (2, 3, 70, 70)]
-SMALL = SHAPES[:5]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 LAYOUTS = ["nchw", "nhwc", "strided"]
 NAMES = ("alpha1", "alpha2", "beta1", "beta2")
@@ -97,10 +96,7 @@ def _check_forward(backend, device, shape, dtype, layout, present, mode):
 def test_forward_matches_reference(backend_device, shape_i, dtype, layout, mode):
     backend, device = backend_device
     skip_if_unsupported(backend, device, dtype)
-    shapes = SMALL if interpreted(backend, device) else SHAPES
-    if shape_i >= len(shapes):
-        pytest.skip("large shape: not run in the Triton interpreter")
-    _check_forward(backend, device, shapes[shape_i], dtype, layout, PLACEMENTS["paper"], mode)
+    _check_forward(backend, device, SHAPES[shape_i], dtype, layout, PLACEMENTS["paper"], mode)
 
 
 @pytest.mark.parametrize("present", [p for r in range(5) for p in itertools.combinations(NAMES, r)],
@@ -174,7 +170,7 @@ def _backward_case(backend, device, shape, dtype, layout, present, stacked, use_
 def test_backward_matches_reference(backend_device, dtype, layout, stacked):
     backend, device = backend_device
     skip_if_unsupported(backend, device, dtype)
-    shapes = [(2, 5, 7, 13), (2, 19, 6, 5)] + ([] if interpreted(backend, device) else [(2, 3, 70, 70)])
+    shapes = [(2, 5, 7, 13), (2, 19, 6, 5), (2, 3, 70, 70)]
     for shape in shapes:
         _backward_case(backend, device, shape, dtype, layout, PLACEMENTS["paper"], stacked, use_stats=True)
 

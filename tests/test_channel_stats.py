@@ -20,13 +20,8 @@ from .conftest import (
 # H*W = 1, 2, 7x13; (1, 64, 1, 1); C = 19, 5 (not a multiple of the vector width); several chunks per channel
 # (P > 4096 planar; C = 3 -> 1365-pixel chunks interleaved).
 SHAPES = [(2, 5, 7, 13), (1, 64, 1, 1), (3, 4, 1, 1), (2, 3, 1, 2), (2, 19, 6, 5), (1, 8, 16, 16), (2, 3, 70, 70)]
-SMALL = SHAPES[:6]  # for the Triton interpreter
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 LAYOUTS = ["nchw", "nhwc", "strided"]
-
-
-def _shapes(backend, device):
-    return SMALL if interpreted(backend, device) else SHAPES
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -35,10 +30,7 @@ def _shapes(backend, device):
 def test_forward_matches_reference(backend_device, shape_i, dtype, layout):
     backend, device = backend_device
     skip_if_unsupported(backend, device, dtype)
-    shapes = _shapes(backend, device)
-    if shape_i >= len(shapes):
-        pytest.skip("large shape: not run in the Triton interpreter")
-    x = make_input(shapes[shape_i], dtype, device, layout)
+    x = make_input(SHAPES[shape_i], dtype, device, layout)
     mean, std = lk.ops.channel_stats(x, backend=backend)
     st = torch.float64 if dtype == torch.float64 else torch.float32
     assert mean.dtype == st and std.dtype == st
@@ -56,7 +48,7 @@ def test_forward_matches_reference(backend_device, shape_i, dtype, layout):
 def test_backward_matches_reference(backend_device, dtype, layout):
     backend, device = backend_device
     skip_if_unsupported(backend, device, dtype)
-    shapes = [(2, 5, 7, 13), (2, 19, 6, 5)] + ([] if interpreted(backend, device) else [(2, 3, 70, 70)])
+    shapes = [(2, 5, 7, 13), (2, 19, 6, 5), (2, 3, 70, 70)]
     for shape in shapes:
         x = make_input(shape, dtype, device, layout).requires_grad_()
         g = torch.Generator().manual_seed(1)

@@ -19,7 +19,6 @@ from .conftest import (
 )
 
 SHAPES = [(2, 16, 7, 13), (1, 64, 1, 2), (3, 19, 5, 6), (1, 64, 16, 16), (2, 4, 70, 70)]
-SMALL = SHAPES[:3]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
@@ -43,10 +42,7 @@ def _reduced(c):
 def test_forward_matches_reference(backend_device, shape_i, dtype, layout):
     backend, device = backend_device
     skip_if_unsupported(backend, device, dtype)
-    shapes = SMALL if interpreted(backend, device) else SHAPES
-    if shape_i >= len(shapes):
-        pytest.skip("large shape: not run in the Triton interpreter")
-    shape = shapes[shape_i]
+    shape = SHAPES[shape_i]
     st = torch.float64 if dtype == torch.float64 else torch.float32
     x = make_input(shape, dtype, device, layout)
     w = make_weights(shape[1], _reduced(shape[1]), st, device=device)
@@ -65,7 +61,7 @@ def test_backward_matches_reference(backend_device, dtype, layout):
     backend, device = backend_device
     skip_if_unsupported(backend, device, dtype)
     st = torch.float64 if dtype == torch.float64 else torch.float32
-    shapes = SMALL if interpreted(backend, device) else [*SMALL, (2, 4, 70, 70)]
+    shapes = [*SHAPES[:3], (2, 4, 70, 70)]
     for shape in shapes:
         x = make_input(shape, dtype, device, layout).requires_grad_()
         w = [t.requires_grad_() for t in make_weights(shape[1], _reduced(shape[1]), st, device=device)]

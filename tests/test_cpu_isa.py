@@ -1,5 +1,7 @@
-"""The CPU kernels exist for the baseline target and for AVX2; the suite runs the one the CPU picks, and this test
-runs the other (in a subprocess, LATTICE_KERNELS_CPU_ISA forces it) against the spec."""
+"""The CPU kernels exist for the baseline target and for AVX2, and write large outputs with streaming stores; the
+suite runs what the CPU and the (small) test shapes pick, and this test runs the other paths in a subprocess
+(LATTICE_KERNELS_CPU_ISA forces the instruction set, LATTICE_KERNELS_STREAM_BYTES=0 streaming on every call)
+against the spec."""
 
 from __future__ import annotations
 
@@ -24,6 +26,10 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         st = torch.float64 if dtype == torch.float64 else torch.float32
         a = torch.rand(2, 19, generator=g).to(st).requires_grad_()
         p, q, mq, sq = lk.ops.butterfly(x1, x2, alpha2=a, q_stats=True, backend="cpu")
+        rmq, rsq = ref.channel_stats(q.double())
+        assert (mq.double() - rmq).abs().max() < 1e-5 and (sq.double() - rsq).abs().max() < 1e-5, dtype
+        pq, = lk.ops.butterfly_stacked(x1, x2, alpha2=a, backend="cpu")
+        assert torch.equal(pq[:, :19], p) and torch.equal(pq[:, 19:], q), dtype
         rp, rq = ref.butterfly(x1.double(), x2.double(), alpha2=a.double())
         tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
         assert ((p.double() - rp).abs() / (rp.abs() + 1)).max() < tol, dtype
@@ -44,8 +50,9 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("isa", ["baseline", "avx2"])
-def test_each_instruction_set_matches_reference(isa):
+@pytest.mark.parametrize(("isa", "stream"), [("baseline", "0"), ("avx2", "0"), ("avx2", "-1")],
+                         ids=["baseline", "avx2-streaming", "avx2-plain-stores"])
+def test_each_instruction_set_matches_reference(isa, stream):
     if "cpu" not in lk.available_backends():
         pytest.skip("the compiled extension did not load")
     from lattice_kernels._backend import _C
@@ -53,7 +60,8 @@ def test_each_instruction_set_matches_reference(isa):
     if isa == "avx2" and _C.cpu_isa() != "avx2":
         pytest.skip("this CPU or build has no AVX2 kernels")
     r = subprocess.run([sys.executable, "-c", f"ISA = {isa!r}\n" + CHECK], capture_output=True, text=True,
-                       env={**os.environ, "LATTICE_KERNELS_CPU_ISA": isa}, timeout=600)
+                       env={**os.environ, "LATTICE_KERNELS_CPU_ISA": isa, "LATTICE_KERNELS_STREAM_BYTES": stream},
+                       timeout=600)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
 
 

@@ -123,3 +123,14 @@ def test_cpp_ops_check_too():
     with pytest.raises(RuntimeError, match="unsupported operation|overlap"):
         out = torch.empty(1, 4, 3, 3)
         ops.butterfly_out(out[:, :2], x, None, None, None, None, False, out)
+
+
+def test_triton_refuses_float64():
+    if "triton" not in lk.available_backends():
+        pytest.skip("triton cannot run here")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64, device=device)
+    with pytest.raises(TypeError, match="backend 'triton' computes in float32.*float64 .* runs on the 'cpu'"):
+        lk.ops.channel_stats(x, backend="triton")
+    with pytest.raises(TypeError, match="backend 'triton' computes in float32"):
+        lk.ops.butterfly(x, x, backend="triton")

@@ -24,6 +24,9 @@ struct Geometry {
   // result and every merge happens in the same order on every run.
   int64_t chunk = 0;
   int64_t nchunk = 0;
+  // Write outputs with streaming (non-temporal) stores: set by the binding when the call writes more than the
+  // caches hold, where the read-for-ownership of every destination line would only add memory traffic.
+  bool stream = false;
   int64_t items() const { return (interleaved ? N : N * C) * nchunk; }
   int64_t chunk_len(int64_t k) const {
     int64_t rest = P - k * chunk;

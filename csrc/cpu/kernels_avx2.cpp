@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <immintrin.h>
 
 #include "kernel_args.h"
 #include "kernels.h"
@@ -10,6 +11,7 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 #define LK_ISA_NS isa_avx2
+#define LK_STREAM_STORES
 #include "kernels.h"
 #include "kernels_impl.h"
 #pragma GCC pop_options

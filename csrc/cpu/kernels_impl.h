@@ -14,6 +14,10 @@
 
 #include "kernel_args.h"
 
+#if defined(LK_STREAM_STORES)
+#include <immintrin.h>
+#endif
+
 namespace lk {
 namespace LK_ISA_NS {
 
@@ -101,6 +105,26 @@ static inline vh float_to_bf16(vf f) {
 
 // Storage type S, accumulation type A and its vector V (W lanes); ld/st convert S <-> A (rounding once).
 template <DType D> struct Traits;
+// Non-temporal ("streaming") stores of one vector, for outputs too large to stay in cache: they skip the read for
+// ownership of the destination line. Only the AVX2 build has them; they need an aligned address (else a plain store).
+#if defined(LK_STREAM_STORES)
+static inline bool aligned32(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 31) == 0; }
+static inline void stream(float* p, vf v) {
+  if (aligned32(p)) _mm256_stream_ps(p, bitcast<__m256>(v)); else store_raw(p, v);
+}
+static inline void stream(double* p, vd v) {
+  if (aligned32(p)) _mm256_stream_pd(p, bitcast<__m256d>(v)); else store_raw(p, v);
+}
+static inline void stream(uint16_t* p, vh v) {
+  if ((reinterpret_cast<uintptr_t>(p) & 15) == 0) _mm_stream_si128(reinterpret_cast<__m128i*>(p), bitcast<__m128i>(v));
+  else store_raw(p, v);
+}
+static inline void stream_fence() { _mm_sfence(); }
+#else
+template <class P, class V> static inline void stream(P* p, V v) { store_raw(p, v); }
+static inline void stream_fence() {}
+#endif
+
 template <> struct Traits<DType::F32> {
   using S = float; using A = float; using V = vf;
   static constexpr int W = 8;
@@ -108,6 +132,8 @@ template <> struct Traits<DType::F32> {
   static inline S st(A v) { return v; }
   static inline V vld(const S* p) { return load_raw<V>(p); }
   static inline void vst(S* p, V v) { store_raw(p, v); }
+  static inline void vst_nt(S* p, V v) { stream(p, v); }
+  static inline V vround(V v) { return v; }
 };
 template <> struct Traits<DType::F64> {
   using S = double; using A = double; using V = vd;
@@ -116,6 +142,8 @@ template <> struct Traits<DType::F64> {
   static inline S st(A v) { return v; }
   static inline V vld(const S* p) { return load_raw<V>(p); }
   static inline void vst(S* p, V v) { store_raw(p, v); }
+  static inline void vst_nt(S* p, V v) { stream(p, v); }
+  static inline V vround(V v) { return v; }
 };
 template <> struct Traits<DType::F16> {
   using S = uint16_t; using A = float; using V = vf;
@@ -124,6 +152,8 @@ template <> struct Traits<DType::F16> {
   static inline S st(A v) { return float_to_half(v); }
   static inline V vld(const S* p) { return half_to_float(load_raw<vh>(p)); }
   static inline void vst(S* p, V v) { store_raw(p, float_to_half(v)); }
+  static inline void vst_nt(S* p, V v) { stream(p, float_to_half(v)); }
+  static inline V vround(V v) { return half_to_float(float_to_half(v)); }
 };
 template <> struct Traits<DType::BF16> {
   using S = uint16_t; using A = float; using V = vf;
@@ -132,7 +162,14 @@ template <> struct Traits<DType::BF16> {
   static inline S st(A v) { return float_to_bf16(v); }
   static inline V vld(const S* p) { return bf16_to_float(load_raw<vh>(p)); }
   static inline void vst(S* p, V v) { store_raw(p, float_to_bf16(v)); }
+  static inline void vst_nt(S* p, V v) { stream(p, float_to_bf16(v)); }
+  static inline V vround(V v) { return bf16_to_float(float_to_bf16(v)); }
 };
+
+// Store of an output vector: streaming when the call's outputs are large (see Geometry::stream).
+template <class Tr> static inline void put(typename Tr::S* p, typename Tr::V v, bool nt) {
+  if (nt) Tr::vst_nt(p, v); else Tr::vst(p, v);
+}
 
 template <class V, class A> static inline V splat(A a) { return V{} + a; }
 
@@ -149,26 +186,61 @@ template <class Tr> static inline typename Tr::A reduce(const typename Tr::V* ac
   return hsum<typename Tr::A, typename Tr::V, Tr::W>(s);
 }
 
-template <class Tr> static inline typename Tr::A span_sum(const typename Tr::S* __restrict__ x, int64_t L) {
+// Sources of the values whose statistics are taken: stored data, or q recomputed from x1 and x2 (and rounded to
+// the storage type as the stored q is) so that q need not be read back after a streaming store.
+template <class Tr> struct Stored {
+  const typename Tr::S* __restrict__ x;
+  int64_t sp;  // pixel stride (interleaved sources)
+  typename Tr::V vld(int64_t i) const { return Tr::vld(x + i); }
+  typename Tr::A ld(int64_t i) const { return Tr::ld(x[i]); }
+  typename Tr::V vld(int64_t p, int64_t c) const { return Tr::vld(x + p * sp + c); }
+  typename Tr::A ld(int64_t p, int64_t c) const { return Tr::ld(x[p * sp + c]); }
+};
+// Planar: q = b1*x1 + b2*x2 with scalar coefficients.
+template <class Tr> struct RecomputedRow {
+  const typename Tr::S* __restrict__ x1;
+  const typename Tr::S* __restrict__ x2;
+  typename Tr::A b1, b2;
+  typename Tr::V vld(int64_t i) const {
+    return Tr::vround(splat<typename Tr::V>(b1) * Tr::vld(x1 + i) + splat<typename Tr::V>(b2) * Tr::vld(x2 + i));
+  }
+  typename Tr::A ld(int64_t i) const { return Tr::ld(Tr::st(b1 * Tr::ld(x1[i]) + b2 * Tr::ld(x2[i]))); }
+};
+// Interleaved: q = b1[c]*x1 + b2[c]*x2 per channel.
+template <class Tr> struct RecomputedPixels {
+  const typename Tr::S* __restrict__ x1;
+  const typename Tr::S* __restrict__ x2;
+  int64_t sp1, sp2;
+  const typename Tr::A* __restrict__ b1;
+  const typename Tr::A* __restrict__ b2;
+  typename Tr::V vld(int64_t p, int64_t c) const {
+    using V = typename Tr::V;
+    return Tr::vround(load_raw<V>(b1 + c) * Tr::vld(x1 + p * sp1 + c) + load_raw<V>(b2 + c) * Tr::vld(x2 + p * sp2 + c));
+  }
+  typename Tr::A ld(int64_t p, int64_t c) const {
+    return Tr::ld(Tr::st(b1[c] * Tr::ld(x1[p * sp1 + c]) + b2[c] * Tr::ld(x2[p * sp2 + c])));
+  }
+};
+
+template <class Tr, class Src> static inline typename Tr::A span_sum(const Src& x, int64_t L) {
   using A = typename Tr::A;
   using V = typename Tr::V;
   constexpr int W = Tr::W;
   V acc[kAcc] = {};
   int64_t i = 0;
   for (; i + kAcc * W <= L; i += kAcc * W)
-    for (int j = 0; j < kAcc; ++j) acc[j] += Tr::vld(x + i + j * W);
-  for (; i + W <= L; i += W) acc[0] += Tr::vld(x + i);
+    for (int j = 0; j < kAcc; ++j) acc[j] += x.vld(i + j * W);
+  for (; i + W <= L; i += W) acc[0] += x.vld(i);
   A tail = 0;
-  for (; i < L; ++i) tail += Tr::ld(x[i]);
+  for (; i < L; ++i) tail += x.ld(i);
   return reduce<Tr>(acc) + tail;
 }
 
-// Mean and M2 of a contiguous span (L >= 1) that sits in L1: a first pass gives a trial mean m~, a second the
+// Mean and M2 of a span of L >= 1 values that sits in L1: a first pass gives a trial mean m~, a second the
 // compensated sums of d = x - m~ (mean = m~ + sum(d)/L, M2 = sum(d^2) - sum(d)^2/L). Accurate when |mean| >> std,
 // unlike a raw sum of squares. The results are double so that the merge of the chunks keeps the digits of the mean
 // that m~ alone (rounded to float) would lose.
-template <class Tr>
-static inline void span_stats(const typename Tr::S* __restrict__ x, int64_t L, double& mean, double& m2) {
+template <class Tr, class Src> static inline void span_stats(const Src& x, int64_t L, double& mean, double& m2) {
   using A = typename Tr::A;
   using V = typename Tr::V;
   constexpr int W = Tr::W;
@@ -178,18 +250,18 @@ static inline void span_stats(const typename Tr::S* __restrict__ x, int64_t L, d
   int64_t i = 0;
   for (; i + kAcc * W <= L; i += kAcc * W)
     for (int j = 0; j < kAcc; ++j) {
-      const V d = Tr::vld(x + i + j * W) - vm;
+      const V d = x.vld(i + j * W) - vm;
       s1[j] += d;
       s2[j] += d * d;
     }
   for (; i + W <= L; i += W) {
-    const V d = Tr::vld(x + i) - vm;
+    const V d = x.vld(i) - vm;
     s1[0] += d;
     s2[0] += d * d;
   }
   A t1 = 0, t2 = 0;
   for (; i < L; ++i) {
-    const A d = Tr::ld(x[i]) - mt;
+    const A d = x.ld(i) - mt;
     t1 += d;
     t2 += d * d;
   }
@@ -199,53 +271,82 @@ static inline void span_stats(const typename Tr::S* __restrict__ x, int64_t L, d
   m2 = v > 0.0 ? v : 0.0;
 }
 
-// Per-channel loops of the interleaved layout: f(c, is_vector) over c = 0, W, 2W, ... then the scalar tail.
+// Per-channel loops of the interleaved layout: fv(c) over c = 0, W, 2W, ... then fs(c) over the scalar tail.
 template <int W, class FV, class FS> static inline void over_channels(int64_t C, FV fv, FS fs) {
   int64_t c = 0;
   for (; c + W <= C; c += W) fv(c);
   for (; c < C; ++c) fs(c);
 }
 
-// The same statistics over L pixels of C interleaved channels (pixel stride sp), per channel into mean[C], m2[C].
-// scratch: 3*C accumulators, kept in L1 across the pixel loop.
-template <class Tr>
-static inline void pixels_stats(const typename Tr::S* __restrict__ x, int64_t sp, int64_t L, int64_t C,
-                                double* __restrict__ mean, double* __restrict__ m2,
-                                typename Tr::A* __restrict__ scratch) {
+static inline void finish_channel(double mt, double S1, double S2, int64_t L, double& mean, double& m2) {
+  const double inv = 1.0 / double(L), v = S2 - S1 * S1 * inv;
+  m2 = v > 0.0 ? v : 0.0;
+  mean = mt + S1 * inv;
+}
+
+// The trial means of NB vectors of interleaved channels [c0, c0 + NB*W) over L pixels, accumulated in registers.
+template <class Tr, int NB, class Src>
+static inline void pixels_sum(const Src& x, int64_t L, int64_t c0, typename Tr::A* __restrict__ mt) {
   using A = typename Tr::A;
   using V = typename Tr::V;
   constexpr int W = Tr::W;
-  A* __restrict__ mt = scratch;
-  A* __restrict__ s1 = scratch + C;
-  A* __restrict__ s2 = scratch + 2 * C;
-  for (int64_t c = 0; c < 3 * C; ++c) scratch[c] = 0;
-  for (int64_t p = 0; p < L; ++p) {
-    const typename Tr::S* __restrict__ r = x + p * sp;
-    over_channels<W>(
-        C, [&](int64_t c) { store_raw(mt + c, load_raw<V>(mt + c) + Tr::vld(r + c)); },
-        [&](int64_t c) { mt[c] += Tr::ld(r[c]); });
+  V acc[NB] = {};
+  for (int64_t p = 0; p < L; ++p)
+    for (int j = 0; j < NB; ++j) acc[j] += x.vld(p, c0 + j * W);
+  for (int j = 0; j < NB; ++j) store_raw(mt + c0 + j * W, acc[j] / splat<V>(A(L)));
+}
+
+// The compensated deviation sums of the same channels around the trial means (the chunk is in L1 by now).
+template <class Tr, int NB, class Src>
+static inline void pixels_dev(const Src& x, int64_t L, int64_t c0, const typename Tr::A* __restrict__ mt,
+                              double* __restrict__ mean, double* __restrict__ m2) {
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  constexpr int W = Tr::W;
+  V m[NB], s1[NB] = {}, s2[NB] = {};
+  for (int j = 0; j < NB; ++j) m[j] = load_raw<V>(mt + c0 + j * W);
+  for (int64_t p = 0; p < L; ++p)
+    for (int j = 0; j < NB; ++j) {
+      const V d = x.vld(p, c0 + j * W) - m[j];
+      s1[j] += d;
+      s2[j] += d * d;
+    }
+  for (int j = 0; j < NB; ++j) {
+    A a1[W], a2[W];
+    std::memcpy(a1, &s1[j], sizeof(V));
+    std::memcpy(a2, &s2[j], sizeof(V));
+    for (int l = 0; l < W; ++l) {
+      const int64_t c = c0 + j * W + l;
+      finish_channel(mt[c], a1[l], a2[l], L, mean[c], m2[c]);
+    }
   }
-  for (int64_t c = 0; c < C; ++c) mt[c] = mt[c] / A(L);
-  for (int64_t p = 0; p < L; ++p) {
-    const typename Tr::S* __restrict__ r = x + p * sp;
-    over_channels<W>(
-        C,
-        [&](int64_t c) {
-          const V d = Tr::vld(r + c) - load_raw<V>(mt + c);
-          store_raw(s1 + c, load_raw<V>(s1 + c) + d);
-          store_raw(s2 + c, load_raw<V>(s2 + c) + d * d);
-        },
-        [&](int64_t c) {
-          const A d = Tr::ld(r[c]) - mt[c];
-          s1[c] += d;
-          s2[c] += d * d;
-        });
-  }
-  const double inv = 1.0 / double(L);
-  for (int64_t c = 0; c < C; ++c) {
-    const double S1 = s1[c], v = double(s2[c]) - S1 * S1 * inv;
-    m2[c] = v > 0.0 ? v : 0.0;
-    mean[c] = double(mt[c]) + S1 * inv;
+}
+
+// Statistics of L pixels of C interleaved channels, per channel into mean[C], m2[C]. The first pass takes up to
+// 8 vectors (64 float channels: a whole pixel for the usual C = 64) at a time so that it walks memory in order;
+// the second, 4 at a time (12 live vector registers).
+template <class Tr, class Src>
+static inline void pixels_stats(const Src& x, int64_t L, int64_t C, double* __restrict__ mean,
+                                double* __restrict__ m2, typename Tr::A* __restrict__ mt) {
+  using A = typename Tr::A;
+  constexpr int W = Tr::W;
+  int64_t c = 0;
+  for (; c + 8 * W <= C; c += 8 * W) pixels_sum<Tr, 8>(x, L, c, mt);
+  for (; c + W <= C; c += W) pixels_sum<Tr, 1>(x, L, c, mt);
+  c = 0;
+  for (; c + 4 * W <= C; c += 4 * W) pixels_dev<Tr, 4>(x, L, c, mt, mean, m2);
+  for (; c + W <= C; c += W) pixels_dev<Tr, 1>(x, L, c, mt, mean, m2);
+  for (; c < C; ++c) {
+    A s = 0;
+    for (int64_t p = 0; p < L; ++p) s += x.ld(p, c);
+    mt[c] = s / A(L);
+    A t1 = 0, t2 = 0;
+    for (int64_t p = 0; p < L; ++p) {
+      const A d = x.ld(p, c) - mt[c];
+      t1 += d;
+      t2 += d * d;
+    }
+    finish_channel(mt[c], t1, t2, L, mean[c], m2[c]);
   }
 }
 
@@ -267,12 +368,12 @@ template <DType D> static void stats_partials_t(const StatsArgs& a, int64_t begi
     if (!g.interleaved) {
       const int64_t row = it / g.nchunk, k = it % g.nchunk, n = row / g.C, c = row % g.C;
       const int64_t idx = a.part.index(g, n, c, k);
-      span_stats<Tr>(at<const S>(a.x, n, c, k * g.chunk), g.chunk_len(k), pm[idx], pv[idx]);
+      span_stats<Tr>(Stored<Tr>{at<const S>(a.x, n, c, k * g.chunk), 1}, g.chunk_len(k), pm[idx], pv[idx]);
     } else {
       const int64_t n = it / g.nchunk, k = it % g.nchunk;
       const int64_t idx = a.part.index(g, n, 0, k);
-      pixels_stats<Tr>(at<const S>(a.x, n, 0, k * g.chunk), a.x.sp, g.chunk_len(k), g.C, pm + idx, pv + idx,
-                       static_cast<A*>(scratch));
+      pixels_stats<Tr>(Stored<Tr>{at<const S>(a.x, n, 0, k * g.chunk), a.x.sp}, g.chunk_len(k), g.C, pm + idx,
+                       pv + idx, static_cast<A*>(scratch));
     }
   }
 }
@@ -294,6 +395,7 @@ static void butterfly_forward_t(const ButterflyArgs& a, int64_t begin, int64_t e
   const A* B2 = static_cast<const A*>(a.b2);
   double* pm = static_cast<double*>(a.part.mean);
   double* pv = static_cast<double*>(a.part.m2);
+  const bool nt = g.stream;
   for (int64_t it = begin; it < end; ++it) {
     if (!g.interleaved) {
       const int64_t row = it / g.nchunk, k = it % g.nchunk, n = row / g.C, c = row % g.C, off = k * g.chunk;
@@ -307,17 +409,17 @@ static void butterfly_forward_t(const ButterflyArgs& a, int64_t begin, int64_t e
       int64_t i = 0;
       for (; i + W <= L; i += W) {
         const V v1 = Tr::vld(x1 + i), v2 = Tr::vld(x2 + i);
-        Tr::vst(p + i, va1 * v1 + va2 * v2);
-        Tr::vst(q + i, vb1 * v1 + vb2 * v2);
+        put<Tr>(p + i, va1 * v1 + va2 * v2, nt);
+        put<Tr>(q + i, vb1 * v1 + vb2 * v2, nt);
       }
       for (; i < L; ++i) {
         const A v1 = Tr::ld(x1[i]), v2 = Tr::ld(x2[i]);
         p[i] = Tr::st(a1 * v1 + a2 * v2);
         q[i] = Tr::st(b1 * v1 + b2 * v2);
       }
-      if (a.q_stats) {
+      if (a.q_stats) {  // from x1, x2 (in L1), not from q (maybe streamed past the cache)
         const int64_t idx = a.part.index(g, n, c, k);
-        span_stats<Tr>(q, L, pm[idx], pv[idx]);
+        span_stats<Tr>(RecomputedRow<Tr>{x1, x2, b1, b2}, L, pm[idx], pv[idx]);
       }
     } else {
       const int64_t n = it / g.nchunk, k = it % g.nchunk, off = k * g.chunk, C = g.C;
@@ -335,8 +437,8 @@ static void butterfly_forward_t(const ButterflyArgs& a, int64_t begin, int64_t e
             C,
             [&](int64_t c) {
               const V v1 = Tr::vld(x1 + c), v2 = Tr::vld(x2 + c);
-              Tr::vst(p + c, load_raw<V>(a1 + c) * v1 + load_raw<V>(a2 + c) * v2);
-              Tr::vst(q + c, load_raw<V>(b1 + c) * v1 + load_raw<V>(b2 + c) * v2);
+              put<Tr>(p + c, load_raw<V>(a1 + c) * v1 + load_raw<V>(a2 + c) * v2, nt);
+              put<Tr>(q + c, load_raw<V>(b1 + c) * v1 + load_raw<V>(b2 + c) * v2, nt);
             },
             [&](int64_t c) {
               const A v1 = Tr::ld(x1[c]), v2 = Tr::ld(x2[c]);
@@ -346,7 +448,8 @@ static void butterfly_forward_t(const ButterflyArgs& a, int64_t begin, int64_t e
       }
       if (a.q_stats) {
         const int64_t idx = a.part.index(g, n, 0, k);
-        pixels_stats<Tr>(at<const S>(a.q, n, 0, off), a.q.sp, L, C, pm + idx, pv + idx, static_cast<A*>(scratch));
+        const RecomputedPixels<Tr> q{at<const S>(a.x1, n, 0, off), at<const S>(a.x2, n, 0, off), a.x1.sp, a.x2.sp, b1, b2};
+        pixels_stats<Tr>(q, L, C, pm + idx, pv + idx, static_cast<A*>(scratch));
       }
     }
   }
@@ -371,6 +474,7 @@ static void butterfly_backward_t(const ButterflyBackwardArgs& a, int64_t begin, 
   const A* BS = static_cast<const A*>(a.bs_q);
   const A* MQ = static_cast<const A*>(a.mean_q);
   double* sums = static_cast<double*>(a.sums);
+  const bool nt = g.stream;
   for (int64_t it = begin; it < end; ++it) {
     if (!g.interleaved) {
       const int64_t row = it / g.nchunk, k = it % g.nchunk, n = row / g.C, c = row % g.C, off = k * g.chunk;
@@ -389,8 +493,8 @@ static void butterfly_backward_t(const ButterflyBackwardArgs& a, int64_t begin, 
       for (; i + W <= L; i += W) {
         const V gp = Tr::vld(dp + i), v1 = Tr::vld(x1 + i), v2 = Tr::vld(x2 + i);
         const V gq = Tr::vld(dq + i) + vgm + vbs * ((vb1 * v1 + vb2 * v2) - vmq);
-        Tr::vst(dx1 + i, va1 * gp + vb1 * gq);
-        Tr::vst(dx2 + i, va2 * gp + vb2 * gq);
+        put<Tr>(dx1 + i, va1 * gp + vb1 * gq, nt);
+        put<Tr>(dx2 + i, va2 * gp + vb2 * gq, nt);
         r0 += gp * v1;
         r1 += gp * v2;
         r2 += gq * v1;
@@ -440,8 +544,8 @@ static void butterfly_backward_t(const ButterflyBackwardArgs& a, int64_t begin, 
               const V vb1 = load_raw<V>(b1 + c), vb2 = load_raw<V>(b2 + c);
               const V gq = Tr::vld(dq + c) + load_raw<V>(gm + c) +
                            load_raw<V>(bs + c) * ((vb1 * v1 + vb2 * v2) - load_raw<V>(mq + c));
-              Tr::vst(dx1 + c, load_raw<V>(a1 + c) * gp + vb1 * gq);
-              Tr::vst(dx2 + c, load_raw<V>(a2 + c) * gp + vb2 * gq);
+              put<Tr>(dx1 + c, load_raw<V>(a1 + c) * gp + vb1 * gq, nt);
+              put<Tr>(dx2 + c, load_raw<V>(a2 + c) * gp + vb2 * gq, nt);
               store_raw(r0 + c, load_raw<V>(r0 + c) + gp * v1);
               store_raw(r1 + c, load_raw<V>(r1 + c) + gp * v2);
               store_raw(r2 + c, load_raw<V>(r2 + c) + gq * v1);
@@ -481,6 +585,7 @@ template <DType D> static void stats_backward_t(const StatsBackwardArgs& a, int6
   const A* CA = static_cast<const A*>(a.a);
   const A* CB = static_cast<const A*>(a.b);
   const A* M = static_cast<const A*>(a.mean);
+  const bool nt = g.stream;
   for (int64_t it = begin; it < end; ++it) {
     if (!g.interleaved) {
       const int64_t row = it / g.nchunk, k = it % g.nchunk, n = row / g.C, c = row % g.C, off = k * g.chunk;
@@ -490,7 +595,7 @@ template <DType D> static void stats_backward_t(const StatsBackwardArgs& a, int6
       const S* __restrict__ x = at<const S>(a.x, n, c, off);
       S* __restrict__ dx = at<S>(a.dx, n, c, off);
       int64_t i = 0;
-      for (; i + W <= L; i += W) Tr::vst(dx + i, vca + vcb * (Tr::vld(x + i) - vm));
+      for (; i + W <= L; i += W) put<Tr>(dx + i, vca + vcb * (Tr::vld(x + i) - vm), nt);
       for (; i < L; ++i) dx[i] = Tr::st(ca + cb * (Tr::ld(x[i]) - m));
     } else {
       const int64_t n = it / g.nchunk, k = it % g.nchunk, off = k * g.chunk, C = g.C;
@@ -504,7 +609,7 @@ template <DType D> static void stats_backward_t(const StatsBackwardArgs& a, int6
         over_channels<W>(
             C,
             [&](int64_t c) {
-              Tr::vst(dx + c, load_raw<V>(ca + c) + load_raw<V>(cb + c) * (Tr::vld(x + c) - load_raw<V>(m + c)));
+              put<Tr>(dx + c, load_raw<V>(ca + c) + load_raw<V>(cb + c) * (Tr::vld(x + c) - load_raw<V>(m + c)), nt);
             },
             [&](int64_t c) { dx[c] = Tr::st(ca[c] + cb[c] * (Tr::ld(x[c]) - m[c])); });
       }
@@ -523,14 +628,18 @@ template <DType D> static void stats_backward_t(const StatsBackwardArgs& a, int6
 void stats_partials(const StatsArgs& a, int64_t begin, int64_t end, void* scratch) {
   LK_DISPATCH_DTYPE(a.dtype, stats_partials_t, a, begin, end, scratch)
 }
+// Streaming stores are weakly ordered: fence before the work item's results are handed to other threads.
 void butterfly_forward(const ButterflyArgs& a, int64_t begin, int64_t end, void* scratch) {
   LK_DISPATCH_DTYPE(a.dtype, butterfly_forward_t, a, begin, end, scratch)
+  stream_fence();
 }
 void butterfly_backward(const ButterflyBackwardArgs& a, int64_t begin, int64_t end, void* scratch) {
   LK_DISPATCH_DTYPE(a.dtype, butterfly_backward_t, a, begin, end, scratch)
+  stream_fence();
 }
 void stats_backward(const StatsBackwardArgs& a, int64_t begin, int64_t end) {
   LK_DISPATCH_DTYPE(a.dtype, stats_backward_t, a, begin, end)
+  stream_fence();
 }
 
 #undef LK_DISPATCH_DTYPE

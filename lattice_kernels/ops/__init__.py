@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks, reference
-from ._compiled import CompiledOps
+from ._compiled import LibraryOps, ops
 from ._torch import TorchOps
 
 __all__ = [
@@ -27,15 +27,15 @@ __all__ = [
     "reference",
 ]
 
-_OPSETS: dict[str, object] = {"torch": TorchOps(), "cpu": CompiledOps(), "cuda": CompiledOps()}
+_OPSETS: dict[str, object] = {"torch": TorchOps(), "cpu": LibraryOps(ops), "cuda": LibraryOps(ops)}
 
 
 def _opset(backend: str | None, device: torch.device):
     name = _backend.resolve(backend, device)
     if name == "triton" and "triton" not in _OPSETS:
-        from ..triton import TritonOps
+        from ..triton import triton_ops
 
-        _OPSETS["triton"] = TritonOps()
+        _OPSETS["triton"] = LibraryOps(triton_ops())
     return _OPSETS[name]
 
 

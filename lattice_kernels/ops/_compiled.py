@@ -32,8 +32,9 @@ def _present(t: Tensor | None) -> Tensor | None:
     return t if t is not None and t.numel() > 0 else None
 
 
-def _register() -> None:
-    # ---- channel_stats
+def register_fakes(NS: str) -> None:
+    """Fake (meta) implementations of the op schemas of namespace NS (the C++ ops; the Triton ops mirror them)."""
+
     @torch.library.register_fake(f"{NS}::channel_stats")
     def _(x):
         return _stats_like(x), _stats_like(x)
@@ -42,18 +43,6 @@ def _register() -> None:
     def _(grad_mean, grad_std, x, mean, std):
         return empty_in_layout_of(x)
 
-    def stats_setup(ctx, inputs, output):
-        (x,) = inputs
-        ctx.save_for_backward(x, *output)
-
-    def stats_backward(ctx, grad_mean, grad_std):
-        x, mean, std = ctx.saved_tensors
-        gm, gs = _zeros_if_none(grad_mean, mean), _zeros_if_none(grad_std, std)
-        return ops.channel_stats_backward(gm, gs, x, mean, std)
-
-    torch.library.register_autograd(f"{NS}::channel_stats", stats_backward, setup_context=stats_setup)
-
-    # ---- combination_coefficients
     @torch.library.register_fake(f"{NS}::combination_coefficients")
     def _(x, w1m, b1m, w2m, b2m, w1s, b1s, w2s, b2s):
         return _stats_like(x), _stats_like(x), _stats_like(x)
@@ -62,19 +51,6 @@ def _register() -> None:
     def _(grad, x, mean, std, *weights):
         return (empty_in_layout_of(x), *(torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights))
 
-    def cc_setup(ctx, inputs, output):
-        x, *weights = inputs
-        _, mean, std = output
-        ctx.mark_non_differentiable(mean, std)
-        ctx.save_for_backward(x, mean, std, *weights)
-
-    def cc_backward(ctx, grad, _grad_mean, _grad_std):
-        x, mean, std, *weights = ctx.saved_tensors
-        return ops.combination_coefficients_backward(_zeros_if_none(grad, mean), x, mean, std, *weights)
-
-    torch.library.register_autograd(f"{NS}::combination_coefficients", cc_backward, setup_context=cc_setup)
-
-    # ---- butterfly (separate p, q), butterfly_stacked (one (N, 2C, H, W) tensor), butterfly_out (caller's buffer)
     def bf_stats(x1, q_stats):
         return (_stats_like(x1), _stats_like(x1)) if q_stats else (_empty_stats(x1), _empty_stats(x1))
 
@@ -94,6 +70,33 @@ def _register() -> None:
     def _(grad_p, grad_q, grad_mean_q, grad_std_q, x1, x2, alpha1, alpha2, beta1, beta2, mean_q, std_q):
         coef = [_stats_like(x1) if c is not None else _empty_stats(x1) for c in (alpha1, alpha2, beta1, beta2)]
         return (empty_in_layout_of(x1), empty_in_layout_of(x1), *coef)
+
+
+def register_autograd(NS: str, ops) -> None:
+    """Autograd of the forward ops of namespace NS through its fused backward ops (`ops` = torch.ops.<NS>)."""
+
+    def stats_setup(ctx, inputs, output):
+        (x,) = inputs
+        ctx.save_for_backward(x, *output)
+
+    def stats_backward(ctx, grad_mean, grad_std):
+        x, mean, std = ctx.saved_tensors
+        gm, gs = _zeros_if_none(grad_mean, mean), _zeros_if_none(grad_std, std)
+        return ops.channel_stats_backward(gm, gs, x, mean, std)
+
+    torch.library.register_autograd(f"{NS}::channel_stats", stats_backward, setup_context=stats_setup)
+
+    def cc_setup(ctx, inputs, output):
+        x, *weights = inputs
+        _, mean, std = output
+        ctx.mark_non_differentiable(mean, std)
+        ctx.save_for_backward(x, mean, std, *weights)
+
+    def cc_backward(ctx, grad, _grad_mean, _grad_std):
+        x, mean, std, *weights = ctx.saved_tensors
+        return ops.combination_coefficients_backward(_zeros_if_none(grad, mean), x, mean, std, *weights)
+
+    torch.library.register_autograd(f"{NS}::combination_coefficients", cc_backward, setup_context=cc_setup)
 
     def bf_setup(ctx, inputs, output):
         x1, x2, a1, a2, b1, b2, q_stats = inputs
@@ -129,23 +132,29 @@ def _register() -> None:
 
 
 if _C is not None:
-    _register()
+    register_fakes(NS)
+    register_autograd(NS, ops)
 
 
-class CompiledOps:
-    """The C++ ops (CPU or CUDA kernels, by the tensors' device)."""
+class LibraryOps:
+    """An op set registered through torch.library with the schemas of csrc/lattice_kernels.cpp: the C++ ops
+    (torch.ops.lattice_kernels: CPU or CUDA kernels by the tensors' device) or the Triton ones
+    (torch.ops.lattice_kernels_triton)."""
+
+    def __init__(self, namespace):
+        self.ops = namespace
 
     def channel_stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return ops.channel_stats(x)
+        return self.ops.channel_stats(x)
 
     def combination_coefficients(self, x: Tensor, weights: tuple[Tensor, ...]) -> Tensor:
-        return ops.combination_coefficients(x, *weights)[0]
+        return self.ops.combination_coefficients(x, *weights)[0]
 
     def butterfly(self, x1, x2, a1, a2, b1, b2, q_stats: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return ops.butterfly(x1, x2, a1, a2, b1, b2, q_stats)
+        return self.ops.butterfly(x1, x2, a1, a2, b1, b2, q_stats)
 
     def butterfly_stacked(self, x1, x2, a1, a2, b1, b2, q_stats: bool) -> tuple[Tensor, Tensor, Tensor]:
-        return ops.butterfly_stacked(x1, x2, a1, a2, b1, b2, q_stats)
+        return self.ops.butterfly_stacked(x1, x2, a1, a2, b1, b2, q_stats)
 
     def butterfly_out(self, x1, x2, a1, a2, b1, b2, q_stats: bool, out: Tensor) -> tuple[Tensor, Tensor]:
-        return ops.butterfly_out(x1, x2, a1, a2, b1, b2, q_stats, out)
+        return self.ops.butterfly_out(x1, x2, a1, a2, b1, b2, q_stats, out)

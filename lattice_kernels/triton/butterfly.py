@@ -1,0 +1,197 @@
+"""Triton butterfly: p = a1*x1 + a2*x2, q = b1*x1 + b2*x2 (absent coefficients are the constant 1), with the
+statistics of q in the same pass; fused backward giving dx1, dx2 and all coefficient gradients in one pass."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..ops._layout import empty_in_layout_of
+from ..ops.reference import stats_dtype
+from ._common import TILES_PER_SPLIT, blocks, chan_merge, check_dtype, operand, tile_stats
+from .channel_stats import fold_stats_grads, stats_finalize_kernel
+
+
+@triton.jit
+def _coef(ptr, row, cmask, HAS: tl.constexpr):
+    if HAS:
+        return tl.load(ptr + row, mask=cmask, other=0.0)
+    return tl.full(row.shape, 1.0, tl.float32)
+
+
+@triton.jit
+def butterfly_kernel(x1_ptr, x2_ptr, p_ptr, q_ptr, a1_ptr, a2_ptr, b1_ptr, b2_ptr, part_ptr,
+                     C, P, s1n, s1c, s1p, s2n, s2c, s2p, pn, pc, pp, qn, qc, qp, NCB, S, NC,
+                     HAS_A1: tl.constexpr, HAS_A2: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
+                     Q_STATS: tl.constexpr, SPLIT_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    pid = tl.program_id(0)
+    s = tl.program_id(1)
+    n = pid // NCB
+    c = (pid % NCB) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    row = n * C + c
+    a1 = _coef(a1_ptr, row, cmask, HAS_A1)[:, None]
+    a2 = _coef(a2_ptr, row, cmask, HAS_A2)[:, None]
+    b1 = _coef(b1_ptr, row, cmask, HAS_B1)[:, None]
+    b2 = _coef(b2_ptr, row, cmask, HAS_B2)[:, None]
+    n64, c64 = n.to(tl.int64), c[:, None].to(tl.int64)
+    x1b = x1_ptr + n64 * s1n + c64 * s1c
+    x2b = x2_ptr + n64 * s2n + c64 * s2c
+    pb = p_ptr + n64 * pn + c64 * pc
+    qb = q_ptr + n64 * qn + c64 * qc
+    if Q_STATS:  # shift: q at the first pixel, as stored
+        shift = (b1 * tl.load(x1b, mask=cmask[:, None], other=0.0).to(tl.float32)
+                 + b2 * tl.load(x2b, mask=cmask[:, None], other=0.0).to(tl.float32))
+        shift = shift.to(q_ptr.dtype.element_ty).to(tl.float32)
+    cnt = tl.zeros([BLOCK_C], dtype=tl.float32)
+    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    p_end = tl.minimum(P, (s + 1) * SPLIT_P)
+    for p0 in range(s * SPLIT_P, p_end, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        mask = cmask[:, None] & (p < p_end)[None, :]
+        p64 = p[None, :].to(tl.int64)
+        v1 = tl.load(x1b + p64 * s1p, mask=mask, other=0.0).to(tl.float32)
+        v2 = tl.load(x2b + p64 * s2p, mask=mask, other=0.0).to(tl.float32)
+        tl.store(pb + p64 * pp, (a1 * v1 + a2 * v2).to(p_ptr.dtype.element_ty), mask=mask)
+        q = (b1 * v1 + b2 * v2).to(q_ptr.dtype.element_ty)
+        tl.store(qb + p64 * qp, q, mask=mask)
+        if Q_STATS:
+            tn, tm, tm2 = tile_stats(q.to(tl.float32) - shift, mask)
+            cnt, mean, m2 = chan_merge(cnt, mean, m2, tn, tm, tm2)
+    if Q_STATS:
+        tl.store(part_ptr + row * S + s, cnt, mask=cmask)
+        tl.store(part_ptr + (NC + row) * S + s, mean, mask=cmask)
+        tl.store(part_ptr + (2 * NC + row) * S + s, m2, mask=cmask)
+        tl.store(part_ptr + (3 * NC + row) * S + s, tl.sum(shift, axis=1), mask=cmask)
+
+
+@triton.jit
+def butterfly_backward_kernel(gp_ptr, gq_ptr, x1_ptr, x2_ptr, dx1_ptr, dx2_ptr, a1_ptr, a2_ptr, b1_ptr, b2_ptr,
+                              gm_ptr, bs_ptr, mq_ptr, sums_ptr,
+                              C, P, gpn, gpc, gpp, gqn, gqc, gqp, s1n, s1c, s1p, s2n, s2c, s2p, dn, dc, dp, NCB, S, NC,
+                              HAS_A1: tl.constexpr, HAS_A2: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
+                              Q_GRAD: tl.constexpr, SPLIT_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                              BLOCK_P: tl.constexpr):
+    """dq' = dq + gm + bs*(q - mean_q) (q recomputed), dx1 = a1*dp + b1*dq', dx2 = a2*dp + b2*dq', and per split
+    the sums of dp*x1, dp*x2, dq'*x1, dq'*x2 (sums[4, N*C, S]). dx1 and dx2 share one layout (d*)."""
+    pid = tl.program_id(0)
+    s = tl.program_id(1)
+    n = pid // NCB
+    c = (pid % NCB) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    row = n * C + c
+    a1 = _coef(a1_ptr, row, cmask, HAS_A1)[:, None]
+    a2 = _coef(a2_ptr, row, cmask, HAS_A2)[:, None]
+    b1 = _coef(b1_ptr, row, cmask, HAS_B1)[:, None]
+    b2 = _coef(b2_ptr, row, cmask, HAS_B2)[:, None]
+    if Q_GRAD:
+        gm = tl.load(gm_ptr + row, mask=cmask, other=0.0)[:, None]
+        bs = tl.load(bs_ptr + row, mask=cmask, other=0.0)[:, None]
+        mq = tl.load(mq_ptr + row, mask=cmask, other=0.0)[:, None]
+    n64, c64 = n.to(tl.int64), c[:, None].to(tl.int64)
+    r0 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    r1 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    r2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    r3 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    p_end = tl.minimum(P, (s + 1) * SPLIT_P)
+    for p0 in range(s * SPLIT_P, p_end, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        mask = cmask[:, None] & (p < p_end)[None, :]
+        p64 = p[None, :].to(tl.int64)
+        g_p = tl.load(gp_ptr + n64 * gpn + c64 * gpc + p64 * gpp, mask=mask, other=0.0).to(tl.float32)
+        g_q = tl.load(gq_ptr + n64 * gqn + c64 * gqc + p64 * gqp, mask=mask, other=0.0).to(tl.float32)
+        v1 = tl.load(x1_ptr + n64 * s1n + c64 * s1c + p64 * s1p, mask=mask, other=0.0).to(tl.float32)
+        v2 = tl.load(x2_ptr + n64 * s2n + c64 * s2c + p64 * s2p, mask=mask, other=0.0).to(tl.float32)
+        if Q_GRAD:
+            g_q = g_q + gm + bs * ((b1 * v1 + b2 * v2) - mq)
+        d = n64 * dn + c64 * dc + p64 * dp
+        tl.store(dx1_ptr + d, (a1 * g_p + b1 * g_q).to(dx1_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx2_ptr + d, (a2 * g_p + b2 * g_q).to(dx2_ptr.dtype.element_ty), mask=mask)
+        r0 += tl.sum(tl.where(mask, g_p * v1, 0.0), axis=1)
+        r1 += tl.sum(tl.where(mask, g_p * v2, 0.0), axis=1)
+        r2 += tl.sum(tl.where(mask, g_q * v1, 0.0), axis=1)
+        r3 += tl.sum(tl.where(mask, g_q * v2, 0.0), axis=1)
+    tl.store(sums_ptr + row * S + s, r0, mask=cmask)
+    tl.store(sums_ptr + (NC + row) * S + s, r1, mask=cmask)
+    tl.store(sums_ptr + (2 * NC + row) * S + s, r2, mask=cmask)
+    tl.store(sums_ptr + (3 * NC + row) * S + s, r3, mask=cmask)
+
+
+def _f32(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.float().contiguous()
+
+
+def butterfly_into(x1: Tensor, x2: Tensor, coefs, q_stats: bool, p_out: Tensor, q_out: Tensor, wrap):
+    """Writes p_out, q_out (any strides that flatten H, W); returns (mean_q, std_q) or empty tensors."""
+    check_dtype(x1)
+    x1, s1 = operand(x1)
+    x2, s2 = operand(x2)
+    n, c, h, w = x1.shape
+    P = h * w
+    bc, bp, splits = blocks(c, P, s1[1] == 1 and c > 1)
+    ncb = triton.cdiv(c, bc)
+    sp_, sq_ = operand(p_out)[1], operand(q_out)[1]
+    dev = x1.device
+    part = torch.empty((4, n * c, splits) if q_stats else (1,), dtype=torch.float32, device=dev)
+    a = [_f32(t) for t in coefs]
+    dummy = part
+    wrap(butterfly_kernel)[(n * ncb, splits)](
+        x1, x2, p_out, q_out, *[t if t is not None else dummy for t in a], part,
+        c, P, *s1, *s2, *sp_, *sq_, ncb, splits, n * c,
+        HAS_A1=a[0] is not None, HAS_A2=a[1] is not None, HAS_B1=a[2] is not None, HAS_B2=a[3] is not None,
+        Q_STATS=q_stats, SPLIT_P=bp * TILES_PER_SPLIT, BLOCK_C=bc, BLOCK_P=bp)
+    st = stats_dtype(x1.dtype)
+    if not q_stats:
+        return x1.new_empty((0,), dtype=st), x1.new_empty((0,), dtype=st)
+    mean = torch.empty((n, c), dtype=torch.float32, device=dev)
+    std = torch.empty((n, c), dtype=torch.float32, device=dev)
+    wrap(stats_finalize_kernel)[(n,)](part, mean, std, c, splits, n * c, BLOCK_C=triton.next_power_of_2(c))
+    return mean.to(st), std.to(st)
+
+
+def butterfly(x1, x2, coefs, q_stats: bool, wrap):
+    p, q = empty_in_layout_of(x1), empty_in_layout_of(x1)
+    return (p, q, *butterfly_into(x1, x2, coefs, q_stats, p, q, wrap))
+
+
+def butterfly_stacked(x1, x2, coefs, q_stats: bool, wrap):
+    c = x1.shape[1]
+    pq = empty_in_layout_of(x1, 2 * c)
+    return (pq, *butterfly_into(x1, x2, coefs, q_stats, pq[:, :c], pq[:, c:], wrap))
+
+
+def butterfly_backward(grad_p, grad_q, grad_mean_q, grad_std_q, x1, x2, coefs, mean_q, std_q, wrap):
+    """(dx1, dx2, da1, da2, db1, db2); the gradient of an absent coefficient is None."""
+    check_dtype(x1)
+    x1, s1 = operand(x1)
+    x2, s2 = operand(x2)
+    grad_p, gps = operand(grad_p)
+    grad_q, gqs = operand(grad_q)
+    n, c, h, w = x1.shape
+    P = h * w
+    bc, bp, splits = blocks(c, P, s1[1] == 1 and c > 1)
+    ncb = triton.cdiv(c, bc)
+    dx1, dx2 = empty_in_layout_of(x1), empty_in_layout_of(x1)
+    ds = operand(dx1)[1]
+    a = [_f32(t) for t in coefs]
+    sums = torch.empty((4, n * c, splits), dtype=torch.float32, device=x1.device)
+    q_grad = grad_mean_q is not None or grad_std_q is not None
+    if q_grad:
+        zeros = torch.zeros_like(mean_q)
+        gm, bs = fold_stats_grads(zeros if grad_mean_q is None else grad_mean_q,
+                                  zeros if grad_std_q is None else grad_std_q, std_q, P)
+        mq = _f32(mean_q)
+    else:
+        gm = bs = mq = sums
+    wrap(butterfly_backward_kernel)[(n * ncb, splits)](
+        grad_p, grad_q, x1, x2, dx1, dx2, *[t if t is not None else sums for t in a], gm, bs, mq, sums,
+        c, P, *gps, *gqs, *s1, *s2, *ds, ncb, splits, n * c,
+        HAS_A1=a[0] is not None, HAS_A2=a[1] is not None, HAS_B1=a[2] is not None, HAS_B2=a[3] is not None,
+        Q_GRAD=q_grad, SPLIT_P=bp * TILES_PER_SPLIT, BLOCK_C=bc, BLOCK_P=bp)
+    red = sums.sum(dim=2).view(4, n, c)  # over splits, in a fixed order (no atomics)
+    st = stats_dtype(x1.dtype)
+    grads = [None if t is None else red[i].to(st).clone() for i, t in enumerate(coefs)]
+    return (dx1, dx2, *grads)

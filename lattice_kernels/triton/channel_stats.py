@@ -1,0 +1,129 @@
+"""Triton channel_stats: split reduction over H*W, merged per (n, c) in split order; fused backward."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..ops._layout import empty_in_layout_of
+from ..ops.reference import stats_dtype
+from ._common import TILES_PER_SPLIT, blocks, chan_merge, check_dtype, operand, tile_stats
+
+
+@triton.jit
+def stats_partial_kernel(x_ptr, part_ptr, C, P, sn, sc, sp, NCB, S, NC,
+                         SPLIT_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """part[4, N*C, S]: (count, mean, M2) of x - shift over the split's pixels, and the shift x[n, c, 0]. The
+    partial means stay shifted (small numbers) until the final merge."""
+    pid = tl.program_id(0)
+    s = tl.program_id(1)
+    n = pid // NCB
+    c = (pid % NCB) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    base = x_ptr + n.to(tl.int64) * sn + c[:, None].to(tl.int64) * sc
+    shift = tl.load(base, mask=cmask[:, None], other=0.0).to(tl.float32)
+    cnt = tl.zeros([BLOCK_C], dtype=tl.float32)
+    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    p_end = tl.minimum(P, (s + 1) * SPLIT_P)
+    for p0 in range(s * SPLIT_P, p_end, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        mask = cmask[:, None] & (p < p_end)[None, :]
+        v = tl.load(base + p[None, :].to(tl.int64) * sp, mask=mask, other=0.0).to(tl.float32) - shift
+        tn, tm, tm2 = tile_stats(v, mask)
+        cnt, mean, m2 = chan_merge(cnt, mean, m2, tn, tm, tm2)
+    row = n * C + c
+    tl.store(part_ptr + row * S + s, cnt, mask=cmask)
+    tl.store(part_ptr + (NC + row) * S + s, mean, mask=cmask)
+    tl.store(part_ptr + (2 * NC + row) * S + s, m2, mask=cmask)
+    tl.store(part_ptr + (3 * NC + row) * S + s, tl.sum(shift, axis=1), mask=cmask)
+
+
+@triton.jit
+def stats_finalize_kernel(part_ptr, mean_ptr, std_ptr, C, S, NC, BLOCK_C: tl.constexpr):
+    """Merge the S partials of each (n, c) in split order: mean and unbiased std (NaN for a single pixel)."""
+    n = tl.program_id(0)
+    c = tl.arange(0, BLOCK_C)
+    cmask = c < C
+    row = n * C + c
+    cnt = tl.zeros([BLOCK_C], dtype=tl.float32)
+    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for s in range(0, S):
+        pn = tl.load(part_ptr + row * S + s, mask=cmask, other=0.0)
+        pm = tl.load(part_ptr + (NC + row) * S + s, mask=cmask, other=0.0)
+        pv = tl.load(part_ptr + (2 * NC + row) * S + s, mask=cmask, other=0.0)
+        cnt, mean, m2 = chan_merge(cnt, mean, m2, pn, pm, pv)
+    shift = tl.load(part_ptr + (3 * NC + row) * S, mask=cmask, other=0.0)
+    tl.store(mean_ptr + row, shift + mean, mask=cmask)
+    tl.store(std_ptr + row, tl.sqrt(m2 / (cnt - 1.0)), mask=cmask)
+
+
+@triton.jit
+def stats_backward_kernel(x_ptr, dx_ptr, a_ptr, b_ptr, mean_ptr, C, P, sn, sc, sp, dn, dc, dp, NCB,
+                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """dx = a + b * (x - mean) per (n, c), one pass."""
+    pid = tl.program_id(0)
+    n = pid // NCB
+    c = (pid % NCB) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask = cmask[:, None] & (p < P)[None, :]
+    row = n * C + c
+    a = tl.load(a_ptr + row, mask=cmask, other=0.0)
+    b = tl.load(b_ptr + row, mask=cmask, other=0.0)
+    m = tl.load(mean_ptr + row, mask=cmask, other=0.0)
+    n64, c64, p64 = n.to(tl.int64), c[:, None].to(tl.int64), p[None, :].to(tl.int64)
+    x = tl.load(x_ptr + n64 * sn + c64 * sc + p64 * sp, mask=mask, other=0.0).to(tl.float32)
+    dx = a[:, None] + b[:, None] * (x - m[:, None])
+    tl.store(dx_ptr + n64 * dn + c64 * dc + p64 * dp, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def launch_partials(x: Tensor, wrap) -> tuple[Tensor, int]:
+    """Run the partial-statistics kernel; returns part [4, N*C, S] (float32) and S."""
+    check_dtype(x)
+    x, (sn, sc, sp) = operand(x)
+    n, c, h, w = x.shape
+    p = h * w
+    bc, bp, splits = blocks(c, p, sc == 1 and c > 1)
+    ncb = triton.cdiv(c, bc)
+    part = torch.empty((4, n * c, splits), dtype=torch.float32, device=x.device)
+    wrap(stats_partial_kernel)[(n * ncb, splits)](x, part, c, p, sn, sc, sp, ncb, splits, n * c,
+                                                    SPLIT_P=bp * TILES_PER_SPLIT, BLOCK_C=bc, BLOCK_P=bp)
+    return part, splits
+
+
+def channel_stats(x: Tensor, wrap) -> tuple[Tensor, Tensor]:
+    n, c = x.shape[:2]
+    part, splits = launch_partials(x, wrap)
+    mean = torch.empty((n, c), dtype=torch.float32, device=x.device)
+    std = torch.empty((n, c), dtype=torch.float32, device=x.device)
+    wrap(stats_finalize_kernel)[(n,)](part, mean, std, c, splits, n * c, BLOCK_C=triton.next_power_of_2(c))
+    st = stats_dtype(x.dtype)
+    return mean.to(st), std.to(st)
+
+
+def fold_stats_grads(grad_mean: Tensor, grad_std: Tensor, std: Tensor, p: int) -> tuple[Tensor, Tensor]:
+    """a = grad_mean / P, b = grad_std / ((P - 1) std), b = 0 where grad_std == 0 or std == 0 (as torch.std)."""
+    a = (grad_mean / p).float().contiguous()
+    b = grad_std / (std * (p - 1))
+    b = torch.where((grad_std == 0) | (std == 0), torch.zeros_like(b), b)
+    return a, b.float().contiguous()
+
+
+def channel_stats_backward(grad_mean: Tensor, grad_std: Tensor, x: Tensor, mean: Tensor, std: Tensor,
+                           wrap) -> Tensor:
+    check_dtype(x)
+    x, (sn, sc, sp) = operand(x)
+    n, c, h, w = x.shape
+    p = h * w
+    a, b = fold_stats_grads(grad_mean, grad_std, std, p)
+    dx = empty_in_layout_of(x)
+    dn, dc, dp = operand(dx)[1]
+    bc, bp, _ = blocks(c, p, sc == 1 and c > 1)
+    ncb = triton.cdiv(c, bc)
+    wrap(stats_backward_kernel)[(n * ncb, triton.cdiv(p, bp))](
+        x, dx, a, b, mean.float().contiguous(), c, p, sn, sc, sp, dn, dc, dp, ncb, BLOCK_C=bc, BLOCK_P=bp)
+    return dx

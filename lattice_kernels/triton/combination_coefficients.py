@@ -1,0 +1,88 @@
+"""Triton combination_coefficients: the channel-statistics split reduction, and a last stage that merges the
+splits and runs the coefficient MLP in the same program (one program per sample, all channels)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..ops.reference import stats_dtype
+from ._common import chan_merge
+from .channel_stats import channel_stats_backward, launch_partials
+
+
+@triton.jit
+def _branch(u, w1_ptr, b1_ptr, w2_ptr, b2_ptr, c, cmask, r, rmask, C, R):
+    """sigmoid(W2 relu(W1 u + b1) + b2) for one sample: u [BLOCK_C] -> [BLOCK_C]."""
+    w1 = tl.load(w1_ptr + r[:, None] * C + c[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+    h = tl.sum(w1 * u[None, :], axis=1) + tl.load(b1_ptr + r, mask=rmask, other=0.0)
+    h = tl.maximum(h, 0.0)
+    w2 = tl.load(w2_ptr + c[:, None] * R + r[None, :], mask=cmask[:, None] & rmask[None, :], other=0.0)
+    z = tl.sum(w2 * h[None, :], axis=1) + tl.load(b2_ptr + c, mask=cmask, other=0.0)
+    return tl.sigmoid(z)
+
+
+@triton.jit
+def cc_finalize_kernel(part_ptr, mean_ptr, std_ptr, cc_ptr,
+                       w1m, b1m, w2m, b2m, w1s, b1s, w2s, b2s, C, R, S, NC,
+                       BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
+    n = tl.program_id(0)
+    c = tl.arange(0, BLOCK_C)
+    cmask = c < C
+    r = tl.arange(0, BLOCK_R)
+    rmask = r < R
+    row = n * C + c
+    cnt = tl.zeros([BLOCK_C], dtype=tl.float32)
+    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for s in range(0, S):
+        pn = tl.load(part_ptr + row * S + s, mask=cmask, other=0.0)
+        pm = tl.load(part_ptr + (NC + row) * S + s, mask=cmask, other=0.0)
+        pv = tl.load(part_ptr + (2 * NC + row) * S + s, mask=cmask, other=0.0)
+        cnt, mean, m2 = chan_merge(cnt, mean, m2, pn, pm, pv)
+    mean = mean + tl.load(part_ptr + (3 * NC + row) * S, mask=cmask, other=0.0)
+    std = tl.sqrt(m2 / (cnt - 1.0))
+    tl.store(mean_ptr + row, mean, mask=cmask)
+    tl.store(std_ptr + row, std, mask=cmask)
+    sm = _branch(tl.where(cmask, mean, 0.0), w1m, b1m, w2m, b2m, c, cmask, r, rmask, C, R)
+    ss = _branch(tl.where(cmask, std, 0.0), w1s, b1s, w2s, b2s, c, cmask, r, rmask, C, R)
+    tl.store(cc_ptr + row, 0.5 * (sm + ss), mask=cmask)
+
+
+def combination_coefficients(x: Tensor, weights: tuple[Tensor, ...], wrap) -> tuple[Tensor, Tensor, Tensor]:
+    """(cc, mean, std), each (N, C) in the statistics dtype; weights 2-D/1-D (w1 (R, C), w2 (C, R))."""
+    n, c = x.shape[:2]
+    r = weights[0].shape[0]
+    part, splits = launch_partials(x, wrap)
+    dev = x.device
+    mean, std, cc = (torch.empty((n, c), dtype=torch.float32, device=dev) for _ in range(3))
+    w = [t.float().contiguous() for t in weights]
+    wrap(cc_finalize_kernel)[(n,)](part, mean, std, cc, *w, c, r, splits, n * c,
+                                   BLOCK_C=triton.next_power_of_2(c), BLOCK_R=triton.next_power_of_2(r))
+    st = stats_dtype(x.dtype)
+    return cc.to(st), mean.to(st), std.to(st)
+
+
+def _branch_backward(g: Tensor, u: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor):
+    """Backward of 0.5 * sigmoid(w2 relu(w1 u + b1) + b2) for (N, C) u and grad g: (du, dw1, db1, dw2, db2)."""
+    pre = u @ w1.t() + b1
+    h = pre.clamp_min(0)
+    s = torch.sigmoid(h @ w2.t() + b2)
+    dz = 0.5 * g * s * (1 - s)
+    dh = (dz @ w2) * (pre > 0)
+    return dh @ w1, dh.t() @ u, dh.sum(0), dz.t() @ h, dz.sum(0)
+
+
+def combination_coefficients_backward(grad: Tensor, x: Tensor, mean: Tensor, std: Tensor,
+                                      weights: tuple[Tensor, ...], wrap) -> tuple[Tensor, ...]:
+    """(dx, dw1m, db1m, dw2m, db2m, dw1s, db1s, dw2s, db2s): the tiny MLP's backward in PyTorch ops, then one
+    fused pass over x for dx."""
+    g = grad.float()
+    w = [t.float() for t in weights]
+    dm, *gm = _branch_backward(g, mean.float(), *w[:4])
+    ds, *gs = _branch_backward(g, std.float(), *w[4:])
+    dx = channel_stats_backward(dm, ds, x, mean, std, wrap)
+    order = (0, 1, 2, 3)  # dw1, db1, dw2, db2
+    return (dx, *(gm[i].to(weights[i].dtype) for i in order), *(gs[i].to(weights[4 + i].dtype) for i in order))
