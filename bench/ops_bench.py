@@ -13,7 +13,7 @@ from lattice_kernels.ops import reference as ref
 
 from .timing import measure, rotation_count
 
-OPS = ("channel_stats", "combination_coefficients", "butterfly", "butterfly_q_stats", "lattice_block_mixing")
+OPS = ("channel_stats", "combination_coefficients", "butterfly", "butterfly_q_stats")
 
 
 @dataclass
@@ -61,11 +61,6 @@ def make_cases(shape, dtype, device, layout: str = "nchw") -> list[OpCase]:
                lambda b, x1, x2, a, bb: lk.ops.butterfly(x1, x2, alpha2=a, beta1=bb, q_stats=True, backend=b),
                _butterfly_q_stats_spec, 4, 10),
     ]
-    try:
-        from lattice_kernels.nn.lattice_block import mixing_benchmark_case
-    except ImportError:
-        return cases
-    cases.append(mixing_benchmark_case(OpCase, shape, dtype, device, fmt))
     return cases
 
 

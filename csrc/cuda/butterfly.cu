@@ -1,0 +1,303 @@
+// butterfly (p = a1*x1 + a2*x2, q = b1*x1 + b2*x2, with the statistics of q in the same pass) and its fused
+// backward (dx1, dx2 and the per-(n, c) sums that are the coefficient gradients, in one pass).
+#include "common.cuh"
+
+namespace lk {
+namespace cuda {
+
+template <class A> struct Coefs {
+  A a1, a2, b1, b2;
+};
+
+template <class A> __device__ __forceinline__ A coef(const void* p, int64_t i) {
+  return p ? static_cast<const A*>(p)[i] : A(1);
+}
+
+template <class A> __device__ __forceinline__ Coefs<A> coefs_at(const Coefficients& c, int64_t i) {
+  return {coef<A>(c.a1, i), coef<A>(c.a2, i), coef<A>(c.b1, i), coef<A>(c.b2, i)};
+}
+
+struct FwdPtrs {
+  Tensor4 x1, x2, p, q;
+};
+
+// q's statistics use the stored (rounded) q, shifted by q at the row's first pixel.
+template <class T, bool VEC, bool QSTATS>
+__global__ void butterfly_planar(FwdPtrs t, int64_t C, int64_t P, Coefficients cp,
+                                 Stats<typename AccOf<T>::type>* __restrict__ part) {
+  using A = typename AccOf<T>::type;
+  const int64_t nc = blockIdx.x, n = nc / C, c = nc % C, s = blockIdx.y, S = gridDim.y;
+  const Coefs<A> k = coefs_at<A>(cp, nc);
+  const T* x1 = static_cast<const T*>(t.x1.data) + n * t.x1.sn + c * t.x1.sc;
+  const T* x2 = static_cast<const T*>(t.x2.data) + n * t.x2.sn + c * t.x2.sc;
+  T* p = static_cast<T*>(t.p.data) + n * t.p.sn + c * t.p.sc;
+  T* q = static_cast<T*>(t.q.data) + n * t.q.sn + c * t.q.sc;
+  A shift = 0;
+  if constexpr (QSTATS) shift = to_acc(from_acc<T>(k.b1 * to_acc(x1[0]) + k.b2 * to_acc(x2[0])));
+  const int64_t p0 = s * kSplitPlanar, p1 = min(P, p0 + kSplitPlanar);
+  A cnt = 0, sum = 0, sq = 0;
+  if constexpr (VEC) {
+    constexpr int V = Vec16<T>::kN;
+    for (int64_t i = p0 + int64_t(threadIdx.x) * V; i < p1; i += int64_t(kThreads) * V) {
+      const Vec16<T> v1 = *reinterpret_cast<const Vec16<T>*>(x1 + i);
+      const Vec16<T> v2 = *reinterpret_cast<const Vec16<T>*>(x2 + i);
+      Vec16<T> op, oq;
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const A a = to_acc(v1.v[j]), b = to_acc(v2.v[j]);
+        op.v[j] = from_acc<T>(k.a1 * a + k.a2 * b);
+        oq.v[j] = from_acc<T>(k.b1 * a + k.b2 * b);
+        if constexpr (QSTATS) {
+          const A d = to_acc(oq.v[j]) - shift;
+          sum += d;
+          sq += d * d;
+        }
+      }
+      *reinterpret_cast<Vec16<T>*>(p + i) = op;
+      *reinterpret_cast<Vec16<T>*>(q + i) = oq;
+      cnt += A(V);
+    }
+  } else {
+    for (int64_t i = p0 + threadIdx.x; i < p1; i += kThreads) {
+      const A a = to_acc(x1[i * t.x1.sp]), b = to_acc(x2[i * t.x2.sp]);
+      p[i * t.p.sp] = from_acc<T>(k.a1 * a + k.a2 * b);
+      const T qv = from_acc<T>(k.b1 * a + k.b2 * b);
+      q[i * t.q.sp] = qv;
+      if constexpr (QSTATS) {
+        const A d = to_acc(qv) - shift;
+        sum += d;
+        sq += d * d;
+      }
+      cnt += A(1);
+    }
+  }
+  if constexpr (QSTATS) {
+    const Stats<A> r = block_merge(from_sums(cnt, sum, sq));
+    if (threadIdx.x == 0) {
+      part[nc * S + s] = r;  // mean relative to the shift
+      if (s == 0) reinterpret_cast<A*>(part + gridDim.x * S)[nc] = shift;
+    }
+  }
+}
+
+template <class T, bool QSTATS>
+__global__ void butterfly_interleaved(FwdPtrs t, int64_t C, int64_t P, int64_t ncb, Coefficients cp,
+                                      Stats<typename AccOf<T>::type>* __restrict__ part) {
+  using A = typename AccOf<T>::type;
+  const int64_t n = blockIdx.x / ncb, c = (blockIdx.x % ncb) * kLanesC + threadIdx.x, s = blockIdx.y, S = gridDim.y;
+  const bool valid = c < C;
+  const int64_t cc = valid ? c : 0;
+  const Coefs<A> k = coefs_at<A>(cp, n * C + cc);
+  const T* x1 = static_cast<const T*>(t.x1.data) + n * t.x1.sn + cc * t.x1.sc;
+  const T* x2 = static_cast<const T*>(t.x2.data) + n * t.x2.sn + cc * t.x2.sc;
+  T* p = static_cast<T*>(t.p.data) + n * t.p.sn + cc * t.p.sc;
+  T* q = static_cast<T*>(t.q.data) + n * t.q.sn + cc * t.q.sc;
+  A shift = 0;
+  if constexpr (QSTATS) shift = to_acc(from_acc<T>(k.b1 * to_acc(x1[0]) + k.b2 * to_acc(x2[0])));
+  const int64_t p0 = s * kSplitInterleaved, p1 = min(P, p0 + kSplitInterleaved);
+  A cnt = 0, sum = 0, sq = 0;
+  if (valid)
+    for (int64_t i = p0 + threadIdx.y; i < p1; i += kRowsP) {
+      const A a = to_acc(x1[i * t.x1.sp]), b = to_acc(x2[i * t.x2.sp]);
+      p[i * t.p.sp] = from_acc<T>(k.a1 * a + k.a2 * b);
+      const T qv = from_acc<T>(k.b1 * a + k.b2 * b);
+      q[i * t.q.sp] = qv;
+      if constexpr (QSTATS) {
+        const A d = to_acc(qv) - shift;
+        sum += d;
+        sq += d * d;
+      }
+      cnt += A(1);
+    }
+  if constexpr (QSTATS) {
+    const Stats<A> r = rows_merge(from_sums(cnt, sum, sq));
+    if (threadIdx.y == 0 && valid) {
+      const int64_t NC = int64_t(gridDim.x / ncb) * C;
+      part[(n * C + c) * S + s] = r;  // mean relative to the shift
+      if (s == 0) reinterpret_cast<A*>(part + NC * S)[n * C + c] = shift;
+    }
+  }
+}
+
+// Merge of q's split statistics in split order; the partial means are relative to the row's shift (stored after
+// the partials), so the merge works on small deviations.
+template <class A>
+__global__ void merge_partials(const Stats<A>* __restrict__ part, int64_t NC, int64_t S, A* __restrict__ mean,
+                               A* __restrict__ stdv) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= NC) return;
+  Stats<A> r{A(0), A(0), A(0)};
+  for (int64_t s = 0; s < S; ++s) r = merge(r, part[i * S + s]);
+  mean[i] = reinterpret_cast<const A*>(part + NC * S)[i] + r.mean;
+  stdv[i] = sqrt(r.m2 / (r.n - A(1)));
+}
+
+cudaError_t butterfly(DType dtype, const Tensor4& x1, const Tensor4& x2, const Tensor4& p, const Tensor4& q,
+                      const Shape& s, const Coefficients& c, void* mean_q, void* std_q, void* workspace,
+                      cudaStream_t stream) {
+  const FwdPtrs t{x1, x2, p, q};
+  const bool qs = mean_q != nullptr;
+  LK_CUDA_DISPATCH(dtype, {
+    using A = typename AccOf<T>::type;
+    auto* part = static_cast<Stats<A>*>(workspace);
+    const dim3 g = grid_of(s), b = block_of(s);
+    if (s.interleaved) {
+      if (qs) butterfly_interleaved<T, true><<<g, b, 0, stream>>>(t, s.C, s.P, channel_blocks(s), c, part);
+      else butterfly_interleaved<T, false><<<g, b, 0, stream>>>(t, s.C, s.P, channel_blocks(s), c, part);
+    } else if (vectorizable(s, sizeof(T), {&x1, &x2, &p, &q})) {
+      if (qs) butterfly_planar<T, true, true><<<g, b, 0, stream>>>(t, s.C, s.P, c, part);
+      else butterfly_planar<T, true, false><<<g, b, 0, stream>>>(t, s.C, s.P, c, part);
+    } else {
+      if (qs) butterfly_planar<T, false, true><<<g, b, 0, stream>>>(t, s.C, s.P, c, part);
+      else butterfly_planar<T, false, false><<<g, b, 0, stream>>>(t, s.C, s.P, c, part);
+    }
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess || !qs) return err;
+    const int64_t NC = s.N * s.C;
+    merge_partials<A><<<static_cast<unsigned>((NC + 255) / 256), 256, 0, stream>>>(
+        part, NC, num_splits(s), static_cast<A*>(mean_q), static_cast<A*>(std_q));
+    return cudaGetLastError();
+  })
+  return cudaErrorInvalidValue;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// backward
+
+struct BwdPtrs {
+  Tensor4 dp, dq, x1, x2, dx1, dx2;
+};
+
+template <class A> struct QGrad {
+  A gm, bs, mq;
+};
+
+template <class A> __device__ __forceinline__ QGrad<A> qgrad_at(const void* gm, const void* bs, const void* mq,
+                                                               int64_t i) {
+  if (!gm) return {A(0), A(0), A(0)};
+  return {static_cast<const A*>(gm)[i], static_cast<const A*>(bs)[i], static_cast<const A*>(mq)[i]};
+}
+
+template <class T>
+__device__ __forceinline__ void backward_element(const Coefs<typename AccOf<T>::type>& k,
+                                                 const QGrad<typename AccOf<T>::type>& g, T gp_t, T gq_t, T x1_t,
+                                                 T x2_t, T& dx1, T& dx2, typename AccOf<T>::type* r) {
+  using A = typename AccOf<T>::type;
+  const A gp = to_acc(gp_t), a = to_acc(x1_t), b = to_acc(x2_t);
+  const A gq = to_acc(gq_t) + g.gm + g.bs * ((k.b1 * a + k.b2 * b) - g.mq);
+  dx1 = from_acc<T>(k.a1 * gp + k.b1 * gq);
+  dx2 = from_acc<T>(k.a2 * gp + k.b2 * gq);
+  r[0] += gp * a;
+  r[1] += gp * b;
+  r[2] += gq * a;
+  r[3] += gq * b;
+}
+
+template <class T, bool VEC>
+__global__ void butterfly_backward_planar(BwdPtrs t, int64_t C, int64_t P, Coefficients cp, const void* gm,
+                                          const void* bs, const void* mq, typename AccOf<T>::type* __restrict__ part) {
+  using A = typename AccOf<T>::type;
+  const int64_t nc = blockIdx.x, n = nc / C, c = nc % C, s = blockIdx.y, S = gridDim.y, NC = gridDim.x;
+  const Coefs<A> k = coefs_at<A>(cp, nc);
+  const QGrad<A> g = qgrad_at<A>(gm, bs, mq, nc);
+  auto row = [&](const Tensor4& v) { return static_cast<T*>(v.data) + n * v.sn + c * v.sc; };
+  const T* dp = row(t.dp);
+  const T* dq = row(t.dq);
+  const T* x1 = row(t.x1);
+  const T* x2 = row(t.x2);
+  T* dx1 = row(t.dx1);
+  T* dx2 = row(t.dx2);
+  A r[4] = {0, 0, 0, 0};
+  const int64_t p0 = s * kSplitPlanar, p1 = min(P, p0 + kSplitPlanar);
+  if constexpr (VEC) {
+    constexpr int V = Vec16<T>::kN;
+    for (int64_t i = p0 + int64_t(threadIdx.x) * V; i < p1; i += int64_t(kThreads) * V) {
+      const Vec16<T> vp = *reinterpret_cast<const Vec16<T>*>(dp + i), vq = *reinterpret_cast<const Vec16<T>*>(dq + i);
+      const Vec16<T> v1 = *reinterpret_cast<const Vec16<T>*>(x1 + i), v2 = *reinterpret_cast<const Vec16<T>*>(x2 + i);
+      Vec16<T> o1, o2;
+#pragma unroll
+      for (int j = 0; j < V; ++j) backward_element<T>(k, g, vp.v[j], vq.v[j], v1.v[j], v2.v[j], o1.v[j], o2.v[j], r);
+      *reinterpret_cast<Vec16<T>*>(dx1 + i) = o1;
+      *reinterpret_cast<Vec16<T>*>(dx2 + i) = o2;
+    }
+  } else {
+    for (int64_t i = p0 + threadIdx.x; i < p1; i += kThreads)
+      backward_element<T>(k, g, dp[i * t.dp.sp], dq[i * t.dq.sp], x1[i * t.x1.sp], x2[i * t.x2.sp],
+                          dx1[i * t.dx1.sp], dx2[i * t.dx2.sp], r);
+  }
+  for (int w = 0; w < 4; ++w) {
+    const A v = block_sum(r[w]);
+    if (threadIdx.x == 0) part[(w * NC + nc) * S + s] = v;
+  }
+}
+
+template <class T>
+__global__ void butterfly_backward_interleaved(BwdPtrs t, int64_t C, int64_t P, int64_t ncb, Coefficients cp,
+                                               const void* gm, const void* bs, const void* mq,
+                                               typename AccOf<T>::type* __restrict__ part) {
+  using A = typename AccOf<T>::type;
+  const int64_t n = blockIdx.x / ncb, c = (blockIdx.x % ncb) * kLanesC + threadIdx.x, s = blockIdx.y, S = gridDim.y;
+  const int64_t N = gridDim.x / ncb, NC = N * C;
+  const bool valid = c < C;
+  const int64_t cc = valid ? c : 0;
+  const Coefs<A> k = coefs_at<A>(cp, n * C + cc);
+  const QGrad<A> g = qgrad_at<A>(gm, bs, mq, n * C + cc);
+  auto at = [&](const Tensor4& v, int64_t i) { return static_cast<T*>(v.data) + n * v.sn + cc * v.sc + i * v.sp; };
+  A r[4] = {0, 0, 0, 0};
+  const int64_t p0 = s * kSplitInterleaved, p1 = min(P, p0 + kSplitInterleaved);
+  if (valid)
+    for (int64_t i = p0 + threadIdx.y; i < p1; i += kRowsP)
+      backward_element<T>(k, g, *at(t.dp, i), *at(t.dq, i), *at(t.x1, i), *at(t.x2, i), *at(t.dx1, i),
+                          *at(t.dx2, i), r);
+  for (int w = 0; w < 4; ++w) {
+    const A v = rows_sum(r[w]);
+    if (threadIdx.y == 0 && valid) part[(w * NC + n * C + c) * S + s] = v;
+  }
+}
+
+template <class A>
+__global__ void sum_splits(const A* __restrict__ part, int64_t rows, int64_t S, A* __restrict__ out) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows) return;
+  A acc = 0;
+  for (int64_t s = 0; s < S; ++s) acc += part[i * S + s];
+  out[i] = acc;
+}
+
+size_t butterfly_workspace_bytes(DType dtype, const Shape& s) {
+  const size_t acc = dtype == DType::F64 ? sizeof(double) : sizeof(float);
+  return acc * size_t(s.N * s.C) * size_t(3 * num_splits(s) + 1);
+}
+
+size_t butterfly_backward_workspace_bytes(DType dtype, const Shape& s) {
+  const size_t acc = dtype == DType::F64 ? sizeof(double) : sizeof(float);
+  return 4 * acc * size_t(s.N * s.C * num_splits(s));
+}
+
+cudaError_t butterfly_backward(DType dtype, const Tensor4& dp, const Tensor4& dq, const Tensor4& x1,
+                               const Tensor4& x2, const Tensor4& dx1, const Tensor4& dx2, const Shape& s,
+                               const Coefficients& c, const void* gm, const void* bs, const void* mq, void* sums,
+                               void* workspace, cudaStream_t stream) {
+  const BwdPtrs t{dp, dq, x1, x2, dx1, dx2};
+  LK_CUDA_DISPATCH(dtype, {
+    using A = typename AccOf<T>::type;
+    auto* part = static_cast<A*>(workspace);
+    const dim3 g = grid_of(s), b = block_of(s);
+    if (s.interleaved)
+      butterfly_backward_interleaved<T><<<g, b, 0, stream>>>(t, s.C, s.P, channel_blocks(s), c, gm, bs, mq, part);
+    else if (vectorizable(s, sizeof(T), {&dp, &dq, &x1, &x2, &dx1, &dx2}))
+      butterfly_backward_planar<T, true><<<g, b, 0, stream>>>(t, s.C, s.P, c, gm, bs, mq, part);
+    else
+      butterfly_backward_planar<T, false><<<g, b, 0, stream>>>(t, s.C, s.P, c, gm, bs, mq, part);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    const int64_t rows = 4 * s.N * s.C;
+    sum_splits<A><<<static_cast<unsigned>((rows + 255) / 256), 256, 0, stream>>>(part, rows, num_splits(s),
+                                                                                  static_cast<A*>(sums));
+    return cudaGetLastError();
+  })
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace lk

@@ -1,0 +1,228 @@
+// channel_stats, combination_coefficients and the channel_stats backward: split reductions over P (partials of
+// values shifted by the row's first element), a last stage merging the splits in order (and running the
+// coefficient MLP for combination_coefficients), and a one-pass backward.
+#include "common.cuh"
+
+namespace lk {
+namespace cuda {
+
+// part[(n*C + c)*S + s] = statistics of x[n, c, p] - x[n, c, 0] over split s.
+template <class T, bool VEC>
+__global__ void stats_partial_planar(const T* __restrict__ x, int64_t C, int64_t P, int64_t sn, int64_t sc,
+                                     int64_t sp, Stats<typename AccOf<T>::type>* __restrict__ part) {
+  using A = typename AccOf<T>::type;
+  const int64_t nc = blockIdx.x, n = nc / C, c = nc % C, s = blockIdx.y, S = gridDim.y;
+  const T* base = x + n * sn + c * sc;
+  const A shift = to_acc(base[0]);
+  const int64_t p0 = s * kSplitPlanar, p1 = min(P, p0 + kSplitPlanar);
+  A cnt = 0, sum = 0, sq = 0;
+  if constexpr (VEC) {
+    constexpr int V = Vec16<T>::kN;
+    for (int64_t p = p0 + int64_t(threadIdx.x) * V; p < p1; p += int64_t(kThreads) * V) {
+      const Vec16<T> v = *reinterpret_cast<const Vec16<T>*>(base + p);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const A d = to_acc(v.v[i]) - shift;
+        sum += d;
+        sq += d * d;
+      }
+      cnt += A(V);
+    }
+  } else {
+    for (int64_t p = p0 + threadIdx.x; p < p1; p += kThreads) {
+      const A d = to_acc(base[p * sp]) - shift;
+      sum += d;
+      sq += d * d;
+      cnt += A(1);
+    }
+  }
+  const Stats<A> r = block_merge(from_sums(cnt, sum, sq));
+  if (threadIdx.x == 0) part[nc * S + s] = r;
+}
+
+template <class T>
+__global__ void stats_partial_interleaved(const T* __restrict__ x, int64_t C, int64_t P, int64_t sn, int64_t sc,
+                                          int64_t sp, int64_t ncb, Stats<typename AccOf<T>::type>* __restrict__ part) {
+  using A = typename AccOf<T>::type;
+  const int64_t n = blockIdx.x / ncb, c = (blockIdx.x % ncb) * kLanesC + threadIdx.x, s = blockIdx.y, S = gridDim.y;
+  const bool valid = c < C;
+  const T* base = x + n * sn + (valid ? c : 0) * sc;
+  const A shift = to_acc(base[0]);
+  const int64_t p0 = s * kSplitInterleaved, p1 = min(P, p0 + kSplitInterleaved);
+  A cnt = 0, sum = 0, sq = 0;
+  if (valid)
+    for (int64_t p = p0 + threadIdx.y; p < p1; p += kRowsP) {
+      const A d = to_acc(base[p * sp]) - shift;
+      sum += d;
+      sq += d * d;
+      cnt += A(1);
+    }
+  const Stats<A> r = rows_merge(from_sums(cnt, sum, sq));
+  if (threadIdx.y == 0 && valid) part[(n * C + c) * S + s] = r;
+}
+
+template <class A> __device__ __forceinline__ A sigmoid(A z) { return A(1) / (A(1) + exp(-z)); }
+
+// One block per sample n: merge the splits of every channel in order (mean = shift + merged mean, unbiased std),
+// then, with MLP weights, the coefficient MLP on the block's statistics in shared memory.
+template <class T>
+__global__ void stats_finalize(const T* __restrict__ x, int64_t C, int64_t sn, int64_t sc, int64_t S,
+                               const Stats<typename AccOf<T>::type>* __restrict__ part,
+                               typename AccOf<T>::type* __restrict__ mean, typename AccOf<T>::type* __restrict__ stdv,
+                               MlpWeights w, typename AccOf<T>::type* __restrict__ cc) {
+  using A = typename AccOf<T>::type;
+  extern __shared__ unsigned char smem_raw[];
+  A* sm = reinterpret_cast<A*>(smem_raw);  // [2*C + 2*R] when the MLP runs
+  const int64_t n = blockIdx.x;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    Stats<A> r{A(0), A(0), A(0)};
+    for (int64_t s = 0; s < S; ++s) r = merge(r, part[(n * C + c) * S + s]);
+    const A m = to_acc(x[n * sn + c * sc]) + r.mean;
+    const A sd = sqrt(r.m2 / (r.n - A(1)));
+    mean[n * C + c] = m;
+    stdv[n * C + c] = sd;
+    if (cc) {
+      sm[c] = m;
+      sm[C + c] = sd;
+    }
+  }
+  if (!cc) return;
+  __syncthreads();
+  const int64_t R = w.R;
+  A* hidden = sm + 2 * C;  // [2*R]: mean branch, then std branch
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int64_t j = warp; j < 2 * R; j += warps) {
+    const bool std_branch = j >= R;
+    const int64_t r = std_branch ? j - R : j;
+    const A* w1 = static_cast<const A*>(std_branch ? w.w1s : w.w1m);
+    const A* u = sm + (std_branch ? C : 0);
+    A acc = 0;
+    for (int64_t c = lane; c < C; c += 32) acc += w1[r * C + c] * u[c];
+    acc = warp_sum(acc);
+    if (lane == 0) {
+      const A h = acc + static_cast<const A*>(std_branch ? w.b1s : w.b1m)[r];
+      hidden[j] = h > A(0) ? h : A(0);
+    }
+  }
+  __syncthreads();
+  const A* w2m = static_cast<const A*>(w.w2m);
+  const A* w2s = static_cast<const A*>(w.w2s);
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    A zm = static_cast<const A*>(w.b2m)[c], zs = static_cast<const A*>(w.b2s)[c];
+    for (int64_t r = 0; r < R; ++r) {
+      zm += w2m[c * R + r] * hidden[r];
+      zs += w2s[c * R + r] * hidden[R + r];
+    }
+    cc[n * C + c] = A(0.5) * (sigmoid(zm) + sigmoid(zs));
+  }
+}
+
+template <class T>
+cudaError_t launch_stats(const Tensor4& x, const Shape& s, void* mean, void* stdv, const MlpWeights* w, void* cc,
+                         void* workspace, cudaStream_t stream) {
+  using A = typename AccOf<T>::type;
+  const T* xp = static_cast<const T*>(x.data);
+  auto* part = static_cast<Stats<A>*>(workspace);
+  if (s.interleaved)
+    stats_partial_interleaved<T><<<grid_of(s), block_of(s), 0, stream>>>(xp, s.C, s.P, x.sn, x.sc, x.sp,
+                                                                        channel_blocks(s), part);
+  else if (vectorizable(s, sizeof(T), {&x}))
+    stats_partial_planar<T, true><<<grid_of(s), block_of(s), 0, stream>>>(xp, s.C, s.P, x.sn, x.sc, x.sp, part);
+  else
+    stats_partial_planar<T, false><<<grid_of(s), block_of(s), 0, stream>>>(xp, s.C, s.P, x.sn, x.sc, x.sp, part);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  const MlpWeights none{nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0};
+  const size_t smem = cc ? sizeof(A) * size_t(2 * s.C + 2 * w->R) : 0;
+  if (smem > 48 * 1024) return cudaErrorInvalidConfiguration;
+  stats_finalize<T><<<static_cast<unsigned>(s.N), kThreads, smem, stream>>>(
+      xp, s.C, x.sn, x.sc, num_splits(s), part, static_cast<A*>(mean), static_cast<A*>(stdv), cc ? *w : none,
+      static_cast<A*>(cc));
+  return cudaGetLastError();
+}
+
+size_t stats_workspace_bytes(DType dtype, const Shape& s) {
+  const size_t acc = dtype == DType::F64 ? sizeof(double) : sizeof(float);
+  return 3 * acc * size_t(s.N * s.C * num_splits(s));
+}
+
+cudaError_t channel_stats(DType dtype, const Tensor4& x, const Shape& s, void* mean, void* stdv, void* workspace,
+                          cudaStream_t stream) {
+  LK_CUDA_DISPATCH(dtype, return launch_stats<T>(x, s, mean, stdv, nullptr, nullptr, workspace, stream);)
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t combination_coefficients(DType dtype, const Tensor4& x, const Shape& s, const MlpWeights& w, void* cc,
+                                     void* mean, void* stdv, void* workspace, cudaStream_t stream) {
+  LK_CUDA_DISPATCH(dtype, return launch_stats<T>(x, s, mean, stdv, &w, cc, workspace, stream);)
+  return cudaErrorInvalidValue;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// backward: dx = a + b * (x - mean)
+
+template <class T, bool VEC>
+__global__ void stats_backward_planar(const T* __restrict__ x, T* __restrict__ dx, int64_t C, int64_t P, Tensor4 xs,
+                                      Tensor4 ds, const typename AccOf<T>::type* __restrict__ a,
+                                      const typename AccOf<T>::type* __restrict__ b,
+                                      const typename AccOf<T>::type* __restrict__ mean) {
+  using A = typename AccOf<T>::type;
+  const int64_t nc = blockIdx.x, n = nc / C, c = nc % C;
+  const A ca = a[nc], cb = b[nc], m = mean[nc];
+  const T* xb = x + n * xs.sn + c * xs.sc;
+  T* db = dx + n * ds.sn + c * ds.sc;
+  const int64_t p0 = int64_t(blockIdx.y) * kSplitPlanar, p1 = min(P, p0 + kSplitPlanar);
+  if constexpr (VEC) {
+    constexpr int V = Vec16<T>::kN;
+    for (int64_t p = p0 + int64_t(threadIdx.x) * V; p < p1; p += int64_t(kThreads) * V) {
+      const Vec16<T> v = *reinterpret_cast<const Vec16<T>*>(xb + p);
+      Vec16<T> o;
+#pragma unroll
+      for (int i = 0; i < V; ++i) o.v[i] = from_acc<T>(ca + cb * (to_acc(v.v[i]) - m));
+      *reinterpret_cast<Vec16<T>*>(db + p) = o;
+    }
+  } else {
+    for (int64_t p = p0 + threadIdx.x; p < p1; p += kThreads)
+      db[p * ds.sp] = from_acc<T>(ca + cb * (to_acc(xb[p * xs.sp]) - m));
+  }
+}
+
+template <class T>
+__global__ void stats_backward_interleaved(const T* __restrict__ x, T* __restrict__ dx, int64_t C, int64_t P,
+                                           int64_t ncb, Tensor4 xs, Tensor4 ds,
+                                           const typename AccOf<T>::type* __restrict__ a,
+                                           const typename AccOf<T>::type* __restrict__ b,
+                                           const typename AccOf<T>::type* __restrict__ mean) {
+  using A = typename AccOf<T>::type;
+  const int64_t n = blockIdx.x / ncb, c = (blockIdx.x % ncb) * kLanesC + threadIdx.x;
+  if (c >= C) return;
+  const A ca = a[n * C + c], cb = b[n * C + c], m = mean[n * C + c];
+  const T* xb = x + n * xs.sn + c * xs.sc;
+  T* db = dx + n * ds.sn + c * ds.sc;
+  const int64_t p0 = int64_t(blockIdx.y) * kSplitInterleaved, p1 = min(P, p0 + kSplitInterleaved);
+  for (int64_t p = p0 + threadIdx.y; p < p1; p += kRowsP) db[p * ds.sp] = from_acc<T>(ca + cb * (to_acc(xb[p * xs.sp]) - m));
+}
+
+cudaError_t channel_stats_backward(DType dtype, const Tensor4& x, const Tensor4& dx, const Shape& s, const void* a,
+                                   const void* b, const void* mean, cudaStream_t stream) {
+  LK_CUDA_DISPATCH(dtype, {
+    using A = typename AccOf<T>::type;
+    const T* xp = static_cast<const T*>(x.data);
+    T* dp = static_cast<T*>(dx.data);
+    const A* ap = static_cast<const A*>(a);
+    const A* bp = static_cast<const A*>(b);
+    const A* mp = static_cast<const A*>(mean);
+    if (s.interleaved)
+      stats_backward_interleaved<T><<<grid_of(s), block_of(s), 0, stream>>>(xp, dp, s.C, s.P, channel_blocks(s), x,
+                                                                           dx, ap, bp, mp);
+    else if (vectorizable(s, sizeof(T), {&x, &dx}))
+      stats_backward_planar<T, true><<<grid_of(s), block_of(s), 0, stream>>>(xp, dp, s.C, s.P, x, dx, ap, bp, mp);
+    else
+      stats_backward_planar<T, false><<<grid_of(s), block_of(s), 0, stream>>>(xp, dp, s.C, s.P, x, dx, ap, bp, mp);
+    return cudaGetLastError();
+  })
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace lk

@@ -1,0 +1,165 @@
+// Device helpers shared by the lattice_kernels CUDA kernels: element conversion, 16-byte vector access,
+// (count, mean, M2) statistics merged with Chan's formula in a fixed order across threads, warps and blocks.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <initializer_list>
+
+#include "kernels.h"
+
+namespace lk {
+namespace cuda {
+
+constexpr int kThreads = 256;     // planar blocks: 256 threads along P
+constexpr int kLanesC = 32;       // interleaved blocks: 32 channel lanes (a warp reads 32 consecutive channels) ...
+constexpr int kRowsP = 8;         // ... by 8 pixel rows
+constexpr int64_t kSplitPlanar = 8192;      // pixels per split (planar): 32 per thread
+constexpr int64_t kSplitInterleaved = 256;  // pixels per split (interleaved): 32 per pixel row
+
+template <class T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <class T> __device__ __forceinline__ T from_acc(typename AccOf<T>::type v);
+template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
+template <> __device__ __forceinline__ double from_acc<double>(double v) { return v; }
+template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// A 16-byte vector of T (4 floats, 8 halves, 2 doubles) for aligned planar rows.
+template <class T> struct alignas(16) Vec16 {
+  static constexpr int kN = 16 / sizeof(T);
+  T v[kN];
+};
+
+template <class A> struct Stats {
+  A n, mean, m2;
+};
+
+template <class A> __device__ __forceinline__ Stats<A> merge(const Stats<A>& a, const Stats<A>& b) {
+  const A n = a.n + b.n;
+  const A frac = n > A(0) ? b.n / n : A(0);
+  const A delta = b.mean - a.mean;
+  return {n, a.mean + delta * frac, a.m2 + b.m2 + delta * delta * a.n * frac};
+}
+
+// Per-thread sums of shifted values -> (count, mean, M2).
+template <class A> __device__ __forceinline__ Stats<A> from_sums(A cnt, A sum, A sq) {
+  if (cnt <= A(0)) return {A(0), A(0), A(0)};
+  const A mean = sum / cnt;
+  const A m2 = sq - sum * mean;
+  return {cnt, mean, m2 > A(0) ? m2 : A(0)};
+}
+
+template <class A> __device__ __forceinline__ Stats<A> warp_merge(Stats<A> s) {
+  for (int off = 16; off > 0; off >>= 1) {
+    Stats<A> o{__shfl_down_sync(0xffffffffu, s.n, off), __shfl_down_sync(0xffffffffu, s.mean, off),
+               __shfl_down_sync(0xffffffffu, s.m2, off)};
+    s = merge(s, o);
+  }
+  return s;
+}
+
+template <class A> __device__ __forceinline__ A warp_sum(A v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// Merge of a planar block's 256 thread statistics: warps in a fixed tree, then the 8 warp results in order.
+template <class A> __device__ Stats<A> block_merge(Stats<A> s) {
+  __shared__ A sh[3][kThreads / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  s = warp_merge(s);
+  if (lane == 0) {
+    sh[0][warp] = s.n;
+    sh[1][warp] = s.mean;
+    sh[2][warp] = s.m2;
+  }
+  __syncthreads();
+  Stats<A> r{A(0), A(0), A(0)};
+  if (threadIdx.x == 0)
+    for (int w = 0; w < kThreads / 32; ++w) r = merge(r, Stats<A>{sh[0][w], sh[1][w], sh[2][w]});
+  return r;  // valid in thread 0
+}
+
+template <class A> __device__ A block_sum(A v) {
+  __shared__ A sh[kThreads / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_sum(v);
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  A r = A(0);
+  if (threadIdx.x == 0)
+    for (int w = 0; w < kThreads / 32; ++w) r += sh[w];
+  __syncthreads();
+  return r;  // valid in thread 0
+}
+
+// Merge across the kRowsP pixel rows of an interleaved block, per channel lane, in row order.
+template <class A> __device__ Stats<A> rows_merge(Stats<A> s) {
+  __shared__ A sh[3][kRowsP][kLanesC];
+  sh[0][threadIdx.y][threadIdx.x] = s.n;
+  sh[1][threadIdx.y][threadIdx.x] = s.mean;
+  sh[2][threadIdx.y][threadIdx.x] = s.m2;
+  __syncthreads();
+  Stats<A> r{A(0), A(0), A(0)};
+  if (threadIdx.y == 0)
+    for (int y = 0; y < kRowsP; ++y)
+      r = merge(r, Stats<A>{sh[0][y][threadIdx.x], sh[1][y][threadIdx.x], sh[2][y][threadIdx.x]});
+  return r;  // valid in row 0
+}
+
+template <class A> __device__ A rows_sum(A v) {
+  __shared__ A sh[kRowsP][kLanesC];
+  sh[threadIdx.y][threadIdx.x] = v;
+  __syncthreads();
+  A r = A(0);
+  if (threadIdx.y == 0)
+    for (int y = 0; y < kRowsP; ++y) r += sh[y][threadIdx.x];
+  __syncthreads();
+  return r;  // valid in row 0
+}
+
+inline int64_t split_len(const Shape& s) { return s.interleaved ? kSplitInterleaved : kSplitPlanar; }
+inline int64_t num_splits(const Shape& s) { return (s.P + split_len(s) - 1) / split_len(s); }
+inline int64_t channel_blocks(const Shape& s) { return (s.C + kLanesC - 1) / kLanesC; }
+
+// The launch grid shared by every kernel: planar (N*C, splits) x 256 threads; interleaved
+// (N*channel_blocks, splits) x (32 channel lanes, 8 pixel rows).
+inline dim3 grid_of(const Shape& s) {
+  return dim3(static_cast<unsigned>(s.interleaved ? s.N * channel_blocks(s) : s.N * s.C),
+              static_cast<unsigned>(num_splits(s)));
+}
+inline dim3 block_of(const Shape& s) { return s.interleaved ? dim3(kLanesC, kRowsP) : dim3(kThreads); }
+
+// Whether every planar row of these operands can be read/written with 16-byte vectors.
+inline bool vectorizable(const Shape& s, int elem_bytes, std::initializer_list<const Tensor4*> ts) {
+  if (s.interleaved) return false;
+  const int64_t n = 16 / elem_bytes;
+  if (s.P % n || kSplitPlanar % n) return false;
+  for (const Tensor4* t : ts) {
+    if (t->sp != 1 || t->sc % n || t->sn % n) return false;
+    if (reinterpret_cast<uintptr_t>(t->data) % 16) return false;
+  }
+  return true;
+}
+
+#define LK_CUDA_DISPATCH(dtype, ...)                        \
+  switch (dtype) {                                           \
+    case DType::F32: { using T = float; __VA_ARGS__ } break;   \
+    case DType::F64: { using T = double; __VA_ARGS__ } break;  \
+    case DType::F16: { using T = __half; __VA_ARGS__ } break;  \
+    case DType::BF16: { using T = __nv_bfloat16; __VA_ARGS__ } break; \
+  }
+
+}  // namespace cuda
+}  // namespace lk
