@@ -18,7 +18,9 @@ from . import ops_bench, report
 from .timing import copy_bandwidth_gbps
 
 DEFAULT_SHAPES = {"cpu": ["1x64x180x320", "16x64x48x48"],
-                  "cuda": ["16x64x64x64", "1x64x180x320", "1x64x540x960"]}
+                  # largest first: with --max-minutes the shape that matters most is measured before the budget ends
+                  "cuda": ["1x64x540x960", "1x64x180x320", "16x64x64x64"]}
+DEFAULT_LAYOUTS = {"cpu": ["nchw", "nhwc"], "cuda": ["nchw"]}
 DEFAULT_DTYPES = {"cpu": ["float32"], "cuda": ["float32", "bfloat16"]}
 
 
@@ -33,7 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--backends", nargs="+", default=None,
                    help="library backends to compare (default: every available one for the device)")
-    p.add_argument("--layouts", nargs="+", default=["nchw", "nhwc"], choices=["nchw", "nhwc"],
+    p.add_argument("--layouts", nargs="+", default=None, choices=["nchw", "nhwc"],
                    help="memory formats of the op inputs (nhwc = channels_last)")
     p.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
@@ -42,6 +44,8 @@ def parse_args(argv=None):
                    help="folder for JSON and PNG (default bench/results)")
     p.add_argument("--name", default=None, help="file name stem (default: the device's name)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop starting new measurements after this long (the rest are listed as skipped)")
     p.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
                    help="tuned (default): glibc keeps freed large buffers for reuse instead of unmapping them, so "
                         "no backend pays a page fault per 4 KiB of every fresh output (see TUNED_MALLOC); applied to "
@@ -86,7 +90,13 @@ def main(argv=None) -> int:
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in shapes]
     dtypes = [getattr(torch, d) for d in (args.dtypes or DEFAULT_DTYPES[dev])]
     lib = library_backends(device, args.backends)
-    baselines = ["eager", "compile"] + (["compile-max"] if dev == "cuda" else [])
+    # On GPU the torch.compile peer is max-autotune-no-cudagraphs (the default mode is left out to save time).
+    baselines = ["eager", "compile-max"] if dev == "cuda" else ["eager", "compile"]
+    layouts = args.layouts or DEFAULT_LAYOUTS[dev]
+    import time
+
+    deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
+    skipped: list[str] = []
     env = report.environment(device)
     env["malloc"] = args.malloc if args.malloc == "default" else f"tuned {TUNED_MALLOC}"
     print(f"# lattice_kernels benchmarks on {env['device']}: torch {env['torch']}, triton {env['triton']}, "
@@ -98,13 +108,16 @@ def main(argv=None) -> int:
     rows: list[dict] = []
     op_names = ops_bench.OPS if args.ops is None else args.ops
     for shape in shapes if op_names else []:
-        for layout in args.layouts:
+        for layout in layouts:
             for dtype in dtypes:
                 for case in ops_bench.make_cases(shape, dtype, device, layout):
                     if case.name not in op_names:
                         continue
                     for pass_ in args.passes:
                         for backend in baselines + lib:
+                            if deadline and time.monotonic() > deadline:
+                                skipped.append(f"{case.name} {pass_} {shape} {layout} {dtype} {backend}")
+                                continue
                             row = ops_bench.bench_op(case, backend, shape, dtype, device, pass_ == "fwd+bwd",
                                                      repeats, warmup, layout)
                             row["kind"] = "op"
@@ -118,7 +131,8 @@ def main(argv=None) -> int:
     if (args.models is None or args.models) and importlib.util.find_spec("bench.models_bench"):
         from . import models_bench
 
-        model_rows = models_bench.run(device, args.models, quick=args.quick, repeats=repeats)
+        model_rows = models_bench.run(device, args.models, quick=args.quick, repeats=repeats, lib=lib,
+                                      deadline=deadline, skipped=skipped)
         rows.extend(model_rows)
 
     op_rows = [r for r in rows if r["kind"] == "op"]
@@ -142,7 +156,9 @@ def main(argv=None) -> int:
 
     stem = args.name or report.slug(f"{device.type}-{env['device']}") + ("-quick" if args.quick else "")
     path = args.out / f"{stem}.json"
-    report.write_json(path, {"environment": env, "rows": rows, "argv": sys.argv[1:]})
+    if skipped:
+        print(f"\n# {len(skipped)} measurements skipped (--max-minutes {args.max_minutes}): first {skipped[0]}")
+    report.write_json(path, {"environment": env, "rows": rows, "argv": sys.argv[1:], "skipped": skipped})
     print(f"\n# wrote {path}")
     if not args.no_plots:
         for p in report.plot(rows, args.out / stem, env["device"]):

@@ -107,12 +107,12 @@ def use_backend(name: str) -> Iterator[None]:
 _warned_auto = False
 
 
-def _auto_for(device: torch.device) -> str:
+def _auto_for(device: torch.device, op: str | None) -> str:
     global _warned_auto
     if device.type == "cuda":
         from ._auto import pick_gpu_backend
 
-        return pick_gpu_backend(device)
+        return pick_gpu_backend(device, op)
     if device.type == "cpu":
         if _C is not None:
             return "cpu"
@@ -128,11 +128,11 @@ def _auto_for(device: torch.device) -> str:
     return "torch"
 
 
-def resolve(name: str | None, device: torch.device) -> str:
-    """The concrete backend that runs an op on `device`, for the requested name (None = the default)."""
+def resolve(name: str | None, device: torch.device, op: str | None = None) -> str:
+    """The concrete backend that runs `op` on `device`, for the requested name (None = the default)."""
     name = _current if name is None else _validate(name)
     if name == "auto":
-        return _auto_for(device)
+        return _auto_for(device, op)
     why = _why_unavailable(name)
     if why is not None:
         raise BackendUnavailableError(f"backend {name!r} is not available: {why}")

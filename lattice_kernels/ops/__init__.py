@@ -30,8 +30,8 @@ __all__ = [
 _OPSETS: dict[str, object] = {"torch": TorchOps(), "cpu": LibraryOps(ops), "cuda": LibraryOps(ops)}
 
 
-def _opset(backend: str | None, device: torch.device):
-    name = _backend.resolve(backend, device)
+def _opset(backend: str | None, device: torch.device, op: str):
+    name = _backend.resolve(backend, device, op)
     if name == "triton" and "triton" not in _OPSETS:
         from ..triton import triton_ops
 
@@ -43,7 +43,7 @@ def channel_stats(x: Tensor, *, backend: str | None = None) -> tuple[Tensor, Ten
     """Per-(n, c) mean and unbiased std over H*W of x (N, C, H, W): two (N, C) tensors, float32 (float64 for
     float64 x). H*W = 1 gives NaN std, like torch.std."""
     _checks.check_input(x, "x")
-    return _opset(backend, x.device).channel_stats(x)
+    return _opset(backend, x.device, "channel_stats").channel_stats(x)
 
 
 def combination_coefficients(
@@ -58,7 +58,7 @@ def combination_coefficients(
     Weights in the published Conv2d layout (w1: (R, C, 1, 1), w2: (C, R, 1, 1)) or 2-D."""
     _checks.check_input(x, "x")
     weights = _checks.mlp_weights(x, (w1m, b1m, w2m, b2m, w1s, b1s, w2s, b2s))
-    return _opset(backend, x.device).combination_coefficients(x, weights)
+    return _opset(backend, x.device, "combination_coefficients").combination_coefficients(x, weights)
 
 
 def coefficients_from_stats(
@@ -98,7 +98,7 @@ def butterfly(
     same pass when q_stats. With out, an (N, 2C, H, W) buffer, p and q are written to its channels [0, C) and
     [C, 2C) and returned as views of it (no autograd: use butterfly_stacked for a differentiable stacked result)."""
     coefs = _butterfly_args(x1, x2, alpha1, alpha2, beta1, beta2)
-    ops = _opset(backend, x1.device)
+    ops = _opset(backend, x1.device, "butterfly")
     if out is None:
         p, q, mean_q, std_q = ops.butterfly(x1, x2, *coefs, bool(q_stats))
     else:
@@ -128,5 +128,5 @@ def butterfly_stacked(
     """butterfly with p and q in channels [0, C) and [C, 2C) of one new (N, 2C, H, W) tensor pq (the input of a
     following 1x1 conv, with no cat), differentiable. Returns (pq,) or (pq, mean_q, std_q)."""
     coefs = _butterfly_args(x1, x2, alpha1, alpha2, beta1, beta2)
-    pq, mean_q, std_q = _opset(backend, x1.device).butterfly_stacked(x1, x2, *coefs, bool(q_stats))
+    pq, mean_q, std_q = _opset(backend, x1.device, "butterfly").butterfly_stacked(x1, x2, *coefs, bool(q_stats))
     return (pq, mean_q, std_q) if q_stats else (pq,)

@@ -1,5 +1,9 @@
 """Training: data, losses, the two-stage trainer, and the evaluation metrics."""
 
+from .data import DataError, DenoiseDataset, EpochSampler, SRDataset
+from .losses import ContrastiveLoss, PixelFeatures, VGG19Features
 from .metrics import psnr_y, rgb_to_y, ssim_y
+from .trainer import TrainConfig, Trainer, evaluate
 
-__all__ = ["psnr_y", "rgb_to_y", "ssim_y"]
+__all__ = ["ContrastiveLoss", "DataError", "DenoiseDataset", "EpochSampler", "PixelFeatures", "SRDataset",
+           "TrainConfig", "Trainer", "VGG19Features", "evaluate", "psnr_y", "rgb_to_y", "ssim_y"]
