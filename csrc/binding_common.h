@@ -2,9 +2,11 @@
 // the work decomposition, and the folding of the statistics gradients. Depends on ATen; the kernels do not.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/util/Optional.h>
 
 #include <cmath>
+#include <tuple>
 #include <utility>
 
 #include "cpu/kernel_args.h"
@@ -128,6 +130,53 @@ inline std::pair<at::Tensor, at::Tensor> fold_stats_grads(const at::Tensor& grad
   at::Tensor b = grad_std / (stdv * static_cast<double>(P - 1));
   b = at::where((grad_std == 0) | (stdv == 0), at::zeros_like(b), b);
   return {a.contiguous(), b.contiguous()};
+}
+
+inline bool present(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined() && t->numel() > 0; }
+
+inline void check_pair(const at::Tensor& x1, const at::Tensor& x2) {
+  check_input(x1, "x1");
+  check_like(x2, x1, "x2", "x1");
+}
+
+// butterfly_out's buffer: (N, 2C, H, W), x1's dtype and device, no overlap with the inputs, contiguous or
+// channels_last. Returns the layout to run in (x1's when out's halves fit it, else the other one) and the halves.
+inline std::tuple<bool, at::Tensor, at::Tensor> out_halves(const at::Tensor& out, const at::Tensor& x1,
+                                                           const at::Tensor& x2) {
+  const int64_t N = x1.size(0), C = x1.size(1), H = x1.size(2), W = x1.size(3);
+  TORCH_CHECK(out.dim() == 4 && out.size(0) == N && out.size(1) == 2 * C && out.size(2) == H && out.size(3) == W,
+              "lattice_kernels: out must have shape (N, 2C, H, W) = (", N, ", ", 2 * C, ", ", H, ", ", W, "), got ",
+              out.sizes());
+  TORCH_CHECK(out.scalar_type() == x1.scalar_type(), "lattice_kernels: out must have the dtype of x1 (",
+              x1.scalar_type(), "), got ", out.scalar_type());
+  TORCH_CHECK(out.device() == x1.device(), "lattice_kernels: out is on ", out.device(), " but x1 is on ",
+              x1.device());
+  at::assert_no_internal_overlap(out);
+  at::assert_no_overlap(out, x1);
+  at::assert_no_overlap(out, x2);
+  at::Tensor p = out.narrow(1, 0, C), q = out.narrow(1, C, C);
+  View tmp;
+  bool il = is_interleaved(x1);
+  if (!(view_of(p, il, tmp) && view_of(q, il, tmp))) il = !il;
+  TORCH_CHECK(view_of(p, il, tmp) && view_of(q, il, tmp),
+              "lattice_kernels: out must be contiguous or channels_last-contiguous, got strides ", out.strides());
+  return {il, p, q};
+}
+
+// The gradients of q's statistics folded for the butterfly backward: (grad_mean / P, grad_std / ((P-1) std), mean),
+// undefined tensors when neither gradient is given.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> q_stats_grads(const c10::optional<at::Tensor>& grad_mean_q,
+                                                                     const c10::optional<at::Tensor>& grad_std_q,
+                                                                     const c10::optional<at::Tensor>& mean_q,
+                                                                     const c10::optional<at::Tensor>& std_q,
+                                                                     const at::Tensor& x1, int64_t P) {
+  if (!present(grad_mean_q) && !present(grad_std_q)) return {};
+  TORCH_CHECK(present(mean_q) && present(std_q), "lattice_kernels: grads of q's statistics need mean_q and std_q");
+  const at::Tensor m = per_channel(*mean_q, x1, "mean_q"), s = per_channel(*std_q, x1, "std_q");
+  const at::Tensor gm = present(grad_mean_q) ? per_channel(*grad_mean_q, x1, "grad_mean_q") : at::zeros_like(m);
+  const at::Tensor gs = present(grad_std_q) ? per_channel(*grad_std_q, x1, "grad_std_q") : at::zeros_like(s);
+  auto [a, b] = fold_stats_grads(gm, gs, s, P);
+  return {a, b, m};
 }
 
 }  // namespace lk

@@ -1,6 +1,5 @@
 // CPU implementations of the lattice_kernels ops: argument checks, layout, at::parallel_for over the work items
 // of the torch-free kernels (kernels_impl.h), and the fixed-order merges of their partial results.
-#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -264,17 +263,16 @@ std::tuple<at::Tensor, at::Tensor> butterfly_into(const at::Tensor& x1, const at
   return {mean, stdv};
 }
 
-void check_pair(const at::Tensor& x1, const at::Tensor& x2) {
-  check_input(x1, "x1");
+void check_cpu_pair(const at::Tensor& x1, const at::Tensor& x2) {
+  check_pair(x1, x2);
   check_cpu(x1, "x1");
-  check_like(x2, x1, "x2", "x1");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> butterfly(
     const at::Tensor& x1, const at::Tensor& x2, const c10::optional<at::Tensor>& alpha1,
     const c10::optional<at::Tensor>& alpha2, const c10::optional<at::Tensor>& beta1,
     const c10::optional<at::Tensor>& beta2, bool q_stats) {
-  check_pair(x1, x2);
+  check_cpu_pair(x1, x2);
   const bool il = is_interleaved(x1);
   at::Tensor p = new_like_layout(x1, il), q = new_like_layout(x1, il);
   auto [mean, stdv] = butterfly_into(x1, x2, alpha1, alpha2, beta1, beta2, q_stats, p, q, il);
@@ -285,7 +283,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> butterfly_stacked(
     const at::Tensor& x1, const at::Tensor& x2, const c10::optional<at::Tensor>& alpha1,
     const c10::optional<at::Tensor>& alpha2, const c10::optional<at::Tensor>& beta1,
     const c10::optional<at::Tensor>& beta2, bool q_stats) {
-  check_pair(x1, x2);
+  check_cpu_pair(x1, x2);
   const bool il = is_interleaved(x1);
   const int64_t C = x1.size(1);
   at::Tensor pq = new_like_layout(x1, il, 2 * C);
@@ -300,24 +298,8 @@ std::tuple<at::Tensor, at::Tensor> butterfly_out(const at::Tensor& x1, const at:
                                                  const c10::optional<at::Tensor>& beta1,
                                                  const c10::optional<at::Tensor>& beta2, bool q_stats,
                                                  at::Tensor& out) {
-  check_pair(x1, x2);
-  const int64_t N = x1.size(0), C = x1.size(1), H = x1.size(2), W = x1.size(3);
-  TORCH_CHECK(out.dim() == 4 && out.size(0) == N && out.size(1) == 2 * C && out.size(2) == H && out.size(3) == W,
-              "lattice_kernels: out must have shape (N, 2C, H, W) = (", N, ", ", 2 * C, ", ", H, ", ", W, "), got ",
-              out.sizes());
-  TORCH_CHECK(out.scalar_type() == x1.scalar_type(), "lattice_kernels: out must have the dtype of x1 (",
-              x1.scalar_type(), "), got ", out.scalar_type());
-  TORCH_CHECK(out.device() == x1.device(), "lattice_kernels: out is on ", out.device(), " but x1 is on ",
-              x1.device());
-  at::assert_no_internal_overlap(out);
-  at::assert_no_overlap(out, x1);
-  at::assert_no_overlap(out, x2);
-  at::Tensor p = out.narrow(1, 0, C), q = out.narrow(1, C, C);
-  View tmp;
-  bool il = is_interleaved(x1);
-  if (!(view_of(p, il, tmp) && view_of(q, il, tmp))) il = !il;
-  TORCH_CHECK(view_of(p, il, tmp) && view_of(q, il, tmp),
-              "lattice_kernels: out must be contiguous or channels_last-contiguous, got strides ", out.strides());
+  check_cpu_pair(x1, x2);
+  auto [il, p, q] = out_halves(out, x1, x2);
   return butterfly_into(x1, x2, alpha1, alpha2, beta1, beta2, q_stats, p, q, il);
 }
 
@@ -327,7 +309,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const c10::optional<at::Tensor>& alpha1, const c10::optional<at::Tensor>& alpha2,
     const c10::optional<at::Tensor>& beta1, const c10::optional<at::Tensor>& beta2,
     const c10::optional<at::Tensor>& mean_q, const c10::optional<at::Tensor>& std_q) {
-  check_pair(x1, x2);
+  check_cpu_pair(x1, x2);
   check_like(grad_p, x1, "grad_p", "x1");
   check_like(grad_q, x1, "grad_q", "x1");
   const bool il = is_interleaved(x1);
@@ -340,16 +322,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor a1 = coefficient_or_ones(alpha1, x1, "alpha1"), a2 = coefficient_or_ones(alpha2, x1, "alpha2");
   const at::Tensor b1 = coefficient_or_ones(beta1, x1, "beta1"), b2 = coefficient_or_ones(beta2, x1, "beta2");
   const auto sopt = x1.options().dtype(stats_type(x1));
-  const auto has = [](const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined() && t->numel() > 0; };
-  at::Tensor gm = at::zeros({g.N, g.C}, sopt), bs = at::zeros({g.N, g.C}, sopt), mq = at::zeros({g.N, g.C}, sopt);
-  if (has(grad_mean_q) || has(grad_std_q)) {
-    TORCH_CHECK(has(mean_q) && has(std_q), "lattice_kernels: grads of q's statistics need mean_q and std_q");
-    const at::Tensor m = per_channel(*mean_q, x1, "mean_q"), s = per_channel(*std_q, x1, "std_q");
-    const at::Tensor gmq = has(grad_mean_q) ? per_channel(*grad_mean_q, x1, "grad_mean_q") : at::zeros_like(m);
-    const at::Tensor gsq = has(grad_std_q) ? per_channel(*grad_std_q, x1, "grad_std_q") : at::zeros_like(s);
-    std::tie(gm, bs) = fold_stats_grads(gmq, gsq, s, g.P);
-    mq = m;
-  }
+  auto [gm, bs, mq] = q_stats_grads(grad_mean_q, grad_std_q, mean_q, std_q, x1, g.P);
+  if (!gm.defined()) gm = bs = mq = at::zeros({g.N, g.C}, sopt);
   at::Tensor dx1 = new_like_layout(x1, il), dx2 = new_like_layout(x1, il);
   View vd1, vd2;
   view_of(dx1, il, vd1);
@@ -373,7 +347,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   });
   red = red.to(stats_type(x1));
   const auto pick = [&](const c10::optional<at::Tensor>& coef, int w) {
-    return has(coef) ? red[w].clone() : at::empty({0}, sopt);
+    return present(coef) ? red[w].clone() : at::empty({0}, sopt);
   };
   return {dx1, dx2, pick(alpha1, 0), pick(alpha2, 1), pick(beta1, 2), pick(beta2, 3)};
 }

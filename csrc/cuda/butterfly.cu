@@ -23,7 +23,7 @@ struct FwdPtrs {
 
 // q's statistics use the stored (rounded) q, shifted by q at the row's first pixel.
 template <class T, bool VEC, bool QSTATS>
-__global__ void butterfly_planar(FwdPtrs t, int64_t C, int64_t P, Coefficients cp,
+__global__ void butterfly_planar(FwdPtrs t, int64_t C, int64_t P, int64_t split, Coefficients cp,
                                  Stats<typename AccOf<T>::type>* __restrict__ part) {
   using A = typename AccOf<T>::type;
   const int64_t nc = blockIdx.x, n = nc / C, c = nc % C, s = blockIdx.y, S = gridDim.y;
@@ -34,7 +34,7 @@ __global__ void butterfly_planar(FwdPtrs t, int64_t C, int64_t P, Coefficients c
   T* q = static_cast<T*>(t.q.data) + n * t.q.sn + c * t.q.sc;
   A shift = 0;
   if constexpr (QSTATS) shift = to_acc(from_acc<T>(k.b1 * to_acc(x1[0]) + k.b2 * to_acc(x2[0])));
-  const int64_t p0 = s * kSplitPlanar, p1 = min(P, p0 + kSplitPlanar);
+  const int64_t p0 = s * split, p1 = min(P, p0 + split);
   A cnt = 0, sum = 0, sq = 0;
   if constexpr (VEC) {
     constexpr int V = Vec16<T>::kN;
@@ -81,7 +81,7 @@ __global__ void butterfly_planar(FwdPtrs t, int64_t C, int64_t P, Coefficients c
 }
 
 template <class T, bool QSTATS>
-__global__ void butterfly_interleaved(FwdPtrs t, int64_t C, int64_t P, int64_t ncb, Coefficients cp,
+__global__ void butterfly_interleaved(FwdPtrs t, int64_t C, int64_t P, int64_t split, int64_t ncb, Coefficients cp,
                                       Stats<typename AccOf<T>::type>* __restrict__ part) {
   using A = typename AccOf<T>::type;
   const int64_t n = blockIdx.x / ncb, c = (blockIdx.x % ncb) * kLanesC + threadIdx.x, s = blockIdx.y, S = gridDim.y;
@@ -94,7 +94,7 @@ __global__ void butterfly_interleaved(FwdPtrs t, int64_t C, int64_t P, int64_t n
   T* q = static_cast<T*>(t.q.data) + n * t.q.sn + cc * t.q.sc;
   A shift = 0;
   if constexpr (QSTATS) shift = to_acc(from_acc<T>(k.b1 * to_acc(x1[0]) + k.b2 * to_acc(x2[0])));
-  const int64_t p0 = s * kSplitInterleaved, p1 = min(P, p0 + kSplitInterleaved);
+  const int64_t p0 = s * split, p1 = min(P, p0 + split);
   A cnt = 0, sum = 0, sq = 0;
   if (valid)
     for (int64_t i = p0 + threadIdx.y; i < p1; i += kRowsP) {
@@ -142,14 +142,14 @@ cudaError_t butterfly(DType dtype, const Tensor4& x1, const Tensor4& x2, const T
     auto* part = static_cast<Stats<A>*>(workspace);
     const dim3 g = grid_of(s), b = block_of(s);
     if (s.interleaved) {
-      if (qs) butterfly_interleaved<T, true><<<g, b, 0, stream>>>(t, s.C, s.P, channel_blocks(s), c, part);
-      else butterfly_interleaved<T, false><<<g, b, 0, stream>>>(t, s.C, s.P, channel_blocks(s), c, part);
+      if (qs) butterfly_interleaved<T, true><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), channel_blocks(s), c, part);
+      else butterfly_interleaved<T, false><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), channel_blocks(s), c, part);
     } else if (vectorizable(s, sizeof(T), {&x1, &x2, &p, &q})) {
-      if (qs) butterfly_planar<T, true, true><<<g, b, 0, stream>>>(t, s.C, s.P, c, part);
-      else butterfly_planar<T, true, false><<<g, b, 0, stream>>>(t, s.C, s.P, c, part);
+      if (qs) butterfly_planar<T, true, true><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), c, part);
+      else butterfly_planar<T, true, false><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), c, part);
     } else {
-      if (qs) butterfly_planar<T, false, true><<<g, b, 0, stream>>>(t, s.C, s.P, c, part);
-      else butterfly_planar<T, false, false><<<g, b, 0, stream>>>(t, s.C, s.P, c, part);
+      if (qs) butterfly_planar<T, false, true><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), c, part);
+      else butterfly_planar<T, false, false><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), c, part);
     }
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess || !qs) return err;
@@ -194,7 +194,7 @@ __device__ __forceinline__ void backward_element(const Coefs<typename AccOf<T>::
 }
 
 template <class T, bool VEC>
-__global__ void butterfly_backward_planar(BwdPtrs t, int64_t C, int64_t P, Coefficients cp, const void* gm,
+__global__ void butterfly_backward_planar(BwdPtrs t, int64_t C, int64_t P, int64_t split, Coefficients cp, const void* gm,
                                           const void* bs, const void* mq, typename AccOf<T>::type* __restrict__ part) {
   using A = typename AccOf<T>::type;
   const int64_t nc = blockIdx.x, n = nc / C, c = nc % C, s = blockIdx.y, S = gridDim.y, NC = gridDim.x;
@@ -208,7 +208,7 @@ __global__ void butterfly_backward_planar(BwdPtrs t, int64_t C, int64_t P, Coeff
   T* dx1 = row(t.dx1);
   T* dx2 = row(t.dx2);
   A r[4] = {0, 0, 0, 0};
-  const int64_t p0 = s * kSplitPlanar, p1 = min(P, p0 + kSplitPlanar);
+  const int64_t p0 = s * split, p1 = min(P, p0 + split);
   if constexpr (VEC) {
     constexpr int V = Vec16<T>::kN;
     for (int64_t i = p0 + int64_t(threadIdx.x) * V; i < p1; i += int64_t(kThreads) * V) {
@@ -232,7 +232,7 @@ __global__ void butterfly_backward_planar(BwdPtrs t, int64_t C, int64_t P, Coeff
 }
 
 template <class T>
-__global__ void butterfly_backward_interleaved(BwdPtrs t, int64_t C, int64_t P, int64_t ncb, Coefficients cp,
+__global__ void butterfly_backward_interleaved(BwdPtrs t, int64_t C, int64_t P, int64_t split, int64_t ncb, Coefficients cp,
                                                const void* gm, const void* bs, const void* mq,
                                                typename AccOf<T>::type* __restrict__ part) {
   using A = typename AccOf<T>::type;
@@ -244,7 +244,7 @@ __global__ void butterfly_backward_interleaved(BwdPtrs t, int64_t C, int64_t P, 
   const QGrad<A> g = qgrad_at<A>(gm, bs, mq, n * C + cc);
   auto at = [&](const Tensor4& v, int64_t i) { return static_cast<T*>(v.data) + n * v.sn + cc * v.sc + i * v.sp; };
   A r[4] = {0, 0, 0, 0};
-  const int64_t p0 = s * kSplitInterleaved, p1 = min(P, p0 + kSplitInterleaved);
+  const int64_t p0 = s * split, p1 = min(P, p0 + split);
   if (valid)
     for (int64_t i = p0 + threadIdx.y; i < p1; i += kRowsP)
       backward_element<T>(k, g, *at(t.dp, i), *at(t.dq, i), *at(t.x1, i), *at(t.x2, i), *at(t.dx1, i),
@@ -284,11 +284,11 @@ cudaError_t butterfly_backward(DType dtype, const Tensor4& dp, const Tensor4& dq
     auto* part = static_cast<A*>(workspace);
     const dim3 g = grid_of(s), b = block_of(s);
     if (s.interleaved)
-      butterfly_backward_interleaved<T><<<g, b, 0, stream>>>(t, s.C, s.P, channel_blocks(s), c, gm, bs, mq, part);
+      butterfly_backward_interleaved<T><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), channel_blocks(s), c, gm, bs, mq, part);
     else if (vectorizable(s, sizeof(T), {&dp, &dq, &x1, &x2, &dx1, &dx2}))
-      butterfly_backward_planar<T, true><<<g, b, 0, stream>>>(t, s.C, s.P, c, gm, bs, mq, part);
+      butterfly_backward_planar<T, true><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), c, gm, bs, mq, part);
     else
-      butterfly_backward_planar<T, false><<<g, b, 0, stream>>>(t, s.C, s.P, c, gm, bs, mq, part);
+      butterfly_backward_planar<T, false><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), c, gm, bs, mq, part);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     const int64_t rows = 4 * s.N * s.C;

@@ -8,13 +8,13 @@ namespace cuda {
 
 // part[(n*C + c)*S + s] = statistics of x[n, c, p] - x[n, c, 0] over split s.
 template <class T, bool VEC>
-__global__ void stats_partial_planar(const T* __restrict__ x, int64_t C, int64_t P, int64_t sn, int64_t sc,
+__global__ void stats_partial_planar(const T* __restrict__ x, int64_t C, int64_t P, int64_t split, int64_t sn, int64_t sc,
                                      int64_t sp, Stats<typename AccOf<T>::type>* __restrict__ part) {
   using A = typename AccOf<T>::type;
   const int64_t nc = blockIdx.x, n = nc / C, c = nc % C, s = blockIdx.y, S = gridDim.y;
   const T* base = x + n * sn + c * sc;
   const A shift = to_acc(base[0]);
-  const int64_t p0 = s * kSplitPlanar, p1 = min(P, p0 + kSplitPlanar);
+  const int64_t p0 = s * split, p1 = min(P, p0 + split);
   A cnt = 0, sum = 0, sq = 0;
   if constexpr (VEC) {
     constexpr int V = Vec16<T>::kN;
@@ -41,14 +41,14 @@ __global__ void stats_partial_planar(const T* __restrict__ x, int64_t C, int64_t
 }
 
 template <class T>
-__global__ void stats_partial_interleaved(const T* __restrict__ x, int64_t C, int64_t P, int64_t sn, int64_t sc,
+__global__ void stats_partial_interleaved(const T* __restrict__ x, int64_t C, int64_t P, int64_t split, int64_t sn, int64_t sc,
                                           int64_t sp, int64_t ncb, Stats<typename AccOf<T>::type>* __restrict__ part) {
   using A = typename AccOf<T>::type;
   const int64_t n = blockIdx.x / ncb, c = (blockIdx.x % ncb) * kLanesC + threadIdx.x, s = blockIdx.y, S = gridDim.y;
   const bool valid = c < C;
   const T* base = x + n * sn + (valid ? c : 0) * sc;
   const A shift = to_acc(base[0]);
-  const int64_t p0 = s * kSplitInterleaved, p1 = min(P, p0 + kSplitInterleaved);
+  const int64_t p0 = s * split, p1 = min(P, p0 + split);
   A cnt = 0, sum = 0, sq = 0;
   if (valid)
     for (int64_t p = p0 + threadIdx.y; p < p1; p += kRowsP) {
@@ -124,12 +124,12 @@ cudaError_t launch_stats(const Tensor4& x, const Shape& s, void* mean, void* std
   const T* xp = static_cast<const T*>(x.data);
   auto* part = static_cast<Stats<A>*>(workspace);
   if (s.interleaved)
-    stats_partial_interleaved<T><<<grid_of(s), block_of(s), 0, stream>>>(xp, s.C, s.P, x.sn, x.sc, x.sp,
+    stats_partial_interleaved<T><<<grid_of(s), block_of(s), 0, stream>>>(xp, s.C, s.P, split_len(s), x.sn, x.sc, x.sp,
                                                                         channel_blocks(s), part);
   else if (vectorizable(s, sizeof(T), {&x}))
-    stats_partial_planar<T, true><<<grid_of(s), block_of(s), 0, stream>>>(xp, s.C, s.P, x.sn, x.sc, x.sp, part);
+    stats_partial_planar<T, true><<<grid_of(s), block_of(s), 0, stream>>>(xp, s.C, s.P, split_len(s), x.sn, x.sc, x.sp, part);
   else
-    stats_partial_planar<T, false><<<grid_of(s), block_of(s), 0, stream>>>(xp, s.C, s.P, x.sn, x.sc, x.sp, part);
+    stats_partial_planar<T, false><<<grid_of(s), block_of(s), 0, stream>>>(xp, s.C, s.P, split_len(s), x.sn, x.sc, x.sp, part);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   const MlpWeights none{nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0};
@@ -162,7 +162,7 @@ cudaError_t combination_coefficients(DType dtype, const Tensor4& x, const Shape&
 // backward: dx = a + b * (x - mean)
 
 template <class T, bool VEC>
-__global__ void stats_backward_planar(const T* __restrict__ x, T* __restrict__ dx, int64_t C, int64_t P, Tensor4 xs,
+__global__ void stats_backward_planar(const T* __restrict__ x, T* __restrict__ dx, int64_t C, int64_t P, int64_t split, Tensor4 xs,
                                       Tensor4 ds, const typename AccOf<T>::type* __restrict__ a,
                                       const typename AccOf<T>::type* __restrict__ b,
                                       const typename AccOf<T>::type* __restrict__ mean) {
@@ -171,7 +171,7 @@ __global__ void stats_backward_planar(const T* __restrict__ x, T* __restrict__ d
   const A ca = a[nc], cb = b[nc], m = mean[nc];
   const T* xb = x + n * xs.sn + c * xs.sc;
   T* db = dx + n * ds.sn + c * ds.sc;
-  const int64_t p0 = int64_t(blockIdx.y) * kSplitPlanar, p1 = min(P, p0 + kSplitPlanar);
+  const int64_t p0 = int64_t(blockIdx.y) * split, p1 = min(P, p0 + split);
   if constexpr (VEC) {
     constexpr int V = Vec16<T>::kN;
     for (int64_t p = p0 + int64_t(threadIdx.x) * V; p < p1; p += int64_t(kThreads) * V) {
@@ -188,7 +188,7 @@ __global__ void stats_backward_planar(const T* __restrict__ x, T* __restrict__ d
 }
 
 template <class T>
-__global__ void stats_backward_interleaved(const T* __restrict__ x, T* __restrict__ dx, int64_t C, int64_t P,
+__global__ void stats_backward_interleaved(const T* __restrict__ x, T* __restrict__ dx, int64_t C, int64_t P, int64_t split,
                                            int64_t ncb, Tensor4 xs, Tensor4 ds,
                                            const typename AccOf<T>::type* __restrict__ a,
                                            const typename AccOf<T>::type* __restrict__ b,
@@ -199,7 +199,7 @@ __global__ void stats_backward_interleaved(const T* __restrict__ x, T* __restric
   const A ca = a[n * C + c], cb = b[n * C + c], m = mean[n * C + c];
   const T* xb = x + n * xs.sn + c * xs.sc;
   T* db = dx + n * ds.sn + c * ds.sc;
-  const int64_t p0 = int64_t(blockIdx.y) * kSplitInterleaved, p1 = min(P, p0 + kSplitInterleaved);
+  const int64_t p0 = int64_t(blockIdx.y) * split, p1 = min(P, p0 + split);
   for (int64_t p = p0 + threadIdx.y; p < p1; p += kRowsP) db[p * ds.sp] = from_acc<T>(ca + cb * (to_acc(xb[p * xs.sp]) - m));
 }
 
@@ -213,12 +213,12 @@ cudaError_t channel_stats_backward(DType dtype, const Tensor4& x, const Tensor4&
     const A* bp = static_cast<const A*>(b);
     const A* mp = static_cast<const A*>(mean);
     if (s.interleaved)
-      stats_backward_interleaved<T><<<grid_of(s), block_of(s), 0, stream>>>(xp, dp, s.C, s.P, channel_blocks(s), x,
+      stats_backward_interleaved<T><<<grid_of(s), block_of(s), 0, stream>>>(xp, dp, s.C, s.P, split_len(s), channel_blocks(s), x,
                                                                            dx, ap, bp, mp);
     else if (vectorizable(s, sizeof(T), {&x, &dx}))
-      stats_backward_planar<T, true><<<grid_of(s), block_of(s), 0, stream>>>(xp, dp, s.C, s.P, x, dx, ap, bp, mp);
+      stats_backward_planar<T, true><<<grid_of(s), block_of(s), 0, stream>>>(xp, dp, s.C, s.P, split_len(s), x, dx, ap, bp, mp);
     else
-      stats_backward_planar<T, false><<<grid_of(s), block_of(s), 0, stream>>>(xp, dp, s.C, s.P, x, dx, ap, bp, mp);
+      stats_backward_planar<T, false><<<grid_of(s), block_of(s), 0, stream>>>(xp, dp, s.C, s.P, split_len(s), x, dx, ap, bp, mp);
     return cudaGetLastError();
   })
   return cudaErrorInvalidValue;

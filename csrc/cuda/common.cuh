@@ -129,7 +129,13 @@ template <class A> __device__ A rows_sum(A v) {
   return r;  // valid in row 0
 }
 
-inline int64_t split_len(const Shape& s) { return s.interleaved ? kSplitInterleaved : kSplitPlanar; }
+// Pixels per split: the base length, grown (in whole multiples of it) so that the splits fit gridDim.y <= 65535.
+// A function of the shape only, so every kernel of a call and every run agree on it.
+inline int64_t split_len(const Shape& s) {
+  const int64_t base = s.interleaved ? kSplitInterleaved : kSplitPlanar;
+  const int64_t min_len = (s.P + 65534) / 65535;
+  return base * ((min_len + base - 1) / base);
+}
 inline int64_t num_splits(const Shape& s) { return (s.P + split_len(s) - 1) / split_len(s); }
 inline int64_t channel_blocks(const Shape& s) { return (s.C + kLanesC - 1) / kLanesC; }
 

@@ -1,7 +1,6 @@
 // CUDA implementations of the lattice_kernels ops: argument checks, layout, workspace from PyTorch's caching
 // allocator, the current stream and a device guard around the torch-free launchers of kernels.h.
 #include <ATen/ATen.h>
-#include <ATen/MemoryOverlap.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -182,17 +181,16 @@ std::tuple<at::Tensor, at::Tensor> butterfly_into(const at::Tensor& x1, const at
   return {mean, stdv};
 }
 
-void check_pair(const at::Tensor& x1, const at::Tensor& x2) {
-  check_input(x1, "x1");
+void check_cuda_pair(const at::Tensor& x1, const at::Tensor& x2) {
+  check_pair(x1, x2);
   check_cuda(x1, "x1");
-  check_like(x2, x1, "x2", "x1");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> butterfly(
     const at::Tensor& x1, const at::Tensor& x2, const c10::optional<at::Tensor>& alpha1,
     const c10::optional<at::Tensor>& alpha2, const c10::optional<at::Tensor>& beta1,
     const c10::optional<at::Tensor>& beta2, bool q_stats) {
-  check_pair(x1, x2);
+  check_cuda_pair(x1, x2);
   const c10::cuda::CUDAGuard guard(x1.device());
   const bool il = is_interleaved(x1);
   at::Tensor p = new_like_layout(x1, il), q = new_like_layout(x1, il);
@@ -204,7 +202,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> butterfly_stacked(
     const at::Tensor& x1, const at::Tensor& x2, const c10::optional<at::Tensor>& alpha1,
     const c10::optional<at::Tensor>& alpha2, const c10::optional<at::Tensor>& beta1,
     const c10::optional<at::Tensor>& beta2, bool q_stats) {
-  check_pair(x1, x2);
+  check_cuda_pair(x1, x2);
   const c10::cuda::CUDAGuard guard(x1.device());
   const bool il = is_interleaved(x1);
   const int64_t C = x1.size(1);
@@ -220,22 +218,9 @@ std::tuple<at::Tensor, at::Tensor> butterfly_out(const at::Tensor& x1, const at:
                                                  const c10::optional<at::Tensor>& beta1,
                                                  const c10::optional<at::Tensor>& beta2, bool q_stats,
                                                  at::Tensor& out) {
-  check_pair(x1, x2);
+  check_cuda_pair(x1, x2);
   const c10::cuda::CUDAGuard guard(x1.device());
-  const int64_t N = x1.size(0), C = x1.size(1), H = x1.size(2), W = x1.size(3);
-  TORCH_CHECK(out.dim() == 4 && out.size(0) == N && out.size(1) == 2 * C && out.size(2) == H && out.size(3) == W,
-              "lattice_kernels: out must have shape (N, 2C, H, W), got ", out.sizes());
-  TORCH_CHECK(out.scalar_type() == x1.scalar_type() && out.device() == x1.device(),
-              "lattice_kernels: out must have the dtype and device of x1");
-  at::assert_no_internal_overlap(out);
-  at::assert_no_overlap(out, x1);
-  at::assert_no_overlap(out, x2);
-  at::Tensor p = out.narrow(1, 0, C), q = out.narrow(1, C, C);
-  View tmp;
-  bool il = is_interleaved(x1);
-  if (!(view_of(p, il, tmp) && view_of(q, il, tmp))) il = !il;
-  TORCH_CHECK(view_of(p, il, tmp) && view_of(q, il, tmp),
-              "lattice_kernels: out must be contiguous or channels_last-contiguous, got strides ", out.strides());
+  auto [il, p, q] = out_halves(out, x1, x2);
   return butterfly_into(x1, x2, alpha1, alpha2, beta1, beta2, q_stats, p, q, il);
 }
 
@@ -245,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const c10::optional<at::Tensor>& alpha1, const c10::optional<at::Tensor>& alpha2,
     const c10::optional<at::Tensor>& beta1, const c10::optional<at::Tensor>& beta2,
     const c10::optional<at::Tensor>& mean_q, const c10::optional<at::Tensor>& std_q) {
-  check_pair(x1, x2);
+  check_cuda_pair(x1, x2);
   check_like(grad_p, x1, "grad_p", "x1");
   check_like(grad_q, x1, "grad_q", "x1");
   const c10::cuda::CUDAGuard guard(x1.device());
@@ -256,22 +241,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto [gqt, vgq] = operand(grad_q, il);
   const cuda::Shape s = shape_of(x1t, il);
   const auto sopt = x1.options().dtype(stats_type(x1));
-  const auto has = [](const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined() && t->numel() > 0; };
   const auto coef = [&](const c10::optional<at::Tensor>& t, const char* name) {
-    return has(t) ? per_channel(*t, x1, name) : at::Tensor();
+    return present(t) ? per_channel(*t, x1, name) : at::Tensor();
   };
   const at::Tensor a1 = coef(alpha1, "alpha1"), a2 = coef(alpha2, "alpha2"), b1 = coef(beta1, "beta1"),
                    b2 = coef(beta2, "beta2");
   const auto raw = [](const at::Tensor& t) -> const void* { return t.defined() ? t.data_ptr() : nullptr; };
-  at::Tensor gm, bs, mq;
-  if (has(grad_mean_q) || has(grad_std_q)) {
-    TORCH_CHECK(has(mean_q) && has(std_q), "lattice_kernels: grads of q's statistics need mean_q and std_q");
-    const at::Tensor m = per_channel(*mean_q, x1, "mean_q"), sd = per_channel(*std_q, x1, "std_q");
-    const at::Tensor gmq = has(grad_mean_q) ? per_channel(*grad_mean_q, x1, "grad_mean_q") : at::zeros_like(m);
-    const at::Tensor gsq = has(grad_std_q) ? per_channel(*grad_std_q, x1, "grad_std_q") : at::zeros_like(sd);
-    std::tie(gm, bs) = fold_stats_grads(gmq, gsq, sd, s.P);
-    mq = m;
-  }
+  auto [gm, bs, mq] = q_stats_grads(grad_mean_q, grad_std_q, mean_q, std_q, x1, s.P);
   at::Tensor dx1 = new_like_layout(x1, il), dx2 = new_like_layout(x1, il);
   View vd1, vd2;
   view_of(dx1, il, vd1);
@@ -283,7 +259,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                         sums.data_ptr(), ws.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()),
                "butterfly_backward");
   const auto pick = [&](const c10::optional<at::Tensor>& c, int w) {
-    return has(c) ? sums[w].clone() : at::empty({0}, sopt);
+    return present(c) ? sums[w].clone() : at::empty({0}, sopt);
   };
   return {dx1, dx2, pick(alpha1, 0), pick(alpha2, 1), pick(beta1, 2), pick(beta2, 3)};
 }

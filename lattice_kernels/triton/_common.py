@@ -44,6 +44,29 @@ def check_dtype(x: Tensor) -> None:
                         "float64 (for gradchecks) runs on the 'cpu' and 'torch' backends")
 
 
+@triton.jit
+def merge_splits(part_ptr, row, cmask, S, NC, BLOCK_C: tl.constexpr):
+    """Merge the S partials (count, mean, M2) of rows `row` of part[4, NC, S] in split order; the mean comes back
+    with the row's shift (part[3]) added."""
+    cnt = tl.zeros([BLOCK_C], dtype=tl.float32)
+    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for s in range(0, S):
+        pn = tl.load(part_ptr + row * S + s, mask=cmask, other=0.0)
+        pm = tl.load(part_ptr + (NC + row) * S + s, mask=cmask, other=0.0)
+        pv = tl.load(part_ptr + (2 * NC + row) * S + s, mask=cmask, other=0.0)
+        cnt, mean, m2 = chan_merge(cnt, mean, m2, pn, pm, pv)
+    return cnt, mean + tl.load(part_ptr + (3 * NC + row) * S, mask=cmask, other=0.0), m2
+
+
+@triton.jit
+def store_partials(part_ptr, row, s, S, NC, cmask, cnt, mean, m2, shift):
+    tl.store(part_ptr + row * S + s, cnt, mask=cmask)
+    tl.store(part_ptr + (NC + row) * S + s, mean, mask=cmask)
+    tl.store(part_ptr + (2 * NC + row) * S + s, m2, mask=cmask)
+    tl.store(part_ptr + (3 * NC + row) * S + s, shift, mask=cmask)
+
+
 def flat_strides(t: Tensor) -> tuple[int, int, int] | None:
     """(sn, sc, sp) when H and W flatten into one axis of stride sp, else None."""
     _, _, h, w = t.shape

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..ops._layout import empty_in_layout_of
 from ..ops.reference import stats_dtype
-from ._common import TILES_PER_SPLIT, blocks, chan_merge, check_dtype, operand, tile_stats
+from ._common import TILES_PER_SPLIT, blocks, chan_merge, check_dtype, operand, store_partials, tile_stats
 from .channel_stats import fold_stats_grads, stats_finalize_kernel
 
 
@@ -62,10 +62,7 @@ def butterfly_kernel(x1_ptr, x2_ptr, p_ptr, q_ptr, a1_ptr, a2_ptr, b1_ptr, b2_pt
             tn, tm, tm2 = tile_stats(q.to(tl.float32) - shift, mask)
             cnt, mean, m2 = chan_merge(cnt, mean, m2, tn, tm, tm2)
     if Q_STATS:
-        tl.store(part_ptr + row * S + s, cnt, mask=cmask)
-        tl.store(part_ptr + (NC + row) * S + s, mean, mask=cmask)
-        tl.store(part_ptr + (2 * NC + row) * S + s, m2, mask=cmask)
-        tl.store(part_ptr + (3 * NC + row) * S + s, tl.sum(shift, axis=1), mask=cmask)
+        store_partials(part_ptr, row, s, S, NC, cmask, cnt, mean, m2, tl.sum(shift, axis=1))
 
 
 @triton.jit

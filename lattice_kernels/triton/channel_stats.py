@@ -9,7 +9,16 @@ from torch import Tensor
 
 from ..ops._layout import empty_in_layout_of
 from ..ops.reference import stats_dtype
-from ._common import TILES_PER_SPLIT, blocks, chan_merge, check_dtype, operand, tile_stats
+from ._common import (
+    TILES_PER_SPLIT,
+    blocks,
+    chan_merge,
+    check_dtype,
+    merge_splits,
+    operand,
+    store_partials,
+    tile_stats,
+)
 
 
 @triton.jit
@@ -34,11 +43,7 @@ def stats_partial_kernel(x_ptr, part_ptr, C, P, sn, sc, sp, NCB, S, NC,
         v = tl.load(base + p[None, :].to(tl.int64) * sp, mask=mask, other=0.0).to(tl.float32) - shift
         tn, tm, tm2 = tile_stats(v, mask)
         cnt, mean, m2 = chan_merge(cnt, mean, m2, tn, tm, tm2)
-    row = n * C + c
-    tl.store(part_ptr + row * S + s, cnt, mask=cmask)
-    tl.store(part_ptr + (NC + row) * S + s, mean, mask=cmask)
-    tl.store(part_ptr + (2 * NC + row) * S + s, m2, mask=cmask)
-    tl.store(part_ptr + (3 * NC + row) * S + s, tl.sum(shift, axis=1), mask=cmask)
+    store_partials(part_ptr, n * C + c, s, S, NC, cmask, cnt, mean, m2, tl.sum(shift, axis=1))
 
 
 @triton.jit
@@ -48,16 +53,8 @@ def stats_finalize_kernel(part_ptr, mean_ptr, std_ptr, C, S, NC, BLOCK_C: tl.con
     c = tl.arange(0, BLOCK_C)
     cmask = c < C
     row = n * C + c
-    cnt = tl.zeros([BLOCK_C], dtype=tl.float32)
-    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
-    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for s in range(0, S):
-        pn = tl.load(part_ptr + row * S + s, mask=cmask, other=0.0)
-        pm = tl.load(part_ptr + (NC + row) * S + s, mask=cmask, other=0.0)
-        pv = tl.load(part_ptr + (2 * NC + row) * S + s, mask=cmask, other=0.0)
-        cnt, mean, m2 = chan_merge(cnt, mean, m2, pn, pm, pv)
-    shift = tl.load(part_ptr + (3 * NC + row) * S, mask=cmask, other=0.0)
-    tl.store(mean_ptr + row, shift + mean, mask=cmask)
+    cnt, mean, m2 = merge_splits(part_ptr, row, cmask, S, NC, BLOCK_C)
+    tl.store(mean_ptr + row, mean, mask=cmask)
     tl.store(std_ptr + row, tl.sqrt(m2 / (cnt - 1.0)), mask=cmask)
 
 

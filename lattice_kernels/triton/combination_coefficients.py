@@ -9,7 +9,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..ops.reference import stats_dtype
-from ._common import chan_merge
+from ._common import merge_splits
 from .channel_stats import channel_stats_backward, launch_partials
 
 
@@ -34,15 +34,7 @@ def cc_finalize_kernel(part_ptr, mean_ptr, std_ptr, cc_ptr,
     r = tl.arange(0, BLOCK_R)
     rmask = r < R
     row = n * C + c
-    cnt = tl.zeros([BLOCK_C], dtype=tl.float32)
-    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
-    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for s in range(0, S):
-        pn = tl.load(part_ptr + row * S + s, mask=cmask, other=0.0)
-        pm = tl.load(part_ptr + (NC + row) * S + s, mask=cmask, other=0.0)
-        pv = tl.load(part_ptr + (2 * NC + row) * S + s, mask=cmask, other=0.0)
-        cnt, mean, m2 = chan_merge(cnt, mean, m2, pn, pm, pv)
-    mean = mean + tl.load(part_ptr + (3 * NC + row) * S, mask=cmask, other=0.0)
+    cnt, mean, m2 = merge_splits(part_ptr, row, cmask, S, NC, BLOCK_C)
     std = tl.sqrt(m2 / (cnt - 1.0))
     tl.store(mean_ptr + row, mean, mask=cmask)
     tl.store(std_ptr + row, std, mask=cmask)

@@ -1,0 +1,68 @@
+"""Markdown tables for the README from a committed benchmark JSON (so the README's numbers come from a file).
+
+    python -m bench.readme_table bench/results/cpu-amd-epyc-2-threads.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def op_table(rows: list[dict]) -> str:
+    ops = [r for r in rows if r.get("kind") == "op"]
+    lib = sorted({r["backend"] for r in ops} - {"eager", "compile", "compile-max"})
+    head = "| op | pass | shape | layout | dtype | eager ms | compile ms | " + " | ".join(
+        f"{b} ms | {b} % copy BW | {b} vs eager | {b} vs compile" for b in lib) + " |"
+    lines = [head, "|" + "---|" * (6 + 4 * len(lib) + 1)]
+    keys = []
+    for r in ops:
+        k = (r["op"], r["pass"], "x".join(map(str, r["shape"])), r.get("layout", "nchw"), r["dtype"])
+        if k not in keys:
+            keys.append(k)
+    for k in keys:
+        group = {r["backend"]: r for r in ops if (r["op"], r["pass"], "x".join(map(str, r["shape"])),
+                                                    r.get("layout", "nchw"), r["dtype"]) == k}
+        comp = group.get("compile-max") or group.get("compile")
+        cells = [*k, _fmt(group.get("eager", {}).get("median_ms"), ".3f"), _fmt(comp and comp["median_ms"], ".3f")]
+        for b in lib:
+            r = group.get(b, {})
+            cells += [_fmt(r.get("median_ms"), ".3f"), _fmt(r.get("pct_copy_bw"), ".0f") + "%",
+                      _fmt(r.get("vs_eager"), ".2f") + "x", _fmt(r.get("vs_compile"), ".2f") + "x"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def model_table(rows: list[dict]) -> str:
+    models = [r for r in rows if r.get("kind") == "model"]
+    lines = ["| case | backend | median ms | peak MiB | vs eager plain | vs compiled plain | non-conv ms |",
+             "|---|---|---|---|---|---|---|"]
+    for r in models:
+        lines.append(f"| {r['case']} | {r['backend']} | {r['median_ms']:.1f} | {_fmt(r.get('peak_mem_MB'), '.0f')} | "
+                     f"{_fmt(r.get('vs_eager'), '.2f')}x | {_fmt(r.get('vs_compile'), '.2f')}x | "
+                     f"{_fmt(r.get('non_conv_ms'), '.1f')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", type=Path)
+    a = p.parse_args(argv)
+    run = json.loads(a.results.read_text())
+    env = run["environment"]
+    print(f"Measured on {env['device']}, {env['date']}: torch {env['torch']}, triton {env.get('triton')}, "
+          f"CPU ISA {env.get('cpu_isa')}, copy bandwidth {env.get('copy_bandwidth_GBps', 0):.1f} GB/s, malloc "
+          f"{env.get('malloc', 'default').split(' ')[0]}.\n")
+    print(op_table(run["rows"]))
+    print()
+    print(model_table(run["rows"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
