@@ -40,12 +40,11 @@ def op_table(rows: list[dict]) -> str:
 
 def model_table(rows: list[dict]) -> str:
     models = [r for r in rows if r.get("kind") == "model"]
-    lines = ["| case | backend | median ms | peak MiB | vs eager plain | vs compiled plain | non-conv ms |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| case | backend | median ms | peak MiB | vs eager plain | vs compiled plain |",
+             "|---|---|---|---|---|---|"]
     for r in models:
         lines.append(f"| {r['case']} | {r['backend']} | {r['median_ms']:.1f} | {_fmt(r.get('peak_mem_MB'), '.0f')} | "
-                     f"{_fmt(r.get('vs_eager'), '.2f')}x | {_fmt(r.get('vs_compile'), '.2f')}x | "
-                     f"{_fmt(r.get('non_conv_ms'), '.1f')} |")
+                     f"{_fmt(r.get('vs_eager'), '.2f')}x | {_fmt(r.get('vs_compile'), '.2f')}x |")
     return "\n".join(lines)
 
 
