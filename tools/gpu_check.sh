@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # make gpu-check: on a machine with a CUDA GPU (no network needed), build the CUDA extension, run the test suite
 # (GPU tests included), run a short program under compute-sanitizer memcheck, run the benchmarks, and record which
-# backend 'auto' should pick per op. Writes gpu_check.log, tests.log, memcheck.log, bench.log, gpu.json, the plots
-# and auto_backends.json under $OUT (default bench/results/gpu-check). GPU_CHECK_DRY_RUN=1 runs the same steps on
+# backend 'auto' should pick per op. Writes under $OUT (default bench/results/gpu-check) at most 8 files (what the
+# device tool brings back): gpu_check.log, logs.tar.gz (build, tests, memcheck, bench logs), gpu.json, three plots
+# and auto_backends.json. GPU_CHECK_DRY_RUN=1 runs the same steps on
 # a CPU machine (no CUDA build, no sanitizer, a quick benchmark) to check the script itself.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/gpu-check}
 PY=${PYTHON:-python3}
 DRY=${GPU_CHECK_DRY_RUN:-0}
-BENCH_MINUTES=${BENCH_MINUTES:-4}
+BENCH_MINUTES=${BENCH_MINUTES:-3}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
 : > "$LOG"
@@ -52,5 +53,7 @@ if [ "$DRY" != 1 ]; then
   step "auto backend table"
   $PY -m bench.auto_table "$OUT/gpu.json" --table "$OUT/auto_backends.json" >> "$LOG" 2>&1 || fail "auto table"
 fi
+(cd "$OUT" && tar czf logs.tar.gz build.log tests.log bench.log $( [ -f memcheck.log ] && echo memcheck.log ) \
+  && rm -f build.log tests.log bench.log memcheck.log)
 step "done (status $status)"
 exit $status
