@@ -126,9 +126,7 @@ def main(argv=None) -> int:
                                   f"{row['dtype']:8s} {backend:12s} {row['median_ms']:9.3f} ms", flush=True)
     report.add_ratios([r for r in rows if r["kind"] == "op"], ("op", "shape", "layout", "dtype", "pass"), copy_gbps)
 
-    import importlib.util
-
-    if (args.models is None or args.models) and importlib.util.find_spec("bench.models_bench"):
+    if args.models is None or args.models:
         from . import models_bench
 
         model_rows = models_bench.run(device, args.models, quick=args.quick, repeats=repeats, lib=lib,
