@@ -18,6 +18,15 @@ TILES_PER_SPLIT = 8
 
 
 @triton.jit
+def program_channels(C, NCB, BLOCK_C: tl.constexpr):
+    """The (n, channel block) of this program (axis 0 = n * NCB + block): n, the channels c, their mask."""
+    pid = tl.program_id(0)
+    n = pid // NCB
+    c = (pid % NCB) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return n, c, c < C
+
+
+@triton.jit
 def tile_stats(v, mask):
     """Per-row (count, mean, M2) of a [BLOCK_C, BLOCK_P] tile, masked entries excluded (compensated two-pass)."""
     cnt = tl.sum(mask.to(tl.float32), axis=1)

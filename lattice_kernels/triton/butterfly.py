@@ -10,7 +10,16 @@ from torch import Tensor
 
 from ..ops._layout import empty_in_layout_of
 from ..ops.reference import stats_dtype
-from ._common import TILES_PER_SPLIT, blocks, chan_merge, check_dtype, operand, store_partials, tile_stats
+from ._common import (
+    TILES_PER_SPLIT,
+    blocks,
+    chan_merge,
+    check_dtype,
+    operand,
+    program_channels,
+    store_partials,
+    tile_stats,
+)
 from .channel_stats import fold_stats_grads, stats_finalize_kernel
 
 
@@ -22,20 +31,22 @@ def _coef(ptr, row, cmask, HAS: tl.constexpr):
 
 
 @triton.jit
+def _coefs(a1_ptr, a2_ptr, b1_ptr, b2_ptr, row, cmask, HAS_A1: tl.constexpr, HAS_A2: tl.constexpr,
+           HAS_B1: tl.constexpr, HAS_B2: tl.constexpr):
+    """The four coefficients of the program's channels as [BLOCK_C, 1] columns (1 where absent)."""
+    return (_coef(a1_ptr, row, cmask, HAS_A1)[:, None], _coef(a2_ptr, row, cmask, HAS_A2)[:, None],
+            _coef(b1_ptr, row, cmask, HAS_B1)[:, None], _coef(b2_ptr, row, cmask, HAS_B2)[:, None])
+
+
+@triton.jit
 def butterfly_kernel(x1_ptr, x2_ptr, p_ptr, q_ptr, a1_ptr, a2_ptr, b1_ptr, b2_ptr, part_ptr,
                      C, P, s1n, s1c, s1p, s2n, s2c, s2p, pn, pc, pp, qn, qc, qp, NCB, S, NC,
                      HAS_A1: tl.constexpr, HAS_A2: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
                      Q_STATS: tl.constexpr, SPLIT_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    pid = tl.program_id(0)
+    n, c, cmask = program_channels(C, NCB, BLOCK_C)
     s = tl.program_id(1)
-    n = pid // NCB
-    c = (pid % NCB) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
     row = n * C + c
-    a1 = _coef(a1_ptr, row, cmask, HAS_A1)[:, None]
-    a2 = _coef(a2_ptr, row, cmask, HAS_A2)[:, None]
-    b1 = _coef(b1_ptr, row, cmask, HAS_B1)[:, None]
-    b2 = _coef(b2_ptr, row, cmask, HAS_B2)[:, None]
+    a1, a2, b1, b2 = _coefs(a1_ptr, a2_ptr, b1_ptr, b2_ptr, row, cmask, HAS_A1, HAS_A2, HAS_B1, HAS_B2)
     n64, c64 = n.to(tl.int64), c[:, None].to(tl.int64)
     x1b = x1_ptr + n64 * s1n + c64 * s1c
     x2b = x2_ptr + n64 * s2n + c64 * s2c
@@ -74,16 +85,10 @@ def butterfly_backward_kernel(gp_ptr, gq_ptr, x1_ptr, x2_ptr, dx1_ptr, dx2_ptr, 
                               BLOCK_P: tl.constexpr):
     """dq' = dq + gm + bs*(q - mean_q) (q recomputed), dx1 = a1*dp + b1*dq', dx2 = a2*dp + b2*dq', and per split
     the sums of dp*x1, dp*x2, dq'*x1, dq'*x2 (sums[4, N*C, S]). dx1 and dx2 share one layout (d*)."""
-    pid = tl.program_id(0)
+    n, c, cmask = program_channels(C, NCB, BLOCK_C)
     s = tl.program_id(1)
-    n = pid // NCB
-    c = (pid % NCB) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
     row = n * C + c
-    a1 = _coef(a1_ptr, row, cmask, HAS_A1)[:, None]
-    a2 = _coef(a2_ptr, row, cmask, HAS_A2)[:, None]
-    b1 = _coef(b1_ptr, row, cmask, HAS_B1)[:, None]
-    b2 = _coef(b2_ptr, row, cmask, HAS_B2)[:, None]
+    a1, a2, b1, b2 = _coefs(a1_ptr, a2_ptr, b1_ptr, b2_ptr, row, cmask, HAS_A1, HAS_A2, HAS_B1, HAS_B2)
     if Q_GRAD:
         gm = tl.load(gm_ptr + row, mask=cmask, other=0.0)[:, None]
         bs = tl.load(bs_ptr + row, mask=cmask, other=0.0)[:, None]

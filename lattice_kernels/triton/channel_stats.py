@@ -16,6 +16,7 @@ from ._common import (
     check_dtype,
     merge_splits,
     operand,
+    program_channels,
     store_partials,
     tile_stats,
 )
@@ -26,11 +27,8 @@ def stats_partial_kernel(x_ptr, part_ptr, C, P, sn, sc, sp, NCB, S, NC,
                          SPLIT_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """part[4, N*C, S]: (count, mean, M2) of x - shift over the split's pixels, and the shift x[n, c, 0]. The
     partial means stay shifted (small numbers) until the final merge."""
-    pid = tl.program_id(0)
+    n, c, cmask = program_channels(C, NCB, BLOCK_C)
     s = tl.program_id(1)
-    n = pid // NCB
-    c = (pid % NCB) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
     base = x_ptr + n.to(tl.int64) * sn + c[:, None].to(tl.int64) * sc
     shift = tl.load(base, mask=cmask[:, None], other=0.0).to(tl.float32)
     cnt = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -62,10 +60,7 @@ def stats_finalize_kernel(part_ptr, mean_ptr, std_ptr, C, S, NC, BLOCK_C: tl.con
 def stats_backward_kernel(x_ptr, dx_ptr, a_ptr, b_ptr, mean_ptr, C, P, sn, sc, sp, dn, dc, dp, NCB,
                           BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """dx = a + b * (x - mean) per (n, c), one pass."""
-    pid = tl.program_id(0)
-    n = pid // NCB
-    c = (pid % NCB) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
+    n, c, cmask = program_channels(C, NCB, BLOCK_C)
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     mask = cmask[:, None] & (p < P)[None, :]
     row = n * C + c
