@@ -141,6 +141,7 @@ def main(argv=None) -> int:
             ("dtype", "dtype", ""),
             ("backend", "backend", ""), ("median ms", "median_ms", "{:.3f}"), ("p10", "p10_ms", "{:.3f}"),
             ("p90", "p90_ms", "{:.3f}"), ("GB/s", "GBps", "{:.1f}"), ("% copy", "pct_copy_bw", "{:.0f}%"),
+            ("GFLOP/s", "GFLOPs", "{:.0f}"),
             ("vs eager", "vs_eager", "{:.2f}x"), ("vs compile", "vs_compile", "{:.2f}x")]))
     model_rows = [r for r in rows if r["kind"] == "model"]
     if model_rows:

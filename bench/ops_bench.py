@@ -13,7 +13,7 @@ from lattice_kernels.ops import reference as ref
 
 from .timing import measure, rotation_count
 
-OPS = ("channel_stats", "combination_coefficients", "butterfly", "butterfly_q_stats")
+OPS = ("channel_stats", "combination_coefficients", "butterfly", "butterfly_q_stats", "conv3x3")
 
 
 @dataclass
@@ -27,6 +27,7 @@ class OpCase:
     spec: Callable[..., tuple]
     passes_fwd: int
     passes_fwd_bwd: int
+    flops_fwd: int = 0  # multiply-adds x 2 of the direct computation (compute-bound ops), per call
 
 
 def _weights(c: int, device, seed: int) -> list[torch.Tensor]:
@@ -60,8 +61,19 @@ def make_cases(shape, dtype, device, layout: str = "nchw") -> list[OpCase]:
         OpCase("butterfly_q_stats", lambda s: (*tensors(s, 2), *coefs(s, 2)),
                lambda b, x1, x2, a, bb: lk.ops.butterfly(x1, x2, alpha2=a, beta1=bb, q_stats=True, backend=b),
                _butterfly_q_stats_spec, 4, 10),
+        # A residual-block conv (C -> C with LeakyReLU(0.05)); compute-bound, so GFLOP/s (of the direct conv) is
+        # reported besides the bytes. The eager spec is torch's (oneDNN's) convolution.
+        OpCase("conv3x3", lambda s: (*tensors(s, 1), *_conv_weights(c, device, dtype, s)),
+               lambda b, x, w, bb: (lk.ops.conv3x3(x, w, bb, negative_slope=0.05, backend=b),),
+               lambda x, w, bb: (ref.conv3x3(x, w, bb, 0.05),), 2, 6, 2 * 9 * c * c * shape[0] * shape[2] * shape[3]),
     ]
     return cases
+
+
+def _conv_weights(c: int, device, dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed + 200)
+    w = torch.randn((c, c, 3, 3), generator=g) / (3 * c**0.5)
+    return w.to(device=device, dtype=dtype), (torch.randn(c, generator=g) * 0.1).to(device=device, dtype=dtype)
 
 
 def _butterfly_q_stats_spec(x1, x2, a, b):
@@ -117,6 +129,8 @@ def bench_op(case: OpCase, backend: str, shape, dtype, device: torch.device, wit
            "device": device.type,
            "pass": "fwd+bwd" if with_backward else "fwd", "backend": backend, "bytes": nbytes, **t.as_dict(),
            "GBps": nbytes / (t.median_ms * 1e-3) / 1e9, "rotations": rot}
+    if case.flops_fwd:  # backward of a conv: the input and weight gradients, two more convs' worth
+        row["GFLOPs"] = case.flops_fwd * (3 if with_backward else 1) / (t.median_ms * 1e-3) / 1e9
     if device.type == "cuda":
         row["peak_mem_MB"] = torch.cuda.max_memory_allocated() / 2**20
     return row

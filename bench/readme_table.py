@@ -18,7 +18,7 @@ def op_table(rows: list[dict]) -> str:
     ops = [r for r in rows if r.get("kind") == "op"]
     lib = sorted({r["backend"] for r in ops} - {"eager", "compile", "compile-max"})
     head = "| op | pass | shape | layout | dtype | eager ms | compile ms | " + " | ".join(
-        f"{b} ms | {b} % copy BW | {b} vs eager | {b} vs compile" for b in lib) + " |"
+        f"{b} ms | {b} % copy BW (conv: GFLOP/s) | {b} vs eager | {b} vs compile" for b in lib) + " |"
     lines = [head, "|" + "---|" * (6 + 4 * len(lib) + 1)]
     keys = []
     for r in ops:
@@ -32,7 +32,8 @@ def op_table(rows: list[dict]) -> str:
         cells = [*k, _fmt(group.get("eager", {}).get("median_ms"), ".3f"), _fmt(comp and comp["median_ms"], ".3f")]
         for b in lib:
             r = group.get(b, {})
-            cells += [_fmt(r.get("median_ms"), ".3f"), _fmt(r.get("pct_copy_bw"), ".0f") + "%",
+            rate = (_fmt(r["GFLOPs"], ".0f") + " GFLOP/s") if "GFLOPs" in r else _fmt(r.get("pct_copy_bw"), ".0f") + "%"
+            cells += [_fmt(r.get("median_ms"), ".3f"), rate,
                       _fmt(r.get("vs_eager"), ".2f") + "x", _fmt(r.get("vs_compile"), ".2f") + "x"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

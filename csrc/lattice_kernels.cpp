@@ -47,6 +47,9 @@ TORCH_LIBRARY(lattice_kernels, m) {
       "butterfly_backward(Tensor grad_p, Tensor grad_q, Tensor? grad_mean_q, Tensor? grad_std_q, Tensor x1, "
       "Tensor x2, Tensor? alpha1, Tensor? alpha2, Tensor? beta1, Tensor? beta2, Tensor? mean_q, Tensor? std_q) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", kTags);
+  // y = conv2d(x, weight, bias, stride 1, padding 1), then leaky_relu(y, negative_slope) when it is given (>= 0).
+  // weight (Cout, Cin, 3, 3). CPU only (Winograd F(4x4, 3x3)); the GPU backends use cuDNN's convolution.
+  m.def("conv3x3(Tensor x, Tensor weight, Tensor? bias, float? negative_slope) -> Tensor", kTags);
 }
 
 namespace {

@@ -24,6 +24,8 @@ def recorded() -> dict[str, dict[str, str]]:
 
 
 _warned: set[str] = set()
+# Ops that are the same code on both GPU backends (torch's convolution): nothing to measure or choose.
+SAME_ON_GPU = frozenset({"conv3x3"})
 
 
 def pick_gpu_backend(device: torch.device, op: str | None = None) -> str:
@@ -32,6 +34,8 @@ def pick_gpu_backend(device: torch.device, op: str | None = None) -> str:
     usable = [b for b in ("cuda", "triton") if _why_unavailable(b) is None]
     if not usable:
         return "torch"
+    if op in SAME_ON_GPU:
+        return usable[0]
     name = torch.cuda.get_device_name(device)
     choice = recorded().get(name, {}).get(op or "", None)
     if choice in usable:

@@ -40,6 +40,11 @@ def test_opcheck(device, layout, dtype):
             for q_stats in (False, True):
                 _opcheck(ops.butterfly.default, (x, y, *coefs, q_stats))
                 _opcheck(ops.butterfly_stacked.default, (x, y, *coefs, q_stats))
+        if device == "cpu":  # conv3x3 has a CPU kernel only (cuDNN's convolution on GPUs)
+            w3 = (torch.randn(8, 16, 3, 3, dtype=dtype, device=device) / 12).requires_grad_(grad)
+            b3 = torch.randn(8, dtype=dtype, device=device).requires_grad_(grad)
+            for bias, slope in ((b3, 0.05), (None, None), (b3, None)):
+                _opcheck(ops.conv3x3.default, (x, w3, bias, slope))
     x = make_input((2, 16, 5, 6), dtype, device, layout, seed=1)
     y = make_input((2, 16, 5, 6), dtype, device, layout, seed=2)
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
@@ -64,7 +69,7 @@ class TinyLatticeUnit(nn.Module):
     def __init__(self, c: int, backend: str):
         super().__init__()
         self.backend = backend
-        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.conv = lk.nn.Conv3x3(c, c, 0.05, backend=backend)
         self.w_f = nn.ParameterList(make_weights(c, c // 16, torch.float32, seed=1))
         self.w_x = nn.ParameterList(make_weights(c, c // 16, torch.float32, seed=2))
         self.w_q = nn.ParameterList(make_weights(c, c // 16, torch.float32, seed=3))

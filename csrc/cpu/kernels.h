@@ -10,6 +10,8 @@ struct KernelSet {
   void (*butterfly_forward)(const ButterflyArgs&, int64_t, int64_t, void*);
   void (*butterfly_backward)(const ButterflyBackwardArgs&, int64_t, int64_t, void*);
   void (*stats_backward)(const StatsBackwardArgs&, int64_t, int64_t);
+  void (*winograd_input)(const WinogradArgs&, int64_t, int64_t);
+  void (*winograd_output)(const WinogradArgs&, int64_t, int64_t);
 };
 
 #define LK_DECLARE_KERNELS(ns)                                                      \
@@ -18,6 +20,8 @@ struct KernelSet {
   void butterfly_forward(const ButterflyArgs&, int64_t, int64_t, void*);            \
   void butterfly_backward(const ButterflyBackwardArgs&, int64_t, int64_t, void*);   \
   void stats_backward(const StatsBackwardArgs&, int64_t, int64_t);                  \
+  void winograd_input(const WinogradArgs&, int64_t, int64_t);                       \
+  void winograd_output(const WinogradArgs&, int64_t, int64_t);                      \
   }
 LK_DECLARE_KERNELS(isa_baseline)
 #if defined(LK_HAVE_AVX2)

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstring>
 #include <immintrin.h>
+#include <type_traits>
 
 #include "kernel_args.h"
 #include "kernels.h"
@@ -14,4 +15,5 @@
 #define LK_STREAM_STORES
 #include "kernels.h"
 #include "kernels_impl.h"
+#include "conv3x3_impl.h"
 #pragma GCC pop_options

@@ -2,3 +2,4 @@
 #define LK_ISA_NS isa_baseline
 #include "kernels.h"
 #include "kernels_impl.h"
+#include "conv3x3_impl.h"

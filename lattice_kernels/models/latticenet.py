@@ -7,7 +7,7 @@ import os
 import torch
 from torch import Tensor, nn
 
-from ..nn import LatticeBlock
+from ..nn import Conv3x3, LatticeBlock
 from .checkpoint import CheckpointError, check_state_dict, read_state_dict, save_safetensors
 
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
@@ -49,14 +49,14 @@ class LatticeNet(nn.Module):
         # Registered in the published order, so state_dict() lists the keys as the checkpoints do.
         self.sub_mean = MeanShift(rgb_range, sign=-1)
         self.conv1 = nn.Conv2d(3, n_feats, 3, padding=1)
-        self.conv2 = nn.Conv2d(n_feats, n_feats, 3, padding=1)
+        self.conv2 = Conv3x3(n_feats, n_feats, backend=backend)
         for i in range(1, 5):
             self.add_module(f"body_unit{i}", LatticeBlock(n_feats, backend=backend, **block_kwargs))
         for i in range(1, 4):
             self.add_module(f"T_tdm{i}", _tdm(n_feats))
             self.add_module(f"L_tdm{i}", _tdm(n_feats))
-        self.tail = nn.Sequential(nn.Conv2d(n_feats, n_feats, 3, padding=1),
-                                  nn.Conv2d(n_feats, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+        self.tail = nn.Sequential(Conv3x3(n_feats, n_feats, backend=backend),
+                                  Conv3x3(n_feats, 3 * scale * scale, backend=backend), nn.PixelShuffle(scale))
         self.add_mean = MeanShift(rgb_range, sign=1)
 
     def forward(self, x: Tensor) -> Tensor:

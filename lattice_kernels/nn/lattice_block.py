@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from .combination_coefficient import CombinationCoefficient
+from .conv import ResidualBlock
 
 # Which coefficients of the general butterfly p = a1*x1 + a2*x2, q = b1*x1 + b2*x2 are learned (the rest are 1).
 # Unit 1 combines (x1, x2) = (x, f = RB0(x)); unit 2 combines (g = RB1(p1), q1). A coefficient on a term is the
@@ -22,14 +23,9 @@ _MODULE_NAME = {"alpha1": "x_ca_p{}", "alpha2": "fea_ca{}", "beta1": "x_ca{}", "
 _TERM = {"alpha1": 0, "alpha2": 1, "beta1": 0, "beta2": 1}  # which input of the unit the coefficient weights
 
 
-def residual_block(channels: int, diff: int) -> nn.Sequential:
+def residual_block(channels: int, diff: int, backend: str | None = None) -> ResidualBlock:
     """conv3x3 C -> C-d, LeakyReLU(0.05), conv3x3 C-d -> C-d, LeakyReLU, conv3x3 C-d -> C, LeakyReLU."""
-    mid = channels - diff
-    return nn.Sequential(
-        nn.Conv2d(channels, mid, 3, padding=1), nn.LeakyReLU(0.05, inplace=True),
-        nn.Conv2d(mid, mid, 3, padding=1), nn.LeakyReLU(0.05, inplace=True),
-        nn.Conv2d(mid, channels, 3, padding=1), nn.LeakyReLU(0.05, inplace=True),
-    )
+    return ResidualBlock(channels, diff, 0.05, backend)
 
 
 def _placement(placement: str | tuple[str, ...]) -> tuple[str, ...]:
@@ -64,7 +60,7 @@ class LatticeBlock(nn.Module):
         self.backend = backend
         # Registered in the published order (conv_block0, fea_ca1, x_ca1, conv_block1, fea_ca2, x_ca2, compress).
         for u in (1, 2):
-            self.add_module(f"conv_block{u - 1}", residual_block(channels, diff))
+            self.add_module(f"conv_block{u - 1}", residual_block(channels, diff, backend))
             for name in self.placement:
                 self.add_module(_MODULE_NAME[name].format(u), CombinationCoefficient(channels, reduction, backend))
         self.compress = nn.Conv2d(2 * channels, channels, 1)

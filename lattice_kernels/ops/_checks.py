@@ -3,6 +3,8 @@ saying what was expected."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -95,3 +97,31 @@ def out_buffer(out: object, x1: Tensor) -> Tensor:
     if not (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last)):
         raise ValueError("out must be contiguous or channels_last-contiguous")
     return out
+
+
+def conv3x3_args(x: object, weight: object, bias: object, negative_slope: object) -> None:
+    """x (N, Cin, H, W); weight (Cout, Cin, 3, 3) and bias (Cout,) or None of x's dtype and device;
+    negative_slope None or a finite float >= 0."""
+    x = check_input(x, "x")
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() != 4 or weight.shape[1] != x.shape[1] or weight.shape[2:] != (3, 3) or weight.shape[0] == 0:
+        raise ValueError(f"weight must have shape (Cout, Cin, 3, 3) with Cin = {x.shape[1]} (x's channels), "
+                         f"got {tuple(weight.shape)}")
+    tensors = [("weight", weight)]
+    if bias is not None:
+        if not isinstance(bias, Tensor):
+            raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias must have shape (Cout,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
+        tensors.append(("bias", bias))
+    for name, t in tensors:
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} must have x's dtype ({x.dtype}), got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move both to one device")
+    if negative_slope is not None and (
+        isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float))
+        or not math.isfinite(negative_slope) or negative_slope < 0
+    ):
+        raise ValueError(f"negative_slope must be None or a finite number >= 0, got {negative_slope!r}")

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .._backend import _C
+from . import reference as ref
 from ._layout import empty_in_layout_of
 from .reference import stats_dtype
 
@@ -131,9 +132,39 @@ def register_autograd(NS: str, ops) -> None:
     torch.library.register_autograd(f"{NS}::butterfly_stacked", bf_stacked_backward, setup_context=bf_setup)
 
 
+def register_conv3x3() -> None:
+    """Fake implementation and autograd of lattice_kernels::conv3x3 (CPU kernel only). The backward is ATen's
+    convolution backward applied to the gradient through the LeakyReLU, whose mask is taken from the saved output
+    (y > 0 exactly where the pre-activation is > 0, for a slope >= 0)."""
+
+    @torch.library.register_fake(f"{NS}::conv3x3")
+    def _(x, weight, bias, negative_slope):
+        return empty_in_layout_of(x, weight.shape[0])
+
+    def setup(ctx, inputs, output):
+        x, weight, bias, negative_slope = inputs
+        ctx.negative_slope = negative_slope
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight, output if negative_slope is not None else None)
+
+    def backward(ctx, grad):
+        x, weight, y = ctx.saved_tensors
+        if ctx.negative_slope is not None:
+            grad = torch.where(y > 0, grad, grad * ctx.negative_slope)
+        need = ctx.needs_input_grad
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+            [need[0], need[1], ctx.has_bias and need[2]],
+        )
+        return gx, gw, gb, None
+
+    torch.library.register_autograd(f"{NS}::conv3x3", backward, setup_context=setup)
+
+
 if _C is not None:
     register_fakes(NS)
     register_autograd(NS, ops)
+    register_conv3x3()
 
 
 class LibraryOps:
@@ -141,8 +172,13 @@ class LibraryOps:
     (torch.ops.lattice_kernels: CPU or CUDA kernels by the tensors' device) or the Triton ones
     (torch.ops.lattice_kernels_triton)."""
 
-    def __init__(self, namespace):
+    def __init__(self, namespace, conv3x3=None):
         self.ops = namespace
+        # The library has a convolution of its own on CPU only; on GPUs conv3x3 is cuDNN's, through the spec.
+        self._conv3x3 = ref.conv3x3 if conv3x3 is None else conv3x3
+
+    def conv3x3(self, x: Tensor, weight: Tensor, bias: Tensor | None, negative_slope: float | None) -> Tensor:
+        return self._conv3x3(x, weight, bias, negative_slope)
 
     def channel_stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.ops.channel_stats(x)

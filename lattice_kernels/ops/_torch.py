@@ -13,6 +13,9 @@ def _empty(x: Tensor) -> Tensor:
 
 
 class TorchOps:
+    def conv3x3(self, x: Tensor, weight: Tensor, bias: Tensor | None, negative_slope: float | None) -> Tensor:
+        return ref.conv3x3(x, weight, bias, negative_slope)
+
     def channel_stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return ref.channel_stats(x)
 

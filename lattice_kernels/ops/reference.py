@@ -65,3 +65,10 @@ def butterfly(
     p = _scale(alpha1, v1) + _scale(alpha2, v2)
     q = _scale(beta1, v1) + _scale(beta2, v2)
     return p.to(x1.dtype), q.to(x1.dtype)
+
+
+def conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None, negative_slope: float | None = None) -> Tensor:
+    """conv2d(x, weight (Cout, Cin, 3, 3), bias (Cout,), stride 1, padding 1), then leaky_relu(., negative_slope)
+    when negative_slope is given: (N, Cin, H, W) -> (N, Cout, H, W) in x's dtype."""
+    y = F.conv2d(x, weight, bias, padding=1)
+    return y if negative_slope is None else F.leaky_relu(y, negative_slope)

@@ -1,0 +1,194 @@
+"""conv3x3 (3x3 conv, padding 1, optional LeakyReLU) and its backward on every available backend, against the
+float64 spec (ops/reference.py). The cpu backend computes it by Winograd F(4x4, 3x3); the GPU backends and torch
+use torch's convolution."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lattice_kernels as lk
+from lattice_kernels._backend import _C
+from lattice_kernels.ops import reference as ref
+
+from .conftest import assert_close_to_reference, assert_format, expected_format, make_input, skip_if_unsupported
+
+# (x shape, Cout): tiles cut by the right and bottom edges (H, W not multiples of 4), H*W = 1, H = 1, W = 1,
+# channels not a multiple of the vector width (3, 5, 19), and the LatticeNet widths 64 -> 48.
+CASES = [((2, 5, 7, 13), 3), ((1, 64, 9, 17), 48), ((1, 3, 1, 1), 8), ((2, 19, 4, 4), 19), ((1, 8, 1, 30), 5),
+         ((3, 16, 23, 1), 16)]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+LAYOUTS = ["nchw", "nhwc", "strided"]
+
+
+def make_conv(cin: int, cout: int, dtype: torch.dtype, device: str, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(cout, cin, 3, 3, generator=g, dtype=torch.float64) / (3 * cin**0.5)
+    b = torch.randn(cout, generator=g, dtype=torch.float64) * 0.1
+    return w.to(dtype).to(device), b.to(dtype).to(device)
+
+
+def scale_of(t: torch.Tensor) -> float:
+    return max(t.abs().max().item(), 1e-30)
+
+
+@pytest.mark.parametrize("slope", [None, 0.05], ids=["linear", "leaky"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_forward_matches_reference(backend_device, case, dtype, layout, slope):
+    backend, device = backend_device
+    skip_if_unsupported(backend, device, dtype)
+    shape, cout = CASES[case]
+    x = make_input(shape, dtype, device, layout)
+    w, b = make_conv(shape[1], cout, dtype, device)
+    for bias in (b, None):
+        y = lk.ops.conv3x3(x, w, bias, negative_slope=slope, backend=backend)
+        assert y.dtype == dtype and y.shape == (shape[0], cout, *shape[2:])
+        assert_format(y, expected_format(x), "conv3x3")
+        b64 = None if bias is None else bias.double()
+        want = ref.conv3x3(x.double(), w.double(), b64, slope)
+        eager = ref.conv3x3(x, w, bias, slope)
+        # Max-relative: the float32 rule (1e-5) at the scale of the output.
+        assert_close_to_reference(y, want, dtype, scale=scale_of(want), eager=eager, what=f"conv3x3 {backend}")
+
+
+@pytest.mark.parametrize("slope", [None, 0.05], ids=["linear", "leaky"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_backward_matches_reference(backend_device, dtype, layout, slope):
+    backend, device = backend_device
+    skip_if_unsupported(backend, device, dtype)
+    for shape, cout in (CASES[0], CASES[1]):
+        x = make_input(shape, dtype, device, layout).requires_grad_()
+        w, b = (t.requires_grad_() for t in make_conv(shape[1], cout, dtype, device))
+        gy = make_input((shape[0], cout, *shape[2:]), torch.float64, "cpu", "nchw", seed=7)
+        y = lk.ops.conv3x3(x, w, b, negative_slope=slope, backend=backend)
+        (y * gy.to(y)).sum().backward()
+        x64, w64, b64 = (t.detach().double().cpu().requires_grad_() for t in (x, w, b))
+        y64 = ref.conv3x3(x64, w64, b64, slope)
+        (y64 * gy).sum().backward()
+        # The LeakyReLU mask comes from y's sign: the inputs are random, so no output sits at the kink.
+        for got, want, name in ((x.grad, x64.grad, "x"), (w.grad, w64.grad, "weight"), (b.grad, b64.grad, "bias")):
+            assert_close_to_reference(got, want, dtype, scale=scale_of(want), what=f"grad {name} {backend}")
+
+
+def test_gradcheck_float64(backend_device):
+    backend, device = backend_device
+    skip_if_unsupported(backend, device, torch.float64)
+    x = make_input((2, 3, 5, 6), torch.float64, device, "nhwc").requires_grad_()
+    w, b = (t.requires_grad_() for t in make_conv(3, 4, torch.float64, device))
+    for slope in (None, 0.05):
+        assert torch.autograd.gradcheck(
+            lambda x, w, b, s=slope: lk.ops.conv3x3(x, w, b, negative_slope=s, backend=backend), (x, w, b)
+        )
+
+
+def test_deterministic(backend_device):
+    backend, device = backend_device
+    x = make_input((2, 16, 19, 21), torch.float32, device, "nhwc")
+    w, b = make_conv(16, 24, torch.float32, device)
+    y1 = lk.ops.conv3x3(x, w, b, negative_slope=0.05, backend=backend)
+    y2 = lk.ops.conv3x3(x, w, b, negative_slope=0.05, backend=backend)
+    assert torch.equal(y1, y2)
+
+
+def test_autocast_casts_like_conv2d(backend_device):
+    backend, device = backend_device
+    if device != "cpu":
+        pytest.skip("CPU autocast")
+    if backend == "triton":
+        pytest.skip("the Triton interpreter has no bfloat16; conv3x3 on triton is torch's convolution anyway")
+    x = make_input((1, 8, 9, 10), torch.float32, device, "nchw")
+    w, b = make_conv(8, 8, torch.float32, device)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = lk.ops.conv3x3(x, w, b, negative_slope=0.05, backend=backend)
+        eager = F.leaky_relu(F.conv2d(x, w, b, padding=1), 0.05)
+    assert y.dtype == eager.dtype == torch.bfloat16
+    want = ref.conv3x3(x.double(), w.double(), b.double(), 0.05)
+    assert_close_to_reference(y, want, torch.bfloat16, scale=scale_of(want), eager=eager, what="autocast")
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ({"x": torch.randn(2, 3, 4)}, "4-D"),
+        ({"x": torch.randn(0, 3, 4, 4)}, "empty"),
+        ({"x": torch.randn(1, 3, 4, 4).int()}, "float32"),
+        ({"weight": torch.randn(4, 5, 3, 3)}, r"\(Cout, Cin, 3, 3\) with Cin = 3"),
+        ({"weight": torch.randn(4, 3, 5, 5)}, r"\(Cout, Cin, 3, 3\)"),
+        ({"weight": torch.randn(4, 3, 3, 3, dtype=torch.float64)}, "weight must have x's dtype"),
+        ({"bias": torch.randn(5)}, r"bias must have shape \(Cout,\) = \(4,\)"),
+        ({"bias": torch.randn(4, dtype=torch.float64)}, "bias must have x's dtype"),
+        ({"negative_slope": -0.1}, "negative_slope must be None or a finite number >= 0"),
+        ({"negative_slope": float("nan")}, "negative_slope"),
+        ({"weight": torch.randn(4, 3, 3, 3, device="meta")}, "weight is on meta but x is on cpu"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(backend_device, bad, match):
+    backend, device = backend_device
+    if device != "cpu":
+        pytest.skip("argument checks are the same on every device; run once on CPU")
+    args = {"x": torch.randn(1, 3, 4, 4), "weight": torch.randn(4, 3, 3, 3), "bias": torch.randn(4),
+            "negative_slope": 0.05}
+    args.update(bad)
+    with pytest.raises((ValueError, TypeError), match=match):
+        lk.ops.conv3x3(args["x"], args["weight"], args["bias"], negative_slope=args["negative_slope"],
+                       backend=backend)
+
+
+def test_module_keeps_conv2d_parameters_and_keys():
+    from lattice_kernels.nn import Conv3x3, ResidualBlock
+
+    conv = Conv3x3(8, 4, 0.05, backend="torch")
+    assert set(conv.state_dict()) == {"weight", "bias"}
+    assert conv.weight.shape == (4, 8, 3, 3) and conv.padding == (1, 1)
+    rb = ResidualBlock(64, 16, backend="torch")
+    assert list(rb.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    x = torch.randn(1, 64, 6, 7)
+    want = x
+    for i in ("0", "2", "4"):
+        c = getattr(rb, i)
+        want = F.leaky_relu(F.conv2d(want, c.weight, c.bias, padding=1), 0.05)
+    torch.testing.assert_close(rb(x), want)
+
+
+CHECK = r"""
+import torch, lattice_kernels as lk
+from lattice_kernels._backend import _C
+from lattice_kernels.ops import reference as ref
+assert _C.cpu_isa() == ISA, _C.cpu_isa()
+g = torch.Generator().manual_seed(0)
+# 20x12 -> 5x3 tiles per image, 10 tile rows; 8 channels: a row of transforms is 36*3*8*4 = 3456 bytes, and
+# LATTICE_KERNELS_WINOGRAD_BYTES=10368 makes blocks of 3 rows: 3 full ones and a partial last one.
+for dtype in (torch.float32, torch.float64, torch.bfloat16):
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 8, 20, 12, generator=g).to(dtype).contiguous(memory_format=fmt)
+        w = (torch.randn(6, 8, 3, 3, generator=g) / 9).to(dtype)
+        b = torch.randn(6, generator=g).to(dtype)
+        y = lk.ops.conv3x3(x, w, b, negative_slope=0.05, backend="cpu")
+        want = ref.conv3x3(x.double(), w.double(), b.double(), 0.05)
+        eager = ref.conv3x3(x, w, b, 0.05)
+        err = ((y.double() - want).abs().max() / want.abs().max()).item()
+        eager_err = ((eager.double() - want).abs().max() / want.abs().max()).item()
+        tol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 2 * eager_err)
+        assert err <= tol, (dtype, fmt, err, tol)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(_C is None, reason="the compiled extension did not load")
+@pytest.mark.parametrize(("isa", "block_bytes"), [("baseline", "10368"), ("avx2", "10368"), ("avx2", "1")],
+                         ids=["baseline-partial-blocks", "avx2-partial-blocks", "avx2-one-row-blocks"])
+def test_instruction_sets_and_blocks_match_reference(isa, block_bytes):
+    if isa == "avx2" and _C.cpu_isa() != "avx2":
+        pytest.skip("this CPU or build has no AVX2 kernels")
+    r = subprocess.run([sys.executable, "-c", f"ISA = {isa!r}\n" + CHECK], capture_output=True, text=True,
+                       env={**os.environ, "LATTICE_KERNELS_CPU_ISA": isa,
+                            "LATTICE_KERNELS_WINOGRAD_BYTES": block_bytes}, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
