@@ -37,8 +37,8 @@ def build(cfg: dict) -> tuple[nn.Module, torch.Tensor]:
         model = plain if lib is None else lk.LatticeBlock(case["shape"][1], backend=lib)
         if lib is not None:
             model.load_state_dict(plain.state_dict())
-        if case["model"] == "block_convs":
-            model = BlockConvs(plain)
+        if case["model"] == "block_convs":  # the plain block's convs, or the library's (conv3x3 on its backend)
+            model = BlockConvs(model)
         x = torch.randn(case["shape"])
     else:
         plain = PlainLatticeNet(4)

@@ -49,7 +49,9 @@ class LatticeBlock(nn.Module):
     State-dict keys as published (conv_block{0,1}.{0,2,4}, fea_ca1, x_ca1, fea_ca2, x_ca2, compress).
 
     The non-conv work runs the fused plan: the statistics of x, f and g once each, butterfly 1 returning q1's
-    statistics from its own pass, butterfly 2 writing p3 and q3 straight into the compress conv's input."""
+    statistics from its own pass, butterfly 2 writing p3 and q3 straight into the compress conv's input. The 3x3
+    convs (with their LeakyReLU) are ops.conv3x3: the library's Winograd convolution on the cpu backend, torch's
+    convolution on the others."""
 
     def __init__(self, channels: int = 64, diff: int = 16, reduction: int = 16,
                  placement: str | tuple[str, ...] = "cross", backend: str | None = None):
