@@ -49,6 +49,19 @@ def model_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def interleaved_table(rows: list[dict]) -> str:
+    lines = []
+    for r in (r for r in rows if r.get("kind") == "interleaved"):
+        med, pr = r["median_ms"], r["paired_ratio"]
+        lines += [*([""] if lines else []), f"{r['case']} ({r['rounds']} rounds):", "",
+                  "| backend | median ms | vs eager plain (paired) | vs compiled plain (paired) |", "|---|---|---|---|"]
+        for b in med:
+            ve = 1.0 if b == "eager" else pr.get(f"eager/{b}")
+            vc = 1.0 if b == "compile" else pr.get(f"compile/{b}")
+            lines.append(f"| {b} | {med[b]:.1f} | {_fmt(ve, '.2f')}x | {_fmt(vc, '.2f')}x |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path)
@@ -61,6 +74,10 @@ def main(argv=None) -> int:
     print(op_table(run["rows"]))
     print()
     print(model_table(run["rows"]))
+    table = interleaved_table(run["rows"])
+    if table:
+        print()
+        print(table)
     return 0
 
 

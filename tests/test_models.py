@@ -222,3 +222,18 @@ def test_compile_fullgraph_model_matches_eager():
         torch._dynamo.reset()
         compiled = torch.compile(net, fullgraph=True)(x)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-3)
+
+
+def test_latticenet_output_keeps_the_input_memory_format(backend_device):
+    """LatticeNet computes in channels_last whatever the input's format; the output gets the input's format back,
+    and both formats give the same result."""
+    backend, device = backend_device
+    torch.manual_seed(0)
+    net = lk.LatticeNet(scale=2, backend=backend).to(device).eval()
+    x = torch.rand(1, 3, 9, 11, device=device) * 255
+    with torch.no_grad():
+        y = net(x)
+        y_cl = net(x.contiguous(memory_format=torch.channels_last))
+    assert y.is_contiguous()
+    assert y_cl.is_contiguous(memory_format=torch.channels_last) and not y_cl.is_contiguous()
+    torch.testing.assert_close(y_cl, y, rtol=0, atol=0)
