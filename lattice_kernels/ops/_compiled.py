@@ -133,9 +133,10 @@ def register_autograd(NS: str, ops) -> None:
 
 
 def register_conv3x3() -> None:
-    """Fake implementation and autograd of lattice_kernels::conv3x3 (CPU kernel only). The backward is ATen's
-    convolution backward applied to the gradient through the LeakyReLU, whose mask is taken from the saved output
-    (y > 0 exactly where the pre-activation is > 0, for a slope >= 0)."""
+    """Fake implementation and autograd of lattice_kernels::conv3x3 (CPU kernel only). Backward: the gradient
+    through the LeakyReLU (mask from the saved output: y > 0 exactly where the pre-activation is > 0, for a slope
+    >= 0), then the input gradient by conv3x3 itself (a stride-1, padding-1 3x3 conv with the weights transposed
+    and flipped) and the weight and bias gradients by ATen's convolution backward."""
 
     @torch.library.register_fake(f"{NS}::conv3x3")
     def _(x, weight, bias, negative_slope):
@@ -152,9 +153,12 @@ def register_conv3x3() -> None:
         if ctx.negative_slope is not None:
             grad = torch.where(y > 0, grad, grad * ctx.negative_slope)
         need = ctx.needs_input_grad
-        gx, gw, gb = torch.ops.aten.convolution_backward(
+        gx = None
+        if need[0]:  # the input gradient is itself a 3x3 conv (flipped, transposed weights): the same kernel
+            gx = torch.ops.lattice_kernels.conv3x3(grad, weight.transpose(0, 1).flip(2, 3), None, None)
+        _, gw, gb = torch.ops.aten.convolution_backward(
             grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-            [need[0], need[1], ctx.has_bias and need[2]],
+            [False, need[1], ctx.has_bias and need[2]],
         )
         return gx, gw, gb, None
 
