@@ -364,9 +364,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 // conv3x3 by Winograd F(4x4, 3x3): input transform (kernels), one GEMM per transform point (ATen's bmm, i.e. the
 // BLAS), output transform with bias and activation (kernels). Tile rows are processed in blocks of about 2 MiB of
 // transformed input so that it and the GEMM's output stay in cache between the three steps. Measured for a conv
-// 64->48 at 1x64x180x320 fp32 channels_last on the 2-core EPYC (32 MiB L3, glibc's default malloc), medians of
-// 20 calls, 3 runs each: blocks of 0.5-1 MiB (one row of 80 tiles, too short a GEMM) 14.0-14.3 ms; 2 MiB (2 rows)
-// 10.1 ms; 4 MiB 10.3-10.5 ms; 16 MiB 24-25 ms; the whole image in one block 34-35 ms.
+// 64->48 at 1x64x180x320 fp32 channels_last on the 2-core EPYC (32 MiB L3), medians of 20 calls, two runs each,
+// with the benchmarks' malloc settings / glibc's defaults: blocks of 0.5 MiB (one row of 80 tiles, too short a
+// GEMM) 14.2-15.3 / 14.0-14.4 ms; 2 MiB 10.3-10.5 / 12.1-15.8 ms; 4 MiB 10.9-11.0 / 10.9-11.4 ms; 16 MiB
+// 13.1-15.9 / 12.5-21.7 ms; the whole image 13.5-19.2 / 33.9-42.1 ms (fresh buffers faulted in on every call).
 // LATTICE_KERNELS_WINOGRAD_BYTES overrides the block size.
 
 int64_t winograd_block_bytes() {
