@@ -96,6 +96,14 @@ def test_deterministic(backend_device):
     y1 = lk.ops.conv3x3(x, w, b, negative_slope=0.05, backend=backend)
     y2 = lk.ops.conv3x3(x, w, b, negative_slope=0.05, backend=backend)
     assert torch.equal(y1, y2)
+    if backend == "cpu":  # the library's kernel sums in a fixed order: the thread count does not matter either
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            y3 = lk.ops.conv3x3(x, w, b, negative_slope=0.05, backend=backend)
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(y1, y3)
 
 
 def test_autocast_casts_like_conv2d(backend_device):
@@ -164,8 +172,8 @@ from lattice_kernels._backend import _C
 from lattice_kernels.ops import reference as ref
 assert _C.cpu_isa() == ISA, _C.cpu_isa()
 g = torch.Generator().manual_seed(0)
-# 20x12 -> 5x3 tiles per image, 10 tile rows; 8 channels: a row of transforms is 36*3*8*4 = 3456 bytes, and
-# LATTICE_KERNELS_WINOGRAD_BYTES=10368 makes blocks of 3 rows: 3 full ones and a partial last one.
+# 20x12 -> 5x3 tiles per image, 30 in all; LATTICE_KERNELS_WINOGRAD_TILES=7 makes work items of 7 tiles that cross
+# tile rows and images, and a partial last one (2 tiles); 1 makes one tile per item.
 for dtype in (torch.float32, torch.float64, torch.bfloat16):
     for fmt in (torch.contiguous_format, torch.channels_last):
         x = torch.randn(2, 8, 20, 12, generator=g).to(dtype).contiguous(memory_format=fmt)
@@ -183,12 +191,12 @@ print("ok")
 
 
 @pytest.mark.skipif(_C is None, reason="the compiled extension did not load")
-@pytest.mark.parametrize(("isa", "block_bytes"), [("baseline", "10368"), ("avx2", "10368"), ("avx2", "1")],
-                         ids=["baseline-partial-blocks", "avx2-partial-blocks", "avx2-one-row-blocks"])
-def test_instruction_sets_and_blocks_match_reference(isa, block_bytes):
+@pytest.mark.parametrize(("isa", "group"), [("baseline", "7"), ("avx2", "7"), ("avx2", "1")],
+                         ids=["baseline-groups-of-7", "avx2-groups-of-7", "avx2-one-tile-groups"])
+def test_instruction_sets_and_tile_groups_match_reference(isa, group):
     if isa == "avx2" and _C.cpu_isa() != "avx2":
         pytest.skip("this CPU or build has no AVX2 kernels")
     r = subprocess.run([sys.executable, "-c", f"ISA = {isa!r}\n" + CHECK], capture_output=True, text=True,
                        env={**os.environ, "LATTICE_KERNELS_CPU_ISA": isa,
-                            "LATTICE_KERNELS_WINOGRAD_BYTES": block_bytes}, timeout=600)
+                            "LATTICE_KERNELS_WINOGRAD_TILES": group}, timeout=600)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]

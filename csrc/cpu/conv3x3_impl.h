@@ -1,4 +1,4 @@
-// Torch-free Winograd F(4x4, 3x3) transforms of conv3x3 (see WinogradArgs). Included after kernels_impl.h by
+// Torch-free Winograd F(4x4, 3x3) convolution (see Conv3x3Args). Included after kernels_impl.h by
 // kernels_<isa>.cpp, inside the same per-ISA namespace, so it shares Traits and the vector types.
 //
 // Interpolation points 0, -1, 1, 1/2, -2 and infinity (Barabasz et al., "Error analysis and improving the accuracy
@@ -10,6 +10,12 @@
 // (G, for the weights, is applied by the binding in double.) One vector carries W channels of one pixel, so the
 // transforms are the same arithmetic for every lane and need no shuffles; channels past the last full vector run
 // the same code on scalars.
+//
+// A work item is a group of consecutive tiles (in (n, tile row, tile column) order): its 36 transformed planes
+// (group x Cin), the 36 products with the transformed weights (group x Cout) and the output transform all happen
+// in the calling thread's scratch, which stays in its L2 cache. The products are a register-blocked GEMM written
+// here: every sum runs over Cin in order, so the result does not depend on the thread count, and no BLAS call
+// (with threading of its own) sits inside the pipeline.
 #include <type_traits>
 
 namespace lk {
@@ -65,42 +71,42 @@ template <class T, class A> static inline void store_acc(A* p, T v) {
   if constexpr (std::is_same_v<T, A>) *p = v; else store_raw(p, v);
 }
 
-// Input transform of the channels [c, c + lanes(T)) of one tile whose top-left input pixel is (h0, w0); pixels
-// outside the image are the conv's zero padding.
+// Input transform of the channels [c, c + lanes(T)) of one tile whose top-left input pixel is (h0, w0), into
+// v[k][t][c] (plane stride `plane`); pixels outside the image are the conv's zero padding.
 template <class Tr, bool IL, class T>
-static inline void input_tile(const WinogradArgs& a, const typename Tr::S* xn, int64_t h0, int64_t w0, int64_t c,
-                              typename Tr::A* v, int64_t p) {
+static inline void input_tile(const Conv3x3Args& a, const typename Tr::S* xn, int64_t h0, int64_t w0, int64_t c,
+                              typename Tr::A* v, int64_t t, int64_t plane) {
   using A = typename Tr::A;
-  T t[6][6];
+  T tmp[6][6];
   for (int j = 0; j < 6; ++j) {
     const int64_t w = w0 + j;
     T d[6], o[6];
     for (int i = 0; i < 6; ++i) {
       const int64_t h = h0 + i;
-      d[i] = (h >= 0 && h < a.H && w >= 0 && w < a.W) ? load_lanes<Tr, IL, T>(xn + h * a.sh + w * a.sw + c * a.x.sc,
-                                                                              a.x.sc)
-                                                      : T{};
+      d[i] = (h >= 0 && h < a.H && w >= 0 && w < a.W)
+                 ? load_lanes<Tr, IL, T>(xn + h * a.x_sh + w * a.x_sw + c * a.x.sc, a.x.sc)
+                 : T{};
     }
     winograd_in_1d<T, A>(d, o);
-    for (int i = 0; i < 6; ++i) t[i][j] = o[i];
+    for (int i = 0; i < 6; ++i) tmp[i][j] = o[i];
   }
   for (int i = 0; i < 6; ++i) {
     T o[6];
-    winograd_in_1d<T, A>(t[i], o);
-    for (int j = 0; j < 6; ++j) store_acc<T, A>(v + ((6 * i + j) * a.tiles + p) * a.C + c, o[j]);
+    winograd_in_1d<T, A>(tmp[i], o);
+    for (int j = 0; j < 6; ++j) store_acc<T, A>(v + ((6 * i + j) * plane + t) * a.Cin + c, o[j]);
   }
 }
 
-// Output transform of the channels [c, c + lanes(T)) of one tile whose top-left output pixel is (h0, w0), with
-// the bias and the activation; pixels past the image edge are not written.
+// Output transform of the channels [c, c + lanes(T)) of one tile whose top-left output pixel is (h0, w0), from
+// m[k][t][c], with the bias and the activation; pixels past the image edge are not written.
 template <class Tr, bool IL, class T>
-static inline void output_tile(const WinogradArgs& a, typename Tr::S* yn, int64_t h0, int64_t w0, int64_t c,
-                               const typename Tr::A* m, int64_t p) {
+static inline void output_tile(const Conv3x3Args& a, typename Tr::S* yn, int64_t h0, int64_t w0, int64_t c,
+                               const typename Tr::A* m, int64_t t, int64_t plane) {
   using A = typename Tr::A;
   T u[4][6];
   for (int j = 0; j < 6; ++j) {
     T col[6], o[4];
-    for (int i = 0; i < 6; ++i) col[i] = load_acc<T, A>(m + ((6 * i + j) * a.tiles + p) * a.C + c);
+    for (int i = 0; i < 6; ++i) col[i] = load_acc<T, A>(m + ((6 * i + j) * plane + t) * a.Cout + c);
     winograd_out_1d<T, A>(col, o);
     for (int i = 0; i < 4; ++i) u[i][j] = o[i];
   }
@@ -114,62 +120,109 @@ static inline void output_tile(const WinogradArgs& a, typename Tr::S* yn, int64_
     for (int j = 0; j < 4 && w0 + j < a.W; ++j) {
       T y = o[j] + bias;
       if (a.has_slope) y = y > A(0) ? y : y * slope;
-      store_lanes<Tr, IL, T>(yn + h * a.sh + (w0 + j) * a.sw + c * a.x.sc, a.x.sc, y);
+      store_lanes<Tr, IL, T>(yn + h * a.y_sh + (w0 + j) * a.y_sw + c * a.y.sc, a.y.sc, y);
     }
   }
 }
 
-template <DType D, bool IL> static void winograd_input_t(const WinogradArgs& a, int64_t begin, int64_t end) {
+// m[r][co] = sum_ci v[r][ci] u[ci][co] for rows [0, RP) and the NV vectors of columns from co: RP x NV vector
+// accumulators (at most 4 x 3 = 12, plus 3 weight vectors and a broadcast: the 16 registers of AVX2).
+template <class A, class V, int W, int RP, int NV>
+static inline void gemm_tile(const A* __restrict__ v, const A* __restrict__ u, A* __restrict__ m, int64_t Cin,
+                             int64_t Cout, int64_t co) {
+  V acc[RP][NV];
+  for (int r = 0; r < RP; ++r)
+    for (int j = 0; j < NV; ++j) acc[r][j] = V{};
+  for (int64_t ci = 0; ci < Cin; ++ci) {
+    V b[NV];
+    for (int j = 0; j < NV; ++j) b[j] = load_raw<V>(u + ci * Cout + co + j * W);
+    for (int r = 0; r < RP; ++r) {
+      const V x = V{} + v[r * Cin + ci];
+      for (int j = 0; j < NV; ++j) acc[r][j] += x * b[j];
+    }
+  }
+  for (int r = 0; r < RP; ++r)
+    for (int j = 0; j < NV; ++j) store_raw(m + r * Cout + co + j * W, acc[r][j]);
+}
+
+template <class A, class V, int W, int NV>
+static inline void gemm_columns(const A* v, const A* u, A* m, int64_t rows, int64_t Cin, int64_t Cout, int64_t co) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) gemm_tile<A, V, W, 4, NV>(v + r * Cin, u, m + r * Cout, Cin, Cout, co);
+  switch (rows - r) {
+    case 3: gemm_tile<A, V, W, 3, NV>(v + r * Cin, u, m + r * Cout, Cin, Cout, co); break;
+    case 2: gemm_tile<A, V, W, 2, NV>(v + r * Cin, u, m + r * Cout, Cin, Cout, co); break;
+    case 1: gemm_tile<A, V, W, 1, NV>(v + r * Cin, u, m + r * Cout, Cin, Cout, co); break;
+    default: break;
+  }
+}
+
+// m (rows x Cout) = v (rows x Cin) u (Cin x Cout), all row-major and contiguous.
+template <class A, class V, int W>
+static inline void gemm(const A* v, const A* u, A* m, int64_t rows, int64_t Cin, int64_t Cout) {
+  int64_t co = 0;
+  for (; co + 3 * W <= Cout; co += 3 * W) gemm_columns<A, V, W, 3>(v, u, m, rows, Cin, Cout, co);
+  if (co + 2 * W <= Cout) {
+    gemm_columns<A, V, W, 2>(v, u, m, rows, Cin, Cout, co);
+    co += 2 * W;
+  } else if (co + W <= Cout) {
+    gemm_columns<A, V, W, 1>(v, u, m, rows, Cin, Cout, co);
+    co += W;
+  }
+  for (; co < Cout; ++co)  // columns past the last full vector
+    for (int64_t r = 0; r < rows; ++r) {
+      A acc = 0;
+      for (int64_t ci = 0; ci < Cin; ++ci) acc += v[r * Cin + ci] * u[ci * Cout + co];
+      m[r * Cout + co] = acc;
+    }
+}
+
+template <DType D, bool IL>
+static void conv3x3_tiles_t(const Conv3x3Args& a, int64_t begin, int64_t end, void* scratch) {
   using Tr = Traits<D>;
   using S = typename Tr::S;
   using A = typename Tr::A;
+  using V = typename Tr::V;
   const S* x = static_cast<const S*>(a.x.data);
-  A* v = static_cast<A*>(a.t);
-  for (int64_t r = begin; r < end; ++r) {
-    const int64_t row = a.row0 + r, n = row / a.TH, ti = row % a.TH;
-    for (int64_t tj = 0; tj < a.TW; ++tj) {
-      const int64_t p = r * a.TW + tj;
+  S* y = static_cast<S*>(a.y.data);
+  const A* u = static_cast<const A*>(a.u);
+  const int64_t plane = a.group, total = a.N * a.TH * a.TW;
+  A* v = static_cast<A*>(scratch);
+  A* m = v + 36 * plane * a.Cin;
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t first = item * a.group, count = total - first < a.group ? total - first : a.group;
+    for (int64_t t = 0; t < count; ++t) {
+      const int64_t tile = first + t, n = tile / (a.TH * a.TW), ti = tile / a.TW % a.TH, tj = tile % a.TW;
       int64_t c = 0;
-      for (; c + Tr::W <= a.C; c += Tr::W)
-        input_tile<Tr, IL, typename Tr::V>(a, x + n * a.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, p);
-      for (; c < a.C; ++c) input_tile<Tr, IL, A>(a, x + n * a.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, p);
+      for (; c + Tr::W <= a.Cin; c += Tr::W)
+        input_tile<Tr, IL, V>(a, x + n * a.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, plane);
+      for (; c < a.Cin; ++c) input_tile<Tr, IL, A>(a, x + n * a.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, plane);
+    }
+    for (int k = 0; k < 36; ++k)
+      gemm<A, V, Tr::W>(v + k * plane * a.Cin, u + k * a.Cin * a.Cout, m + k * plane * a.Cout, count, a.Cin, a.Cout);
+    for (int64_t t = 0; t < count; ++t) {
+      const int64_t tile = first + t, n = tile / (a.TH * a.TW), ti = tile / a.TW % a.TH, tj = tile % a.TW;
+      int64_t c = 0;
+      for (; c + Tr::W <= a.Cout; c += Tr::W) output_tile<Tr, IL, V>(a, y + n * a.y.sn, 4 * ti, 4 * tj, c, m, t, plane);
+      for (; c < a.Cout; ++c) output_tile<Tr, IL, A>(a, y + n * a.y.sn, 4 * ti, 4 * tj, c, m, t, plane);
     }
   }
 }
 
-template <DType D, bool IL> static void winograd_output_t(const WinogradArgs& a, int64_t begin, int64_t end) {
-  using Tr = Traits<D>;
-  using S = typename Tr::S;
-  using A = typename Tr::A;
-  S* y = static_cast<S*>(a.x.data);
-  const A* m = static_cast<const A*>(a.t);
-  for (int64_t r = begin; r < end; ++r) {
-    const int64_t row = a.row0 + r, n = row / a.TH, ti = row % a.TH;
-    for (int64_t tj = 0; tj < a.TW; ++tj) {
-      const int64_t p = r * a.TW + tj;
-      int64_t c = 0;
-      for (; c + Tr::W <= a.C; c += Tr::W)
-        output_tile<Tr, IL, typename Tr::V>(a, y + n * a.x.sn, 4 * ti, 4 * tj, c, m, p);
-      for (; c < a.C; ++c) output_tile<Tr, IL, A>(a, y + n * a.x.sn, 4 * ti, 4 * tj, c, m, p);
-    }
+#define LK_CONV3X3_CASE(D) \
+  case D: return a.interleaved ? conv3x3_tiles_t<D, true>(a, begin, end, scratch) \
+                               : conv3x3_tiles_t<D, false>(a, begin, end, scratch);
+
+void conv3x3_tiles(const Conv3x3Args& a, int64_t begin, int64_t end, void* scratch) {
+  switch (a.dtype) {
+    LK_CONV3X3_CASE(DType::F32)
+    LK_CONV3X3_CASE(DType::F64)
+    LK_CONV3X3_CASE(DType::F16)
+    LK_CONV3X3_CASE(DType::BF16)
   }
 }
 
-#define LK_WINOGRAD_CASE(fn, D) \
-  case D: return a.interleaved ? fn<D, true>(a, begin, end) : fn<D, false>(a, begin, end);
-#define LK_WINOGRAD_DISPATCH(fn)         \
-  switch (a.dtype) {                     \
-    LK_WINOGRAD_CASE(fn, DType::F32)     \
-    LK_WINOGRAD_CASE(fn, DType::F64)     \
-    LK_WINOGRAD_CASE(fn, DType::F16)     \
-    LK_WINOGRAD_CASE(fn, DType::BF16)    \
-  }
-
-void winograd_input(const WinogradArgs& a, int64_t begin, int64_t end) { LK_WINOGRAD_DISPATCH(winograd_input_t) }
-void winograd_output(const WinogradArgs& a, int64_t begin, int64_t end) { LK_WINOGRAD_DISPATCH(winograd_output_t) }
-
-#undef LK_WINOGRAD_DISPATCH
-#undef LK_WINOGRAD_CASE
+#undef LK_CONV3X3_CASE
 
 }  // namespace LK_ISA_NS
 }  // namespace lk

@@ -99,23 +99,20 @@ struct StatsBackwardArgs {
 
 
 // conv3x3 (stride 1, padding 1) by Winograd F(4x4, 3x3): the output in 4x4 tiles, each computed from the 6x6 input
-// tile around it. Per tile p and channel c the input transform writes the 36 values B^T d B to v[k][p][c]
-// (k = 6i + j; acc type: float, double for F64); a GEMM per k multiplies by the transformed weights; the output
-// transform reads m[k][p][co] and writes A^T m A + bias, then LeakyReLU when `slope` is set. A call covers the tile
-// rows [row0, row0 + rows) of the flattened (n, tile row) range; tile p = (row - row0) * TW + tile column.
-struct WinogradArgs {
+// tile around it: v = B^T d B per tile and input channel, m[k] = v[k] u[k] per transform point k (u = G w G^T,
+// transformed by the binding), y = A^T m A + bias per tile and output channel, then LeakyReLU when has_slope.
+// x and y share a layout: interleaved (sc == 1) or planar (sw == 1).
+struct Conv3x3Args {
   DType dtype;
-  int64_t N, H, W, TH, TW;
-  int64_t row0;
-  View x;            // (N, Cin, H, W) for the input transform, (N, Cout, H, W) output for the output transform
-  int64_t sh, sw;    // its row and column strides
-  int64_t C;         // channels of x
-  bool interleaved;  // x.sc == 1 (channels_last); else planar (x.sw == 1)
-  void* t;           // v (input transform) or m (output transform): [36][tiles][C], contiguous
-  int64_t tiles;     // tiles per transform plane of t
-  const void* bias;  // C values of the acc type, or null (output transform)
+  int64_t N, H, W, TH, TW, Cin, Cout;
+  View x, y;
+  int64_t x_sh, x_sw, y_sh, y_sw;  // row and column strides
+  bool interleaved;
+  const void* u;     // [36][Cin][Cout], accumulation type (float; double for F64)
+  const void* bias;  // Cout values of the accumulation type, or null
   bool has_slope;
   double slope;
+  int64_t group;     // tiles per work item; the scratch holds 36 * group * (Cin + Cout) accumulators
 };
 
 }  // namespace lk

@@ -10,8 +10,7 @@ struct KernelSet {
   void (*butterfly_forward)(const ButterflyArgs&, int64_t, int64_t, void*);
   void (*butterfly_backward)(const ButterflyBackwardArgs&, int64_t, int64_t, void*);
   void (*stats_backward)(const StatsBackwardArgs&, int64_t, int64_t);
-  void (*winograd_input)(const WinogradArgs&, int64_t, int64_t);
-  void (*winograd_output)(const WinogradArgs&, int64_t, int64_t);
+  void (*conv3x3_tiles)(const Conv3x3Args&, int64_t, int64_t, void*);
 };
 
 #define LK_DECLARE_KERNELS(ns)                                                      \
@@ -20,8 +19,7 @@ struct KernelSet {
   void butterfly_forward(const ButterflyArgs&, int64_t, int64_t, void*);            \
   void butterfly_backward(const ButterflyBackwardArgs&, int64_t, int64_t, void*);   \
   void stats_backward(const StatsBackwardArgs&, int64_t, int64_t);                  \
-  void winograd_input(const WinogradArgs&, int64_t, int64_t);                       \
-  void winograd_output(const WinogradArgs&, int64_t, int64_t);                      \
+  void conv3x3_tiles(const Conv3x3Args&, int64_t, int64_t, void*);                   \
   }
 LK_DECLARE_KERNELS(isa_baseline)
 #if defined(LK_HAVE_AVX2)

@@ -17,8 +17,7 @@ namespace {
 
 KernelSet baseline_set() {
   return {"baseline",         isa_baseline::stats_partials, isa_baseline::butterfly_forward,
-          isa_baseline::butterfly_backward, isa_baseline::stats_backward, isa_baseline::winograd_input,
-          isa_baseline::winograd_output};
+          isa_baseline::butterfly_backward, isa_baseline::stats_backward, isa_baseline::conv3x3_tiles};
 }
 
 // The instruction set is chosen once: LATTICE_KERNELS_CPU_ISA=baseline|avx2 forces one (tests run both), otherwise
@@ -37,8 +36,7 @@ const KernelSet& kernels() {
                          isa_avx2::butterfly_forward,
                          isa_avx2::butterfly_backward,
                          isa_avx2::stats_backward,
-                         isa_avx2::winograd_input,
-                         isa_avx2::winograd_output};
+                         isa_avx2::conv3x3_tiles};
     TORCH_CHECK(want.empty() || want == "avx2", "LATTICE_KERNELS_CPU_ISA must be 'baseline' or 'avx2', got '", want,
                 "'");
     TORCH_CHECK(want != "avx2" || has_avx2, "LATTICE_KERNELS_CPU_ISA=avx2 but this CPU lacks AVX2/FMA/F16C");
@@ -361,21 +359,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 
 // ---------------------------------------------------------------------------------------------------------------
-// conv3x3 by Winograd F(4x4, 3x3): input transform (kernels), one GEMM per transform point (ATen's bmm, i.e. the
-// BLAS), output transform with bias and activation (kernels). Tile rows are processed in blocks of about 2 MiB of
-// transformed input so that it and the GEMM's output stay in cache between the three steps. Measured for a conv
-// 64->48 at 1x64x180x320 fp32 channels_last on the 2-core EPYC (32 MiB L3), medians of 20 calls, two runs each,
-// with the benchmarks' malloc settings / glibc's defaults: blocks of 0.5 MiB (one row of 80 tiles, too short a
-// GEMM) 14.2-15.3 / 14.0-14.4 ms; 2 MiB 10.3-10.5 / 12.1-15.8 ms; 4 MiB 10.9-11.0 / 10.9-11.4 ms; 16 MiB
-// 13.1-15.9 / 12.5-21.7 ms; the whole image 13.5-19.2 / 33.9-42.1 ms (fresh buffers faulted in on every call).
-// LATTICE_KERNELS_WINOGRAD_BYTES overrides the block size.
+// conv3x3 by Winograd F(4x4, 3x3) (conv3x3_impl.h): each thread takes groups of tiles through input transform,
+// GEMMs and output transform in a scratch of its own. Group size, measured for a conv 64->48 at 1x64x180x320 fp32
+// channels_last on the 2-core EPYC (L2 1 MiB per core), medians of 20 calls in two runs: 8 tiles 8.2-8.3 ms,
+// 16: 8.9-9.2, 24: 8.0-8.1, 32: 9.1-9.5, 48: 8.9 (the version with ATen's bmm over 2 MiB blocks: 10.1-10.5 ms).
+// LATTICE_KERNELS_WINOGRAD_TILES overrides it.
 
-int64_t winograd_block_bytes() {
-  static const int64_t bytes = [] {
-    const char* env = std::getenv("LATTICE_KERNELS_WINOGRAD_BYTES");
-    return env && *env ? std::max<int64_t>(1, std::atoll(env)) : int64_t(2) << 20;
+int64_t winograd_group() {
+  static const int64_t tiles = [] {
+    const char* env = std::getenv("LATTICE_KERNELS_WINOGRAD_TILES");
+    return env && *env ? std::max<int64_t>(1, std::atoll(env)) : int64_t(24);
   }();
-  return bytes;
+  return tiles;
 }
 
 // U[6i + j][ci][co] = (G w[co][ci] G^T)[i][j] (G: rows p^k / prod_{l != j} (p - p_l) for the points of
@@ -419,28 +414,28 @@ at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& weight, const c10::opt
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor u = winograd_weights(weight, acc);
   const at::Tensor b = has_bias ? bias->to(acc).contiguous() : at::Tensor();
-  const int64_t TH = (H + 3) / 4, TW = (W + 3) / 4, rows_total = N * TH;
-  const int64_t row_bytes = 36 * TW * std::max(Cin, Cout) * at::elementSize(acc);
-  const int64_t R = std::min(rows_total, std::max<int64_t>(1, winograd_block_bytes() / row_bytes));
-  at::Tensor v = at::empty({36, R * TW, Cin}, x.options().dtype(acc));
-  at::Tensor m = at::empty({36, R * TW, Cout}, x.options().dtype(acc));
-
-  WinogradArgs in{dtype_of(x, "x"), N, H, W, TH, TW, 0, xv, W * xv.sp, xv.sp, Cin, il, v.data_ptr(), R * TW,
-                  nullptr, false, 0.0};
-  WinogradArgs out{dtype_of(x, "x"), N, H, W, TH, TW, 0, yv, W * yv.sp, yv.sp, Cout, il, m.data_ptr(), R * TW,
-                   has_bias ? b.data_ptr() : nullptr, negative_slope.has_value(), negative_slope.value_or(0.0)};
-  for (int64_t row0 = 0; row0 < rows_total; row0 += R) {
-    const int64_t rows = std::min(R, rows_total - row0);
-    in.row0 = out.row0 = row0;
-    at::parallel_for(0, rows, 1, [&](int64_t b0, int64_t e0) { kernels().winograd_input(in, b0, e0); });
-    if (rows == R) {
-      at::bmm_out(m, v, u);
+  const int64_t TH = (H + 3) / 4, TW = (W + 3) / 4, group = winograd_group();
+  const Conv3x3Args args{dtype_of(x, "x"),
+                         N, H, W, TH, TW, Cin, Cout,
+                         xv, yv,
+                         W * xv.sp, xv.sp, W * yv.sp, yv.sp,
+                         il,
+                         u.data_ptr(),
+                         has_bias ? b.data_ptr() : nullptr,
+                         negative_slope.has_value(),
+                         negative_slope.value_or(0.0),
+                         group};
+  const int64_t items = (N * TH * TW + group - 1) / group;
+  const size_t scratch = static_cast<size_t>(36 * group * (Cin + Cout));
+  at::parallel_for(0, items, 1, [&](int64_t b0, int64_t e0) {
+    if (acc == at::kDouble) {
+      std::vector<double> s(scratch);
+      kernels().conv3x3_tiles(args, b0, e0, s.data());
     } else {
-      at::Tensor mb = at::bmm(v.narrow(1, 0, rows * TW), u);
-      m.narrow(1, 0, rows * TW).copy_(mb);
+      std::vector<float> s(scratch);
+      kernels().conv3x3_tiles(args, b0, e0, s.data());
     }
-    at::parallel_for(0, rows, 1, [&](int64_t b0, int64_t e0) { kernels().winograd_output(out, b0, e0); });
-  }
+  });
   return y;
 }
 
