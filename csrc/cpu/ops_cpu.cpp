@@ -357,7 +357,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {dx1, dx2, pick(alpha1, 0), pick(alpha2, 1), pick(beta1, 2), pick(beta2, 3)};
 }
 
-
 // ---------------------------------------------------------------------------------------------------------------
 // conv3x3 by Winograd F(4x4, 3x3) (conv3x3_impl.h): each thread takes groups of tiles through input transform,
 // GEMMs and output transform in a scratch of its own. Group size, measured for a conv 64->48 at 1x64x180x320 fp32
@@ -426,15 +425,10 @@ at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& weight, const c10::opt
                          negative_slope.value_or(0.0),
                          group};
   const int64_t items = (N * TH * TW + group - 1) / group;
-  const size_t scratch = static_cast<size_t>(36 * group * (Cin + Cout));
+  const size_t scratch_bytes = static_cast<size_t>(36 * group * (Cin + Cout)) * at::elementSize(acc);
   at::parallel_for(0, items, 1, [&](int64_t b0, int64_t e0) {
-    if (acc == at::kDouble) {
-      std::vector<double> s(scratch);
-      kernels().conv3x3_tiles(args, b0, e0, s.data());
-    } else {
-      std::vector<float> s(scratch);
-      kernels().conv3x3_tiles(args, b0, e0, s.data());
-    }
+    std::vector<double> s((scratch_bytes + sizeof(double) - 1) / sizeof(double));  // aligned for float and double
+    kernels().conv3x3_tiles(args, b0, e0, s.data());
   });
   return y;
 }

@@ -153,7 +153,8 @@ def conv3x3(
     device_type = x.device.type if isinstance(x, Tensor) else "cpu"
     if isinstance(x, Tensor) and torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:
         dt = torch.get_autocast_dtype(device_type)
-        x, weight = x.to(dt), weight.to(dt) if isinstance(weight, Tensor) else weight
+        x = x.to(dt)
+        weight = weight.to(dt) if isinstance(weight, Tensor) else weight
         bias = bias.to(dt) if isinstance(bias, Tensor) else bias
     _checks.conv3x3_args(x, weight, bias, negative_slope)
     slope = None if negative_slope is None else float(negative_slope)
