@@ -32,10 +32,11 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(VPY) -m bench --quick
 
-# On a GPU machine: builds the CUDA extension (no network needed: --no-deps), runs the GPU tests and the
-# benchmarks, and writes a log, JSON and plots under $OUT (default bench/results/gpu-check).
+# On a GPU machine, in stages (tools/gpu_check.sh: env build ops models sanitize bench; STAGES="build ops" for some):
+# builds the CUDA extension (no network needed), runs the GPU tests, compute-sanitizer and the benchmarks, and writes
+# logs, JSON and plots under $OUT (default bench/results/gpu-check).
 gpu-check:
-	bash tools/gpu_check.sh
+	bash tools/gpu_check.sh $(STAGES)
 
 clean:
 	rm -rf build *.egg-info lattice_kernels/*.so $(STAMP)

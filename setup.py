@@ -39,7 +39,10 @@ def _extension():
     # -fopenmp: at::parallel_for is a header template and runs single-threaded in a TU built without it.
     # -Wno-psabi: the kernels pass 32-byte vectors between static inline functions of the baseline TU (no ABI edge).
     cxx = [*opt, "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-psabi", "-fopenmp"]
-    sources = [f"{CSRC}/lattice_kernels.cpp", f"{CSRC}/cpu/ops_cpu.cpp", f"{CSRC}/cpu/kernels_baseline.cpp"]
+    # One binding per op family (cpu/<op>.cpp) over the torch-free kernels, compiled once per instruction set.
+    sources = [f"{CSRC}/lattice_kernels.cpp", f"{CSRC}/cpu/binding.cpp",
+               *(f"{CSRC}/cpu/{op}.cpp" for op in ("channel_stats", "butterfly", "conv3x3")),
+               f"{CSRC}/cpu/kernels_baseline.cpp"]
     if platform.machine() in ("x86_64", "AMD64"):
         sources.append(f"{CSRC}/cpu/kernels_avx2.cpp")
         cxx.append("-DLK_HAVE_AVX2")

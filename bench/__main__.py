@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 
-import lattice_kernels as lk
-
 from . import ops_bench, report
+from .common import library_backends
 from .timing import copy_bandwidth_gbps
 
 DEFAULT_SHAPES = {"cpu": ["1x64x180x320", "16x64x48x48"],
@@ -67,16 +66,6 @@ def _ensure_malloc(mode: str) -> None:
         return
     env = {**os.environ, **TUNED_MALLOC, "LATTICE_BENCH_MALLOC": "tuned"}
     os.execve(sys.executable, [sys.executable, "-m", "bench", *sys.argv[1:]], env)
-
-
-def library_backends(device: torch.device, wanted: list[str] | None) -> list[str]:
-    avail = lk.available_backends()
-    native = {"cpu": ["cpu"], "cuda": ["cuda", "triton"]}[device.type]
-    chosen = [b for b in native if b in avail] if wanted is None else wanted
-    for b in chosen:
-        if b not in avail:
-            raise SystemExit(f"backend {b!r} is not available here (available: {', '.join(avail)})")
-    return chosen
 
 
 def main(argv=None) -> int:

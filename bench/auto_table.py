@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lattice_kernels._auto import TABLE
+from lattice_kernels.backends import AUTO_TABLE as TABLE
 
 OP_GROUPS = {"channel_stats": ("channel_stats",), "combination_coefficients": ("combination_coefficients",),
              "butterfly": ("butterfly", "butterfly_q_stats")}

@@ -83,9 +83,9 @@ def run(device: torch.device, names: list[str] | None, quick: bool, repeats: int
     backend's only run would decide its ratio."""
     import time
 
-    from . import __main__ as cli
+    from .common import library_backends
 
-    lib = lib if lib is not None else cli.library_backends(device, None)
+    lib = lib if lib is not None else library_backends(device, None)
     rows = []
     for case in cases_for(device.type, quick):
         if names and not any(n in case.name for n in names):

@@ -46,7 +46,7 @@ def environment(device: torch.device) -> dict:
     except ImportError:
         env["triton"] = None
     try:
-        from lattice_kernels._backend import _C
+        from lattice_kernels._extension import C as _C
 
         env["cpu_isa"] = _C.cpu_isa() if _C is not None else None
     except ImportError:

@@ -1,7 +1,8 @@
 """lattice_kernels: fused CPU, CUDA and Triton kernels for the Lattice Block of LatticeNet, with drop-in models."""
 
 from . import ops
-from ._backend import (
+from ._version import __version__
+from .backends import (
     BACKENDS,
     BackendUnavailableError,
     available_backends,
@@ -19,10 +20,10 @@ __all__ = [
     "LatticeBlock",
     "LatticeNet",
     "LatticeRestorer",
+    "__version__",
     "available_backends",
     "get_backend",
     "ops",
     "set_backend",
     "use_backend",
 ]
-__version__ = "0.1.0"

@@ -45,7 +45,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--stage2-steps", type=int, default=150)
     p.add_argument("--vgg-weights", default=None)
-    p.add_argument("--summary", type=Path, default=None, help="JSON summary (default: <out>/summary.json)")
+    p.add_argument("--summary", type=Path, default=Path("bench/results/train-recipe-cpu-x2.json"),
+                   help="JSON summary (recorded results live in bench/results/)")
     a = p.parse_args(argv)
     import subprocess
     import sys
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     summary["stage2_features"] = s2.cl_features
     net = lk.LatticeNet.from_checkpoint(a.out / "stage2" / "model.safetensors")
     summary["stage2_psnr"], summary["stage2_ssim"] = evaluate(net, str(val), "sr", 2)
-    out = a.summary or a.out / "summary.json"
+    out = a.summary
     out.write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
     return 0

@@ -110,6 +110,26 @@ def assert_format(t: torch.Tensor, fmt: torch.memory_format, what: str) -> None:
     assert t.is_contiguous(memory_format=fmt), f"{what}: output lost the input's memory format ({fmt})"
 
 
+def make_weights(c: int, r: int, dtype: torch.dtype = torch.float64, conv_layout: bool = True, seed: int = 7,
+                 device: str = "cpu") -> list[torch.Tensor]:
+    """The eight CC weights w1m, b1m, w2m, b2m, w1s, b1s, w2s, b2s; conv_layout gives the published Conv2d layout
+    (R, C, 1, 1) / (C, R, 1, 1), else 2-D."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(r, c), (r,), (c, r), (c,)] * 2
+    ws = [torch.randn(s, generator=g, dtype=torch.float64) * 0.5 for s in shapes]
+    if conv_layout:
+        ws = [w[:, :, None, None] if w.dim() == 2 else w for w in ws]
+    return [w.to(dtype).to(device) for w in ws]
+
+
+@pytest.fixture
+def thread_count():
+    """set(n) changes torch's intra-op thread count for the test; the count it had is restored afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 def weights_dir() -> str | None:
     d = os.environ.get("LATTICE_WEIGHTS_DIR") or os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                                                                "weights")

@@ -229,7 +229,7 @@ def test_accuracy_large_mean_q_stats(backend_device):
         assert rel < 1e-3, f"relative std_q error {rel:.2e}"
 
 
-def test_deterministic(backend_device):
+def test_deterministic(backend_device, thread_count):
     backend, device = backend_device
     shape = (2, 5, 7, 13) if interpreted(backend, device) else (2, 16, 90, 90)
     for layout in ("nchw", "nhwc"):
@@ -239,13 +239,12 @@ def test_deterministic(backend_device):
         c = {k: v.float().requires_grad_() for k, v in c.items()}
         runs = []
         for threads in (1, 2, 1):
-            torch.set_num_threads(threads)
+            thread_count(threads)
             for t in (x1, x2, *c.values()):
                 t.grad = None
             p, q, mq, sq = lk.ops.butterfly(x1, x2, **c, q_stats=True, backend=backend)
             ((p * 2).sum() + (q * q).sum() + mq.sum() + sq.sum()).backward()
             runs.append([t.detach().clone() for t in (p, q, mq, sq)] + [t.grad.clone() for t in (x1, x2, *c.values())])
-        torch.set_num_threads(2)
         for r in runs[1:]:
             for a, b in zip(runs[0], r):
                 assert torch.equal(a, b), "two runs differ bitwise"

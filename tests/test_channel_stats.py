@@ -104,19 +104,18 @@ def test_accuracy_large_mean(backend_device):
         assert rel < 1e-3, f"relative std error {rel:.2e} at mean 1e4, std 1e-2"
 
 
-def test_deterministic(backend_device):
+def test_deterministic(backend_device, thread_count):
     backend, device = backend_device
     shape = (2, 5, 7, 13) if interpreted(backend, device) else (2, 16, 90, 90)
     for layout in ("nchw", "nhwc"):
         x = make_input(shape, torch.float32, device, layout).requires_grad_()
         runs = []
         for threads in (1, 2, 1):
-            torch.set_num_threads(threads)
+            thread_count(threads)
             x.grad = None
             mean, std = lk.ops.channel_stats(x, backend=backend)
             (mean.sum() + (std * 3).sum()).backward()
             runs.append((mean.clone(), std.clone(), x.grad.clone()))
-        torch.set_num_threads(2)
         for r in runs[1:]:
             for a, b in zip(runs[0], r):
                 assert torch.equal(a, b), "two runs differ bitwise"

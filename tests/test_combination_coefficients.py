@@ -15,21 +15,12 @@ from .conftest import (
     expected_format,
     interpreted,
     make_input,
+    make_weights,
     skip_if_unsupported,
 )
 
 SHAPES = [(2, 16, 7, 13), (1, 64, 1, 2), (3, 19, 5, 6), (1, 64, 16, 16), (2, 4, 70, 70)]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
-
-def make_weights(c, r, dtype=torch.float64, conv_layout=True, seed=7, device="cpu"):
-    """w1m, b1m, w2m, b2m, w1s, b1s, w2s, b2s; the published layout is Conv2d's (R, C, 1, 1) / (C, R, 1, 1)."""
-    g = torch.Generator().manual_seed(seed)
-    shapes = [(r, c), (r,), (c, r), (c,)] * 2
-    ws = [torch.randn(s, generator=g, dtype=torch.float64) * 0.5 for s in shapes]
-    if conv_layout:
-        ws = [w[:, :, None, None] if w.dim() == 2 else w for w in ws]
-    return [w.to(dtype).to(device) for w in ws]
 
 
 def _reduced(c):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import lattice_kernels as lk
-from lattice_kernels._backend import _C
+from lattice_kernels._extension import C as _C
 from lattice_kernels.ops import reference as ref
 
 from .conftest import assert_close_to_reference, assert_format, expected_format, make_input, skip_if_unsupported
@@ -89,7 +89,7 @@ def test_gradcheck_float64(backend_device):
         )
 
 
-def test_deterministic(backend_device):
+def test_deterministic(backend_device, thread_count):
     backend, device = backend_device
     x = make_input((2, 16, 19, 21), torch.float32, device, "nhwc")
     w, b = make_conv(16, 24, torch.float32, device)
@@ -97,12 +97,8 @@ def test_deterministic(backend_device):
     y2 = lk.ops.conv3x3(x, w, b, negative_slope=0.05, backend=backend)
     assert torch.equal(y1, y2)
     if backend == "cpu":  # the library's kernel sums in a fixed order: the thread count does not matter either
-        threads = torch.get_num_threads()
-        try:
-            torch.set_num_threads(1)
-            y3 = lk.ops.conv3x3(x, w, b, negative_slope=0.05, backend=backend)
-        finally:
-            torch.set_num_threads(threads)
+        thread_count(1)
+        y3 = lk.ops.conv3x3(x, w, b, negative_slope=0.05, backend=backend)
         assert torch.equal(y1, y3)
 
 
@@ -168,7 +164,7 @@ def test_module_keeps_conv2d_parameters_and_keys():
 
 CHECK = r"""
 import torch, lattice_kernels as lk
-from lattice_kernels._backend import _C
+from lattice_kernels._extension import C as _C
 from lattice_kernels.ops import reference as ref
 assert _C.cpu_isa() == ISA, _C.cpu_isa()
 g = torch.Generator().manual_seed(0)

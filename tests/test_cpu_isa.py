@@ -15,7 +15,7 @@ import lattice_kernels as lk
 
 CHECK = r"""
 import torch, lattice_kernels as lk
-from lattice_kernels._backend import _C
+from lattice_kernels._extension import C as _C
 from lattice_kernels.ops import reference as ref
 assert _C.cpu_isa() == ISA, _C.cpu_isa()
 for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
@@ -55,7 +55,7 @@ print("ok")
 def test_each_instruction_set_matches_reference(isa, stream):
     if "cpu" not in lk.available_backends():
         pytest.skip("the compiled extension did not load")
-    from lattice_kernels._backend import _C
+    from lattice_kernels._extension import C as _C
 
     if isa == "avx2" and _C.cpu_isa() != "avx2":
         pytest.skip("this CPU or build has no AVX2 kernels")

@@ -7,7 +7,7 @@ import torch
 
 import lattice_kernels as lk
 
-from .test_combination_coefficients import make_weights
+from .conftest import make_weights
 
 
 @pytest.fixture

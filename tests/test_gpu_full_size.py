@@ -11,9 +11,8 @@ import torch
 import lattice_kernels as lk
 from lattice_kernels.ops import reference as ref
 
-from .conftest import assert_close_to_reference, weights_dir
+from .conftest import assert_close_to_reference, make_weights, weights_dir
 from .images import crop, photo
-from .test_combination_coefficients import make_weights
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 GPU_BACKENDS = [b for b in ("cuda", "triton") if b in lk.available_backends()]

@@ -1,4 +1,4 @@
-// Torch-free argument blocks shared by the CPU kernels (kernels_impl.h) and their binding (ops_cpu.cpp).
+// Torch-free argument blocks shared by the CPU kernels (*_kernels.h) and their bindings (channel_stats.cpp, butterfly.cpp, conv3x3.cpp).
 //
 // A 4-D tensor (N, C, H, W) is seen as (N, C, P) with P = H*W and element strides (sn, sc, sp). Every operand of one
 // call shares the same unit-stride axis: "planar" (sp == 1, NCHW-like) or "interleaved" (sc == 1, channels_last-like).

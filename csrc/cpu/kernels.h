@@ -1,4 +1,4 @@
-// Entry points of the torch-free CPU kernels, one set per instruction set (see kernels_impl.h).
+// Entry points of the torch-free CPU kernels, one set per instruction set (see kernel_common.h).
 #pragma once
 #include "kernel_args.h"
 

@@ -14,6 +14,8 @@
 #define LK_ISA_NS isa_avx2
 #define LK_STREAM_STORES
 #include "kernels.h"
-#include "kernels_impl.h"
-#include "conv3x3_impl.h"
+#include "kernel_common.h"
+#include "channel_stats_kernels.h"
+#include "butterfly_kernels.h"
+#include "conv3x3_kernels.h"
 #pragma GCC pop_options

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .._files import atomic_write
+
 
 class CheckpointError(ValueError):
     """A weights file that cannot be used for the requested model: unreadable, or the wrong keys/shapes."""
@@ -56,12 +58,5 @@ def save_safetensors(model: nn.Module, path: str | os.PathLike, metadata: dict[s
     """Write the model's state dict as safetensors, atomically (temporary file, then rename)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    try:
-        save_file(sd, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=metadata))

@@ -7,8 +7,8 @@ import os
 import torch
 from torch import Tensor, nn
 
+from ..contract import memory_format_of
 from ..nn import Conv3x3, LatticeBlock
-from ..ops._layout import memory_format_of
 from .checkpoint import CheckpointError, check_state_dict, read_state_dict, save_safetensors
 
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)

@@ -14,10 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _backend
-from . import _checks, reference
-from ._compiled import LibraryOps, ops
-from ._torch import TorchOps
+from .. import backends
+from . import _checks, _opsets, reference
 
 __all__ = [
     "butterfly",
@@ -29,20 +27,21 @@ __all__ = [
     "reference",
 ]
 
-_OPSETS: dict[str, object] = {
-    "torch": TorchOps(),
-    "cpu": LibraryOps(ops, ops.conv3x3 if ops is not None else None),
-    "cuda": LibraryOps(ops),
-}
+def _backend_of(name: str, device_type: str, device_index: int | None, op: str) -> str:
+    """The concrete backend for `op` on the device; sets up its op set (registering the Triton ops on first use)."""
+    concrete = backends.resolve(name, torch.device(device_type, device_index), op)
+    _opsets.opset(concrete)
+    return concrete
+
+
+# A constant for torch.compile: backend resolution and the op sets' set-up run eagerly when a graph is traced, and
+# the traced code reads the chosen op set from a dict.
+_backend_of = torch.compiler.assume_constant_result(_backend_of)
 
 
 def _opset(backend: str | None, device: torch.device, op: str):
-    name = _backend.resolve(backend, device, op)
-    if name == "triton" and "triton" not in _OPSETS:
-        from ..triton import triton_ops
-
-        _OPSETS["triton"] = LibraryOps(triton_ops())
-    return _OPSETS[name]
+    name = _backend_of(backends.get_backend() if backend is None else backend, device.type, device.index, op)
+    return _opsets.OPSETS[name]
 
 
 def channel_stats(x: Tensor, *, backend: str | None = None) -> tuple[Tensor, Tensor]:

@@ -8,9 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from .reference import stats_dtype
-
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+from ..contract import FLOAT_DTYPES, stats_dtype
 
 
 def check_input(x: object, name: str) -> Tensor:
@@ -120,8 +118,9 @@ def conv3x3_args(x: object, weight: object, bias: object, negative_slope: object
             raise TypeError(f"{name} must have x's dtype ({x.dtype}), got {t.dtype}")
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move both to one device")
-    if negative_slope is not None and (
-        isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float))
-        or not math.isfinite(negative_slope) or negative_slope < 0
-    ):
+    if negative_slope is None:
+        return
+    # float() also specialises a symbolic float of torch.compile(dynamic=True) (a module's slope) to its value.
+    number = not isinstance(negative_slope, bool) and isinstance(negative_slope, (int, float, torch.SymFloat))
+    if not number or not 0 <= float(negative_slope) < math.inf:
         raise ValueError(f"negative_slope must be None or a finite number >= 0, got {negative_slope!r}")

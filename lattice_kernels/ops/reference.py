@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..contract import stats_dtype
 
-def stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64 inputs, float32 for every other floating dtype."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+__all__ = ["butterfly", "channel_stats", "coefficients_from_stats", "combination_coefficients", "conv3x3",
+           "stats_dtype"]
 
 
 def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:

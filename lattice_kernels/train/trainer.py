@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .._files import atomic_write
 from ..models import LatticeNet, LatticeRestorer, read_state_dict, save_safetensors
 from .data import DenoiseDataset, EpochSampler, SRDataset, list_images, load_rgb
 from .losses import VGG_WEIGHTS, ContrastiveLoss, PixelFeatures, VGG19Features
@@ -76,12 +77,6 @@ class TrainConfig:
     sigma: float | tuple[float, float] = 25.0
     channels: int = 3
     preset: str = "small"
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _rng_state() -> dict:
@@ -179,14 +174,32 @@ class Trainer:
             n.to(device).eval().requires_grad_(False)
         return nets
 
-    # ------------------------------------------------------------------ run
+    # ------------------------------------------------------------------ the run
     def run(self) -> list[dict]:
+        """Train to cfg.steps (resuming from out_dir/state.pt when it exists); returns the per-step metrics."""
+        self.setup()
+        try:
+            while self.step < self.cfg.steps:
+                for lr_img, hr_img in self.epoch_batches():
+                    self.feed_data(lr_img, hr_img)
+                    metrics = self.optimize_parameters()
+                    self.after_step(metrics)
+                    if self.step >= self.cfg.steps:
+                        break
+            if self.rank == 0 and self.cfg.val_data:
+                self.validation()
+        finally:
+            self.close()
+        return self.history
+
+    def setup(self) -> None:
+        """Process group, device, model, optimizer, scheduler, EMA, stage-2 negatives and loss, resume, data."""
         c = self.cfg
-        rank, world = self._distributed()
-        device = self._device(rank)
-        out = Path(c.out_dir)
-        if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
+        self.rank, self.world = self._distributed()
+        self.device = self._device(self.rank)
+        self.out = Path(c.out_dir)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(c.seed)
         np.random.seed(c.seed)
         random.seed(c.seed)
@@ -194,128 +207,111 @@ class Trainer:
         model = self._build_model()
         if c.stage == 2 and self._model_override is None:
             model.load_state_dict(read_state_dict(c.stage1_checkpoint, "cpu"))
-        fmt = torch.channels_last if c.channels_last else torch.contiguous_format
-        model = model.to(device).to(memory_format=fmt)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), eps=c.eps)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(c.lr_milestones), gamma=0.5)
-        ema = copy.deepcopy(model).requires_grad_(False) if c.ema else None
-        negatives = self._negative_nets(model, device) if c.stage == 2 else []
-        cl_loss = self._contrastive(device) if c.stage == 2 else None
+        self.memory_format = torch.channels_last if c.channels_last else torch.contiguous_format
+        self.model = model.to(self.device).to(memory_format=self.memory_format)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), eps=c.eps)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(c.lr_milestones),
+                                                              gamma=0.5)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if c.ema else None
+        self.negative_nets = self._negative_nets(self.model, self.device) if c.stage == 2 else []
+        self.cl_loss = self._contrastive(self.device) if c.stage == 2 else None
+        self.step = 0
+        self.resume()
 
-        step = 0
-        state_path = out / "state.pt"
-        if state_path.exists():
-            st = torch.load(state_path, map_location="cpu", weights_only=False)
-            model.load_state_dict(read_state_dict(out / "model.safetensors", "cpu"))
-            opt.load_state_dict(st["optimizer"])
-            sched.load_state_dict(st["scheduler"])
-            if ema is not None and "ema" in st:
-                ema.load_state_dict(st["ema"])
-            _set_rng_state(st["rng"])
-            step = st["step"]
-
-        net = model
-        if world > 1:
-            net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                      else None)
+        self.net = self.model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         dataset = self._dataset()
-        sampler = EpochSampler(dataset, c.seed, rank, world)
-        per_epoch = len(sampler) // c.batch_size
-        if per_epoch == 0:
-            raise ValueError(f"batch_size {c.batch_size} exceeds the {len(sampler)} samples of an epoch per process; "
-                             "lower it or raise repeat")
-        loader = DataLoader(dataset, batch_size=c.batch_size, sampler=sampler, num_workers=c.workers,
-                            drop_last=True, persistent_workers=False)
-        log = open(out / "metrics.jsonl", "a") if rank == 0 else None
-        tb = None
-        if c.tensorboard and rank == 0:
+        self.sampler = EpochSampler(dataset, c.seed, self.rank, self.world)
+        self.steps_per_epoch = len(self.sampler) // c.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"batch_size {c.batch_size} exceeds the {len(self.sampler)} samples of an epoch per "
+                             "process; lower it or raise repeat")
+        self.loader = DataLoader(dataset, batch_size=c.batch_size, sampler=self.sampler, num_workers=c.workers,
+                                 drop_last=True, persistent_workers=False)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self._open_logs()
+        self.history: list[dict] = []
+        self.t0 = time.perf_counter()
+
+    def resume(self) -> None:
+        """Continue from out_dir/state.pt (step, optimizer, scheduler, EMA, RNG states) when it exists."""
+        state_path = self.out / "state.pt"
+        if not state_path.exists():
+            return
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(read_state_dict(self.out / "model.safetensors", "cpu"))
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        if self.ema is not None and "ema" in st:
+            self.ema.load_state_dict(st["ema"])
+        _set_rng_state(st["rng"])
+        self.step = st["step"]
+
+    def _open_logs(self) -> None:
+        c = self.cfg
+        self.log_file = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None
+        self.tb = None
+        if c.tensorboard and self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
-            tb = SummaryWriter(str(out / "tensorboard"))
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.amp)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-        history: list[dict] = []
-        bar = None
-        if c.progress and rank == 0:
+            self.tb = SummaryWriter(str(self.out / "tensorboard"))
+        self.bar = None
+        if c.progress and self.rank == 0:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=c.steps, initial=step, desc=f"stage {c.stage}", unit="step")
-        t0 = time.perf_counter()
-        try:
-            while step < c.steps:
-                epoch, offset = divmod(step, per_epoch)
-                sampler.set_epoch(epoch, offset * c.batch_size)
-                for lr_img, hr_img in loader:
-                    metrics = self._step(net, model, opt, sched, scaler, ema, negatives, cl_loss, lr_img, hr_img,
-                                         device, fmt, amp_dtype, step)
-                    step += 1
-                    metrics.update(step=step, epoch=epoch, lr=opt.param_groups[0]["lr"],
-                                   seconds=time.perf_counter() - t0)
-                    history.append(metrics)
-                    if rank == 0:
-                        if step % c.log_every == 0 or step == c.steps:
-                            log.write(json.dumps(metrics) + "\n")
-                            log.flush()
-                            if tb is not None:
-                                for k in ("loss", "l1", "cl", "lr"):
-                                    if k in metrics:
-                                        tb.add_scalar(k, metrics[k], step)
-                        if bar is not None:
-                            bar.update()
-                            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-                        if step % c.checkpoint_every == 0 or step == c.steps:
-                            self._checkpoint(out, model, opt, sched, ema, step)
-                        if c.val_data and c.val_every and step % c.val_every == 0:
-                            self._log_val(log, step, ema or model)
-                    for cb in self.callbacks:
-                        cb(step, metrics)
-                    if step >= c.steps:
-                        break
-            if rank == 0 and c.val_data:
-                self._log_val(log, step, ema or model)
-        finally:
-            if bar is not None:
-                bar.close()
-            if log is not None:
-                log.close()
-            if tb is not None:
-                tb.close()
-        return history
+            self.bar = tqdm(total=c.steps, initial=self.step, desc=f"stage {c.stage}", unit="step")
 
-    def _step(self, net, model, opt, sched, scaler, ema, negatives, cl_loss, inp, target, device, fmt, amp_dtype,
-              step) -> dict:
+    def close(self) -> None:
+        for handle in (self.bar, self.log_file, self.tb):
+            if handle is not None:
+                handle.close()
+
+    def epoch_batches(self):
+        """The batches of the current epoch from the current step on (the data of a step depends on it only)."""
+        self.epoch, offset = divmod(self.step, self.steps_per_epoch)
+        self.sampler.set_epoch(self.epoch, offset * self.cfg.batch_size)
+        return self.loader
+
+    # ------------------------------------------------------------------ one step
+    def feed_data(self, inp: torch.Tensor, target: torch.Tensor) -> None:
+        """The batch (input, target) on the device, in the training memory format."""
+        self.inp = inp.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        self.target = target.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def optimize_parameters(self) -> dict:
+        """Forward, loss (L1, + lambda * contrastive in stage 2), backward, optimizer and scheduler step, EMA
+        update; returns the step's metrics."""
         c = self.cfg
-        inp = inp.to(device, non_blocking=True).contiguous(memory_format=fmt)
-        target = target.to(device, non_blocking=True).contiguous(memory_format=fmt)
-        ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-        with ctx:
-            out = net(inp).float()
-        l1 = F.l1_loss(out, target)
+        with self._autocast():
+            out = self.net(self.inp).float()
+        l1 = F.l1_loss(out, self.target)
         loss = l1
         metrics = {"l1": l1.item()}
         if c.stage == 2:
-            negs = self._negatives(negatives, inp, step, ctx)
-            cl = cl_loss(out, target, negs)
+            cl = self.cl_loss(out, self.target, self._negatives(self.negative_nets, self.inp, self.step))
             loss = l1 + c.cl_weight * cl
             metrics["cl"] = cl.item()
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; lower the learning rate or disable "
-                                     "fp16 (amp='bf16')")
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.step + 1}; lower the learning rate or "
+                                     "disable fp16 (amp='bf16')")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
         if c.grad_clip:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        if ema is not None:
-            with torch.no_grad():
-                for e, p in zip(ema.parameters(), model.parameters()):
-                    e.lerp_(p, 1 - c.ema)
-                for e, b in zip(ema.buffers(), model.buffers()):
-                    e.copy_(b)
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self._update_ema()
         loss_v = loss.detach()
         if dist.is_initialized():
             dist.all_reduce(loss_v)
@@ -323,14 +319,51 @@ class Trainer:
         metrics["loss"] = loss_v.item()
         return metrics
 
-    def _negatives(self, nets, inp, step, ctx) -> list[torch.Tensor]:
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.lerp_(p, 1 - self.cfg.ema)
+        for e, b in zip(self.ema.buffers(), self.model.buffers()):
+            e.copy_(b)
+
+    def after_step(self, metrics: dict) -> None:
+        """Count the step, then log, checkpoint and validate when due, and call the callbacks."""
+        c = self.cfg
+        self.step += 1
+        metrics.update(step=self.step, epoch=self.epoch, lr=self.optimizer.param_groups[0]["lr"],
+                       seconds=time.perf_counter() - self.t0)
+        self.history.append(metrics)
+        if self.rank == 0:
+            if self.step % c.log_every == 0 or self.step == c.steps:
+                self.log(metrics)
+            if self.bar is not None:
+                self.bar.update()
+                self.bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            if self.step % c.checkpoint_every == 0 or self.step == c.steps:
+                self.save()
+            if c.val_data and c.val_every and self.step % c.val_every == 0:
+                self.validation()
+        for cb in self.callbacks:
+            cb(self.step, metrics)
+
+    def log(self, metrics: dict) -> None:
+        self.log_file.write(json.dumps(metrics) + "\n")
+        self.log_file.flush()
+        if self.tb is not None:
+            for k in ("loss", "l1", "cl", "lr"):
+                if k in metrics:
+                    self.tb.add_scalar(k, metrics[k], self.step)
+
+    def _negatives(self, nets, inp, step) -> list[torch.Tensor]:
         """K images from the frozen stage-1 network (and snapshots, else perturbed inputs), computed once per
         batch without gradients."""
         c = self.cfg
         rng = (255.0 if c.task == "sr" else 1.0)
         g = torch.Generator(device="cpu").manual_seed(c.seed * 7919 + step)
         outs = []
-        with torch.no_grad(), ctx:
+        with torch.no_grad(), self._autocast():
             for k in range(c.negatives):
                 if k < len(nets):
                     outs.append(nets[k](inp).float())
@@ -339,20 +372,26 @@ class Trainer:
                     outs.append(nets[0](inp + noise).float())
         return outs
 
-    def _checkpoint(self, out: Path, model, opt, sched, ema, step) -> None:
-        save_safetensors(model, out / "model.safetensors", metadata={"step": str(step)})
-        if ema is not None:
-            save_safetensors(ema, out / "ema.safetensors", metadata={"step": str(step)})
-        state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(),
-                 "config": asdict(self.cfg)}
-        if ema is not None:
-            state["ema"] = ema.state_dict()
-        _atomic_save(state, out / "state.pt")
+    def save(self) -> None:
+        """model.safetensors (and ema.safetensors), then state.pt, each written atomically."""
+        meta = {"step": str(self.step)}
+        save_safetensors(self.model, self.out / "model.safetensors", metadata=meta)
+        if self.ema is not None:
+            save_safetensors(self.ema, self.out / "ema.safetensors", metadata=meta)
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "rng": _rng_state(), "config": asdict(self.cfg)}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        atomic_write(self.out / "state.pt", lambda tmp: torch.save(state, tmp))
 
-    def _log_val(self, log, step, model) -> None:
-        psnr, ssim = evaluate(model, self.cfg.val_data, self.cfg.task, self.cfg.scale, self.cfg.sigma, self.cfg.seed)
-        log.write(json.dumps({"step": step, "val_psnr": psnr, "val_ssim": ssim}) + "\n")
-        log.flush()
+    def validation(self) -> dict:
+        """PSNR/SSIM of the EMA (else the trained) weights on val_data, logged."""
+        c = self.cfg
+        psnr, ssim = evaluate(self.ema or self.model, c.val_data, c.task, c.scale, c.sigma, c.seed)
+        row = {"step": self.step, "val_psnr": psnr, "val_ssim": ssim}
+        self.log_file.write(json.dumps(row) + "\n")
+        self.log_file.flush()
+        return row
 
 
 @torch.no_grad()

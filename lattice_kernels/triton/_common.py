@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..ops._layout import memory_format_of
+from ..contract import memory_format_of
 
 TILES_PER_SPLIT = 8
 
@@ -105,7 +105,3 @@ def blocks(c: int, p: int, interleaved: bool) -> tuple[int, int, int]:
     bp = min(bp, max(16, triton.next_power_of_2(p)))
     splits = triton.cdiv(p, bp * TILES_PER_SPLIT)
     return bc, bp, splits
-
-
-def is_interleaved(t: Tensor) -> bool:
-    return memory_format_of(t) is not None and t.stride(1) == 1 and t.shape[1] > 1

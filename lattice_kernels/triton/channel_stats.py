@@ -7,8 +7,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..ops._layout import empty_in_layout_of
-from ..ops.reference import stats_dtype
+from ..contract import empty_in_layout_of, stats_dtype
 from ._common import (
     TILES_PER_SPLIT,
     blocks,

@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..ops.reference import stats_dtype
+from ..contract import stats_dtype
 from ._common import merge_splits
 from .channel_stats import channel_stats_backward, launch_partials
 

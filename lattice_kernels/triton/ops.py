@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.library import wrap_triton
 
-from ..ops._compiled import register_autograd
+from ..contract import register_autograd
 from . import butterfly as bf
 from . import channel_stats as cs
 from . import combination_coefficients as cc

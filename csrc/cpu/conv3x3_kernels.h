@@ -1,4 +1,4 @@
-// Torch-free Winograd F(4x4, 3x3) convolution (see Conv3x3Args). Included after kernels_impl.h by
+// Torch-free Winograd F(4x4, 3x3) convolution (see Conv3x3Args). Included after kernel_common.h by
 // kernels_<isa>.cpp, inside the same per-ISA namespace, so it shares Traits and the vector types.
 //
 // Interpolation points 0, -1, 1, 1/2, -2 and infinity (Barabasz et al., "Error analysis and improving the accuracy

@@ -1,19 +1,36 @@
-"""Fake (meta) implementations and autograd of the C++ ops (torch.ops.lattice_kernels.*), whose CPU and CUDA
-kernels are registered by the extension. Shared by the ``cpu`` and ``cuda`` backends: the dispatcher picks the
-kernel by the tensors' device."""
+"""The op contract, the bottom layer of lattice_kernels (DESIGN.md, "Op contract"): the dtype and memory-format
+rules every backend follows, and the fake (meta) implementations and autograd of the op schemas of
+csrc/lattice_kernels.cpp. Registered for the C++ ops (namespace ``lattice_kernels``, by lattice_kernels._extension)
+and for the Triton ops (``lattice_kernels_triton``, by lattice_kernels.triton), which mirror those schemas.
+Imports nothing of the package."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .._backend import _C
-from . import reference as ref
-from ._layout import empty_in_layout_of
-from .reference import stats_dtype
-
 NS = "lattice_kernels"
-ops = torch.ops.lattice_kernels if _C is not None else None
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics and coefficients: float64 for float64 inputs, float32 for every other floating dtype."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """The kernels' layout rule (mirrors is_interleaved of csrc/binding_common.h): channels_last for
+    channels_last-contiguous tensors that are not also NCHW-contiguous, else contiguous."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def empty_in_layout_of(x: Tensor, channels: int | None = None) -> Tensor:
+    """An uninitialised (N, channels or C, H, W) tensor in x's dtype, device and memory format."""
+    n, c, h, w = x.shape
+    shape = (n, c if channels is None else channels, h, w)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
 
 
 def _stats_like(x: Tensor, n: int | None = None, c: int | None = None) -> Tensor:
@@ -33,48 +50,48 @@ def _present(t: Tensor | None) -> Tensor | None:
     return t if t is not None and t.numel() > 0 else None
 
 
-def register_fakes(NS: str) -> None:
-    """Fake (meta) implementations of the op schemas of namespace NS (the C++ ops; the Triton ops mirror them)."""
+def register_fakes(ns: str) -> None:
+    """Fake (meta) implementations of the op schemas of namespace ns (the C++ ops; the Triton ops mirror them)."""
 
-    @torch.library.register_fake(f"{NS}::channel_stats")
+    @torch.library.register_fake(f"{ns}::channel_stats")
     def _(x):
         return _stats_like(x), _stats_like(x)
 
-    @torch.library.register_fake(f"{NS}::channel_stats_backward")
+    @torch.library.register_fake(f"{ns}::channel_stats_backward")
     def _(grad_mean, grad_std, x, mean, std):
         return empty_in_layout_of(x)
 
-    @torch.library.register_fake(f"{NS}::combination_coefficients")
+    @torch.library.register_fake(f"{ns}::combination_coefficients")
     def _(x, w1m, b1m, w2m, b2m, w1s, b1s, w2s, b2s):
         return _stats_like(x), _stats_like(x), _stats_like(x)
 
-    @torch.library.register_fake(f"{NS}::combination_coefficients_backward")
+    @torch.library.register_fake(f"{ns}::combination_coefficients_backward")
     def _(grad, x, mean, std, *weights):
         return (empty_in_layout_of(x), *(torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights))
 
     def bf_stats(x1, q_stats):
         return (_stats_like(x1), _stats_like(x1)) if q_stats else (_empty_stats(x1), _empty_stats(x1))
 
-    @torch.library.register_fake(f"{NS}::butterfly")
+    @torch.library.register_fake(f"{ns}::butterfly")
     def _(x1, x2, alpha1, alpha2, beta1, beta2, q_stats):
         return (empty_in_layout_of(x1), empty_in_layout_of(x1), *bf_stats(x1, q_stats))
 
-    @torch.library.register_fake(f"{NS}::butterfly_stacked")
+    @torch.library.register_fake(f"{ns}::butterfly_stacked")
     def _(x1, x2, alpha1, alpha2, beta1, beta2, q_stats):
         return (empty_in_layout_of(x1, 2 * x1.shape[1]), *bf_stats(x1, q_stats))
 
-    @torch.library.register_fake(f"{NS}::butterfly_out")
+    @torch.library.register_fake(f"{ns}::butterfly_out")
     def _(x1, x2, alpha1, alpha2, beta1, beta2, q_stats, out):
         return bf_stats(x1, q_stats)
 
-    @torch.library.register_fake(f"{NS}::butterfly_backward")
+    @torch.library.register_fake(f"{ns}::butterfly_backward")
     def _(grad_p, grad_q, grad_mean_q, grad_std_q, x1, x2, alpha1, alpha2, beta1, beta2, mean_q, std_q):
         coef = [_stats_like(x1) if c is not None else _empty_stats(x1) for c in (alpha1, alpha2, beta1, beta2)]
         return (empty_in_layout_of(x1), empty_in_layout_of(x1), *coef)
 
 
-def register_autograd(NS: str, ops) -> None:
-    """Autograd of the forward ops of namespace NS through its fused backward ops (`ops` = torch.ops.<NS>)."""
+def register_autograd(ns: str, ops) -> None:
+    """Autograd of the forward ops of namespace ns through its fused backward ops (`ops` = torch.ops.<ns>)."""
 
     def stats_setup(ctx, inputs, output):
         (x,) = inputs
@@ -85,7 +102,7 @@ def register_autograd(NS: str, ops) -> None:
         gm, gs = _zeros_if_none(grad_mean, mean), _zeros_if_none(grad_std, std)
         return ops.channel_stats_backward(gm, gs, x, mean, std)
 
-    torch.library.register_autograd(f"{NS}::channel_stats", stats_backward, setup_context=stats_setup)
+    torch.library.register_autograd(f"{ns}::channel_stats", stats_backward, setup_context=stats_setup)
 
     def cc_setup(ctx, inputs, output):
         x, *weights = inputs
@@ -97,7 +114,7 @@ def register_autograd(NS: str, ops) -> None:
         x, mean, std, *weights = ctx.saved_tensors
         return ops.combination_coefficients_backward(_zeros_if_none(grad, mean), x, mean, std, *weights)
 
-    torch.library.register_autograd(f"{NS}::combination_coefficients", cc_backward, setup_context=cc_setup)
+    torch.library.register_autograd(f"{ns}::combination_coefficients", cc_backward, setup_context=cc_setup)
 
     def bf_setup(ctx, inputs, output):
         x1, x2, a1, a2, b1, b2, q_stats = inputs
@@ -128,17 +145,17 @@ def register_autograd(NS: str, ops) -> None:
             grad_p, grad_q = grad_pq.narrow(1, 0, c), grad_pq.narrow(1, c, c)
         return bf_grads(ctx, grad_p, grad_q, grad_mean_q, grad_std_q)
 
-    torch.library.register_autograd(f"{NS}::butterfly", bf_backward, setup_context=bf_setup)
-    torch.library.register_autograd(f"{NS}::butterfly_stacked", bf_stacked_backward, setup_context=bf_setup)
+    torch.library.register_autograd(f"{ns}::butterfly", bf_backward, setup_context=bf_setup)
+    torch.library.register_autograd(f"{ns}::butterfly_stacked", bf_stacked_backward, setup_context=bf_setup)
 
 
-def register_conv3x3() -> None:
+def register_conv3x3(ns: str = NS) -> None:
     """Fake implementation and autograd of lattice_kernels::conv3x3 (CPU kernel only). Backward: the gradient
     through the LeakyReLU (mask from the saved output: y > 0 exactly where the pre-activation is > 0, for a slope
     >= 0), then the input gradient by conv3x3 itself (a stride-1, padding-1 3x3 conv with the weights transposed
     and flipped) and the weight and bias gradients by ATen's convolution backward."""
 
-    @torch.library.register_fake(f"{NS}::conv3x3")
+    @torch.library.register_fake(f"{ns}::conv3x3")
     def _(x, weight, bias, negative_slope):
         return empty_in_layout_of(x, weight.shape[0])
 
@@ -155,46 +172,11 @@ def register_conv3x3() -> None:
         need = ctx.needs_input_grad
         gx = None
         if need[0]:  # the input gradient is itself a 3x3 conv (flipped, transposed weights): the same kernel
-            gx = torch.ops.lattice_kernels.conv3x3(grad, weight.transpose(0, 1).flip(2, 3), None, None)
+            gx = getattr(torch.ops, ns).conv3x3(grad, weight.transpose(0, 1).flip(2, 3), None, None)
         _, gw, gb = torch.ops.aten.convolution_backward(
             grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
             [False, need[1], ctx.has_bias and need[2]],
         )
         return gx, gw, gb, None
 
-    torch.library.register_autograd(f"{NS}::conv3x3", backward, setup_context=setup)
-
-
-if _C is not None:
-    register_fakes(NS)
-    register_autograd(NS, ops)
-    register_conv3x3()
-
-
-class LibraryOps:
-    """An op set registered through torch.library with the schemas of csrc/lattice_kernels.cpp: the C++ ops
-    (torch.ops.lattice_kernels: CPU or CUDA kernels by the tensors' device) or the Triton ones
-    (torch.ops.lattice_kernels_triton)."""
-
-    def __init__(self, namespace, conv3x3=None):
-        self.ops = namespace
-        # The library has a convolution of its own on CPU only; on GPUs conv3x3 is cuDNN's, through the spec.
-        self._conv3x3 = ref.conv3x3 if conv3x3 is None else conv3x3
-
-    def conv3x3(self, x: Tensor, weight: Tensor, bias: Tensor | None, negative_slope: float | None) -> Tensor:
-        return self._conv3x3(x, weight, bias, negative_slope)
-
-    def channel_stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.ops.channel_stats(x)
-
-    def combination_coefficients(self, x: Tensor, weights: tuple[Tensor, ...]) -> Tensor:
-        return self.ops.combination_coefficients(x, *weights)[0]
-
-    def butterfly(self, x1, x2, a1, a2, b1, b2, q_stats: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return self.ops.butterfly(x1, x2, a1, a2, b1, b2, q_stats)
-
-    def butterfly_stacked(self, x1, x2, a1, a2, b1, b2, q_stats: bool) -> tuple[Tensor, Tensor, Tensor]:
-        return self.ops.butterfly_stacked(x1, x2, a1, a2, b1, b2, q_stats)
-
-    def butterfly_out(self, x1, x2, a1, a2, b1, b2, q_stats: bool, out: Tensor) -> tuple[Tensor, Tensor]:
-        return self.ops.butterfly_out(x1, x2, a1, a2, b1, b2, q_stats, out)
+    torch.library.register_autograd(f"{ns}::conv3x3", backward, setup_context=setup)
