@@ -68,7 +68,7 @@ def test_cpu_backend_refuses_other_devices():
 
 
 def test_auto_picks_cpu_kernels_on_cpu():
-    from lattice_kernels._backend import resolve
+    from lattice_kernels.backends import resolve
 
     want = "cpu" if "cpu" in lk.available_backends() else "torch"
     assert resolve("auto", torch.device("cpu")) == want
@@ -89,3 +89,58 @@ def test_env_variable_invalid_is_an_error():
     r = _run("import lattice_kernels", LATTICE_KERNELS_BACKEND="quantum")
     assert r.returncode != 0
     assert "LATTICE_KERNELS_BACKEND: backend must be one of" in r.stderr
+
+
+@pytest.fixture
+def forced_gpu_facts(monkeypatch):
+    """Availability as on a GPU machine with both GPU backends (the facts only: nothing runs on a GPU)."""
+    import dataclasses
+
+    from lattice_kernels import backends
+
+    facts = dataclasses.replace(backends.availability(), extension_error=None, cuda_built=True, cuda_device=True,
+                                triton_installed=True, device_names={0: "NVIDIA H200", 1: "NVIDIA H100 80GB HBM3"},
+                                recorded={"NVIDIA H200": {"butterfly": "triton"}})
+    monkeypatch.setattr(backends, "_availability", facts)
+    monkeypatch.setattr(backends, "_warned", {"NVIDIA H100 80GB HBM3"})
+    return backends
+
+
+@pytest.mark.parametrize("name", ["auto", "cuda", "triton", "torch"])
+def test_resolution_on_cuda_is_traceable_fullgraph(forced_gpu_facts, name):
+    """torch.compile(fullgraph=True) over code that resolves a backend for CUDA tensors: resolution must not call the
+    extension, the import system, the CUDA runtime or read files inside traced code (each would be a graph break)."""
+    backends = forced_gpu_facts
+    names = ("auto", "cuda", "triton", "torch")
+    dev = torch.device("cuda", 0)
+
+    def fn(x):
+        return x + names.index(backends.resolve(name, dev, "butterfly"))
+
+    eager = fn(torch.zeros(1))
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend="eager")(torch.zeros(1))
+    assert torch.equal(compiled, eager)
+    expected = {"auto": "triton", "cuda": "cuda", "triton": "triton", "torch": "torch"}[name]
+    assert names[int(eager.item())] == expected
+
+
+def test_auto_reads_the_tensors_card(forced_gpu_facts):
+    backends = forced_gpu_facts
+    assert backends.resolve("auto", torch.device("cuda", 0), "butterfly") == "triton"  # recorded for the H200
+    assert backends.resolve("auto", torch.device("cuda", 1), "butterfly") == "cuda"  # no record: cuda
+    assert backends.resolve("auto", torch.device("cuda", 0), "conv3x3") == "cuda"  # same code on both
+
+
+def test_default_backend_change_retraces(forced_gpu_facts):
+    """The default backend is read (and guarded) in traced code: changing it gives the new resolution."""
+    backends = forced_gpu_facts
+
+    def fn(x):
+        return x + len(backends.resolve(None, torch.device("cuda", 0), "channel_stats"))
+
+    compiled = torch.compile(fn, fullgraph=True, backend="eager")
+    with lk.use_backend("torch"):
+        assert compiled(torch.zeros(1)).item() == len("torch")
+    with lk.use_backend("triton"):
+        assert compiled(torch.zeros(1)).item() == len("triton")

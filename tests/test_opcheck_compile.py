@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch._dynamo.testing
 from torch import nn
 
 import lattice_kernels as lk
-from lattice_kernels._backend import _C
+from lattice_kernels._extension import C as _C
 
-from .conftest import BACKEND_DEVICES, make_input
-from .test_combination_coefficients import make_weights
+from .conftest import BACKEND_DEVICES, make_input, make_weights
 
 needs_ext = pytest.mark.skipif(_C is None, reason="the compiled extension did not load")
 COMPILED_DEVICES = [d for b, d in BACKEND_DEVICES if b in ("cpu", "cuda")]
@@ -107,3 +107,24 @@ def test_compile_fullgraph_matches_eager(backend_device):
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
     for a, b in zip(g_comp, g_eager):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compile_dynamic_shapes(backend_device):
+    """torch.compile(dynamic=True, fullgraph=True) over the ops and a LatticeBlock: sizes stay symbolic in the fake
+    implementations; one graph serves two image sizes and both batch sizes, with the eager results."""
+    backend, device = backend_device
+    if backend == "triton" and device == "cpu":
+        pytest.skip("torch.compile of the Triton ops needs a GPU (see DESIGN.md); their block sizes are chosen "
+                    "from int() sizes, so Triton kernels specialise on the shape on purpose")
+    torch.manual_seed(0)
+    unit = TinyLatticeUnit(32, backend).to(device)
+    block = lk.LatticeBlock(32, diff=8, backend=backend).to(device)
+    for module in (unit, block):
+        torch._dynamo.reset()
+        counter = torch._dynamo.testing.CompileCounter()
+        compiled = torch.compile(module, fullgraph=True, dynamic=True, backend=counter)
+        for shape in ((2, 32, 12, 10), (3, 32, 17, 9), (2, 32, 8, 8)):  # sizes 0 and 1 are always specialised
+            x = make_input(shape, torch.float32, device, "nchw")
+            torch.testing.assert_close(compiled(x), module(x), rtol=1e-5, atol=1e-5)
+        assert counter.frame_count == 1, f"{type(module).__name__}: recompiled for a new size ({counter.frame_count})"

@@ -7,6 +7,9 @@ float32 partial means and M2 stay accurate when |mean| >> std; tiles are combine
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
@@ -97,11 +100,85 @@ def operand(t: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
     return t, s
 
 
-def blocks(c: int, p: int, interleaved: bool) -> tuple[int, int, int]:
-    """(BLOCK_C, BLOCK_P, number of splits). Planar rows are contiguous along P: a few channels by a long run of
-    pixels; interleaved pixels are contiguous along C: the channels of a run of pixels. 2048-element tiles."""
+# The largest grid along axes 1 and 2 of a CUDA launch.
+MAX_GRID_YZ = 65535
+# Partials per program of a merge level: the splits of a channel are merged in groups of this many, level after
+# level, until a group is left (reduce_partials); each group merges in split order.
+MERGE_GROUP = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """How a kernel walks an (N, C, P) operand: programs of block_c channels take splits of split_p pixels (a whole
+    number of block_p tiles); axis 1 of the grid is the split. A function of the shape and layout only, and the same
+    for every kernel of a call, so results are bitwise reproducible."""
+
+    block_c: int
+    block_p: int
+    split_p: int
+    splits: int
+
+
+def tiling(c: int, p: int, interleaved: bool) -> Tiling:
+    """Planar rows are contiguous along P: a few channels by a long run of pixels; interleaved pixels are contiguous
+    along C: the channels of a run of pixels. 2048-element tiles, 8 tiles per split; the split grows (in whole
+    multiples of its base length, like split_len of the CUDA kernels) so that the splits fit grid axis 1."""
+    c, p = int(c), int(p)  # block sizes are compile-time constants: sizes are specialised, never symbolic
     bc = min(triton.next_power_of_2(c), 64 if interleaved else 4)
     bp = max(16, 2048 // bc)
     bp = min(bp, max(16, triton.next_power_of_2(p)))
-    splits = triton.cdiv(p, bp * TILES_PER_SPLIT)
-    return bc, bp, splits
+    base = bp * TILES_PER_SPLIT
+    split_p = base * triton.cdiv(triton.cdiv(p, base), MAX_GRID_YZ)
+    return Tiling(bc, bp, split_p, triton.cdiv(p, split_p))
+
+
+def check_grid(kernel_name: str, grid: tuple[int, ...]) -> tuple[int, ...]:
+    """The grid, after checking the limits of a CUDA launch (axis 0 < 2**31, axes 1 and 2 <= 65535, none empty)."""
+    if any(g < 1 for g in grid) or grid[0] >= 2**31 or any(g > MAX_GRID_YZ for g in grid[1:]):
+        raise ValueError(f"{kernel_name}: grid {grid} is outside the CUDA launch limits (axis 0 in [1, 2**31), "
+                         f"axes 1 and 2 in [1, {MAX_GRID_YZ}])")
+    return grid
+
+
+@triton.jit
+def merge_partials_kernel(part_ptr, out_ptr, NC, S, S_OUT, BLOCK_R: tl.constexpr, GROUP: tl.constexpr):
+    """out[4, NC, S_OUT]: group g of part[4, NC, S] (splits g*GROUP .. g*GROUP + GROUP - 1) merged in split order;
+    the row's shift (part[3]) carried over."""
+    row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = row < NC
+    g = tl.program_id(1)
+    cnt = tl.zeros([BLOCK_R], dtype=tl.float32)
+    mean = tl.zeros([BLOCK_R], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_R], dtype=tl.float32)
+    row64 = row.to(tl.int64)
+    for i in range(0, GROUP):
+        s = g * GROUP + i + tl.zeros([BLOCK_R], dtype=tl.int32)  # a vector: the mask needs one
+        m = rmask & (s < S)
+        pn = tl.load(part_ptr + row64 * S + s, mask=m, other=0.0)
+        pm = tl.load(part_ptr + (NC + row64) * S + s, mask=m, other=0.0)
+        pv = tl.load(part_ptr + (2 * NC + row64) * S + s, mask=m, other=0.0)
+        cnt, mean, m2 = chan_merge(cnt, mean, m2, pn, pm, pv)
+    shift = tl.load(part_ptr + (3 * NC + row64) * S, mask=rmask, other=0.0)
+    store_partials(out_ptr, row64, g, S_OUT, NC, rmask, cnt, mean, m2, shift)
+
+
+def reduce_partials(part: Tensor, splits: int, wrap) -> tuple[Tensor, int]:
+    """part[4, NC, S] merged in groups of MERGE_GROUP, level after level, to at most MERGE_GROUP partials per row
+    (a fixed tree: bitwise reproducible); returns (partials, their number)."""
+    nc = part.shape[1]
+    block_r = 64
+    while splits > MERGE_GROUP:
+        s_out = triton.cdiv(splits, MERGE_GROUP)
+        out = torch.empty((4, nc, s_out), dtype=torch.float32, device=part.device)
+        grid = check_grid("merge_partials_kernel", (triton.cdiv(nc, block_r), s_out))
+        wrap(merge_partials_kernel)[grid](part, out, nc, splits, s_out, BLOCK_R=block_r, GROUP=MERGE_GROUP)
+        part, splits = out, s_out
+    return part, splits
+
+
+def device_of(*tensors: Tensor) -> contextlib.AbstractContextManager:
+    """The CUDA device of the first CUDA tensor made current (Triton launches on the current device), else nothing."""
+    for t in tensors:
+        if isinstance(t, Tensor) and t.device.type == "cuda":
+            return torch.cuda.device(t.device)
+    return contextlib.nullcontext()

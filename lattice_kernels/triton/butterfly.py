@@ -3,6 +3,7 @@ statistics of q in the same pass; fused backward giving dx1, dx2 and all coeffic
 
 from __future__ import annotations
 
+import einops
 import torch
 import triton
 import triton.language as tl
@@ -10,16 +11,17 @@ from torch import Tensor
 
 from ..contract import empty_in_layout_of, stats_dtype
 from ._common import (
-    TILES_PER_SPLIT,
-    blocks,
     chan_merge,
     check_dtype,
+    check_grid,
     operand,
     program_channels,
+    reduce_partials,
     store_partials,
     tile_stats,
+    tiling,
 )
-from .channel_stats import fold_stats_grads, stats_finalize_kernel
+from .channel_stats import finalize_stats, fold_stats_grads
 
 
 @triton.jit
@@ -39,9 +41,9 @@ def _coefs(a1_ptr, a2_ptr, b1_ptr, b2_ptr, row, cmask, HAS_A1: tl.constexpr, HAS
 
 @triton.jit
 def butterfly_kernel(x1_ptr, x2_ptr, p_ptr, q_ptr, a1_ptr, a2_ptr, b1_ptr, b2_ptr, part_ptr,
-                     C, P, s1n, s1c, s1p, s2n, s2c, s2p, pn, pc, pp, qn, qc, qp, NCB, S, NC,
+                     C, P, s1n, s1c, s1p, s2n, s2c, s2p, pn, pc, pp, qn, qc, qp, NCB, S, NC, SPLIT_P,
                      HAS_A1: tl.constexpr, HAS_A2: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
-                     Q_STATS: tl.constexpr, SPLIT_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                     Q_STATS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     n, c, cmask = program_channels(C, NCB, BLOCK_C)
     s = tl.program_id(1)
     row = n * C + c
@@ -79,9 +81,8 @@ def butterfly_kernel(x1_ptr, x2_ptr, p_ptr, q_ptr, a1_ptr, a2_ptr, b1_ptr, b2_pt
 def butterfly_backward_kernel(gp_ptr, gq_ptr, x1_ptr, x2_ptr, dx1_ptr, dx2_ptr, a1_ptr, a2_ptr, b1_ptr, b2_ptr,
                               gm_ptr, bs_ptr, mq_ptr, sums_ptr,
                               C, P, gpn, gpc, gpp, gqn, gqc, gqp, s1n, s1c, s1p, s2n, s2c, s2p, dn, dc, dp, NCB, S, NC,
-                              HAS_A1: tl.constexpr, HAS_A2: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
-                              Q_GRAD: tl.constexpr, SPLIT_P: tl.constexpr, BLOCK_C: tl.constexpr,
-                              BLOCK_P: tl.constexpr):
+                              SPLIT_P, HAS_A1: tl.constexpr, HAS_A2: tl.constexpr, HAS_B1: tl.constexpr,
+                              HAS_B2: tl.constexpr, Q_GRAD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """dq' = dq + gm + bs*(q - mean_q) (q recomputed), dx1 = a1*dp + b1*dq', dx2 = a2*dp + b2*dq', and per split
     the sums of dp*x1, dp*x2, dq'*x1, dq'*x2 (sums[4, N*C, S]). dx1 and dx2 share one layout (d*)."""
     n, c, cmask = program_channels(C, NCB, BLOCK_C)
@@ -132,24 +133,23 @@ def butterfly_into(x1: Tensor, x2: Tensor, coefs, q_stats: bool, p_out: Tensor, 
     x2, s2 = operand(x2)
     n, c, h, w = x1.shape
     P = h * w
-    bc, bp, splits = blocks(c, P, s1[1] == 1 and c > 1)
-    ncb = triton.cdiv(c, bc)
+    t = tiling(c, P, s1[1] == 1 and c > 1)
+    ncb = triton.cdiv(c, t.block_c)
     sp_, sq_ = operand(p_out)[1], operand(q_out)[1]
-    dev = x1.device
-    part = torch.empty((4, n * c, splits) if q_stats else (1,), dtype=torch.float32, device=dev)
-    a = [_f32(t) for t in coefs]
+    part = torch.empty((4, n * c, t.splits) if q_stats else (1,), dtype=torch.float32, device=x1.device)
+    a = [_f32(v) for v in coefs]
     dummy = part
-    wrap(butterfly_kernel)[(n * ncb, splits)](
-        x1, x2, p_out, q_out, *[t if t is not None else dummy for t in a], part,
-        c, P, *s1, *s2, *sp_, *sq_, ncb, splits, n * c,
+    grid = check_grid("butterfly_kernel", (n * ncb, t.splits))
+    wrap(butterfly_kernel)[grid](
+        x1, x2, p_out, q_out, *[v if v is not None else dummy for v in a], part,
+        c, P, *s1, *s2, *sp_, *sq_, ncb, t.splits, n * c, t.split_p,
         HAS_A1=a[0] is not None, HAS_A2=a[1] is not None, HAS_B1=a[2] is not None, HAS_B2=a[3] is not None,
-        Q_STATS=q_stats, SPLIT_P=bp * TILES_PER_SPLIT, BLOCK_C=bc, BLOCK_P=bp)
+        Q_STATS=q_stats, BLOCK_C=t.block_c, BLOCK_P=t.block_p)
     st = stats_dtype(x1.dtype)
     if not q_stats:
         return x1.new_empty((0,), dtype=st), x1.new_empty((0,), dtype=st)
-    mean = torch.empty((n, c), dtype=torch.float32, device=dev)
-    std = torch.empty((n, c), dtype=torch.float32, device=dev)
-    wrap(stats_finalize_kernel)[(n,)](part, mean, std, c, splits, n * c, BLOCK_C=triton.next_power_of_2(c))
+    part, splits = reduce_partials(part, t.splits, wrap)
+    mean, std = finalize_stats(part, splits, n, c, wrap)
     return mean.to(st), std.to(st)
 
 
@@ -173,12 +173,12 @@ def butterfly_backward(grad_p, grad_q, grad_mean_q, grad_std_q, x1, x2, coefs, m
     grad_q, gqs = operand(grad_q)
     n, c, h, w = x1.shape
     P = h * w
-    bc, bp, splits = blocks(c, P, s1[1] == 1 and c > 1)
-    ncb = triton.cdiv(c, bc)
+    t = tiling(c, P, s1[1] == 1 and c > 1)
+    ncb = triton.cdiv(c, t.block_c)
     dx1, dx2 = empty_in_layout_of(x1), empty_in_layout_of(x1)
     ds = operand(dx1)[1]
-    a = [_f32(t) for t in coefs]
-    sums = torch.empty((4, n * c, splits), dtype=torch.float32, device=x1.device)
+    a = [_f32(v) for v in coefs]
+    sums = torch.empty((4, n * c, t.splits), dtype=torch.float32, device=x1.device)
     q_grad = grad_mean_q is not None or grad_std_q is not None
     if q_grad:
         zeros = torch.zeros_like(mean_q)
@@ -187,12 +187,13 @@ def butterfly_backward(grad_p, grad_q, grad_mean_q, grad_std_q, x1, x2, coefs, m
         mq = _f32(mean_q)
     else:
         gm = bs = mq = sums
-    wrap(butterfly_backward_kernel)[(n * ncb, splits)](
-        grad_p, grad_q, x1, x2, dx1, dx2, *[t if t is not None else sums for t in a], gm, bs, mq, sums,
-        c, P, *gps, *gqs, *s1, *s2, *ds, ncb, splits, n * c,
+    grid = check_grid("butterfly_backward_kernel", (n * ncb, t.splits))
+    wrap(butterfly_backward_kernel)[grid](
+        grad_p, grad_q, x1, x2, dx1, dx2, *[v if v is not None else sums for v in a], gm, bs, mq, sums,
+        c, P, *gps, *gqs, *s1, *s2, *ds, ncb, t.splits, n * c, t.split_p,
         HAS_A1=a[0] is not None, HAS_A2=a[1] is not None, HAS_B1=a[2] is not None, HAS_B2=a[3] is not None,
-        Q_GRAD=q_grad, SPLIT_P=bp * TILES_PER_SPLIT, BLOCK_C=bc, BLOCK_P=bp)
-    red = sums.sum(dim=2).view(4, n, c)  # over splits, in a fixed order (no atomics)
+        Q_GRAD=q_grad, BLOCK_C=t.block_c, BLOCK_P=t.block_p)
+    red = einops.reduce(sums, "k (n c) s -> k n c", "sum", n=n)  # over the splits, in a fixed order (no atomics)
     st = stats_dtype(x1.dtype)
-    grads = [None if t is None else red[i].to(st).clone() for i, t in enumerate(coefs)]
+    grads = [None if v is None else red[i].to(st).clone() for i, v in enumerate(coefs)]
     return (dx1, dx2, *grads)

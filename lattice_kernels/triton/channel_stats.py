@@ -9,21 +9,22 @@ from torch import Tensor
 
 from ..contract import empty_in_layout_of, stats_dtype
 from ._common import (
-    TILES_PER_SPLIT,
-    blocks,
     chan_merge,
     check_dtype,
+    check_grid,
     merge_splits,
     operand,
     program_channels,
+    reduce_partials,
     store_partials,
     tile_stats,
+    tiling,
 )
 
 
 @triton.jit
-def stats_partial_kernel(x_ptr, part_ptr, C, P, sn, sc, sp, NCB, S, NC,
-                         SPLIT_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+def stats_partial_kernel(x_ptr, part_ptr, C, P, sn, sc, sp, NCB, S, NC, SPLIT_P,
+                         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """part[4, N*C, S]: (count, mean, M2) of x - shift over the split's pixels, and the shift x[n, c, 0]. The
     partial means stay shifted (small numbers) until the final merge."""
     n, c, cmask = program_channels(C, NCB, BLOCK_C)
@@ -56,42 +57,55 @@ def stats_finalize_kernel(part_ptr, mean_ptr, std_ptr, C, S, NC, BLOCK_C: tl.con
 
 
 @triton.jit
-def stats_backward_kernel(x_ptr, dx_ptr, a_ptr, b_ptr, mean_ptr, C, P, sn, sc, sp, dn, dc, dp, NCB,
+def stats_backward_kernel(x_ptr, dx_ptr, a_ptr, b_ptr, mean_ptr, C, P, sn, sc, sp, dn, dc, dp, NCB, SPLIT_P,
                           BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """dx = a + b * (x - mean) per (n, c), one pass."""
+    """dx = a + b * (x - mean) per (n, c), one pass; a program takes one split of the forward's tiling."""
     n, c, cmask = program_channels(C, NCB, BLOCK_C)
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask = cmask[:, None] & (p < P)[None, :]
+    s = tl.program_id(1)
     row = n * C + c
-    a = tl.load(a_ptr + row, mask=cmask, other=0.0)
-    b = tl.load(b_ptr + row, mask=cmask, other=0.0)
-    m = tl.load(mean_ptr + row, mask=cmask, other=0.0)
-    n64, c64, p64 = n.to(tl.int64), c[:, None].to(tl.int64), p[None, :].to(tl.int64)
-    x = tl.load(x_ptr + n64 * sn + c64 * sc + p64 * sp, mask=mask, other=0.0).to(tl.float32)
-    dx = a[:, None] + b[:, None] * (x - m[:, None])
-    tl.store(dx_ptr + n64 * dn + c64 * dc + p64 * dp, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    a = tl.load(a_ptr + row, mask=cmask, other=0.0)[:, None]
+    b = tl.load(b_ptr + row, mask=cmask, other=0.0)[:, None]
+    m = tl.load(mean_ptr + row, mask=cmask, other=0.0)[:, None]
+    n64, c64 = n.to(tl.int64), c[:, None].to(tl.int64)
+    p_end = tl.minimum(P, (s + 1) * SPLIT_P)
+    for p0 in range(s * SPLIT_P, p_end, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        mask = cmask[:, None] & (p < p_end)[None, :]
+        p64 = p[None, :].to(tl.int64)
+        x = tl.load(x_ptr + n64 * sn + c64 * sc + p64 * sp, mask=mask, other=0.0).to(tl.float32)
+        dx = a + b * (x - m)
+        tl.store(dx_ptr + n64 * dn + c64 * dc + p64 * dp, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 def launch_partials(x: Tensor, wrap) -> tuple[Tensor, int]:
-    """Run the partial-statistics kernel; returns part [4, N*C, S] (float32) and S."""
+    """Run the partial-statistics kernel and merge its splits down to a few (reduce_partials); returns
+    part [4, N*C, S] (float32) and S."""
     check_dtype(x)
     x, (sn, sc, sp) = operand(x)
     n, c, h, w = x.shape
     p = h * w
-    bc, bp, splits = blocks(c, p, sc == 1 and c > 1)
-    ncb = triton.cdiv(c, bc)
-    part = torch.empty((4, n * c, splits), dtype=torch.float32, device=x.device)
-    wrap(stats_partial_kernel)[(n * ncb, splits)](x, part, c, p, sn, sc, sp, ncb, splits, n * c,
-                                                    SPLIT_P=bp * TILES_PER_SPLIT, BLOCK_C=bc, BLOCK_P=bp)
-    return part, splits
+    t = tiling(c, p, sc == 1 and c > 1)
+    ncb = triton.cdiv(c, t.block_c)
+    part = torch.empty((4, n * c, t.splits), dtype=torch.float32, device=x.device)
+    grid = check_grid("stats_partial_kernel", (n * ncb, t.splits))
+    wrap(stats_partial_kernel)[grid](x, part, c, p, sn, sc, sp, ncb, t.splits, n * c, t.split_p,
+                                     BLOCK_C=t.block_c, BLOCK_P=t.block_p)
+    return reduce_partials(part, t.splits, wrap)
+
+
+def finalize_stats(part: Tensor, splits: int, n: int, c: int, wrap) -> tuple[Tensor, Tensor]:
+    """mean and unbiased std (N, C) float32 from part[4, N*C, S]."""
+    mean = torch.empty((n, c), dtype=torch.float32, device=part.device)
+    std = torch.empty((n, c), dtype=torch.float32, device=part.device)
+    grid = check_grid("stats_finalize_kernel", (n,))
+    wrap(stats_finalize_kernel)[grid](part, mean, std, c, splits, n * c, BLOCK_C=triton.next_power_of_2(c))
+    return mean, std
 
 
 def channel_stats(x: Tensor, wrap) -> tuple[Tensor, Tensor]:
     n, c = x.shape[:2]
     part, splits = launch_partials(x, wrap)
-    mean = torch.empty((n, c), dtype=torch.float32, device=x.device)
-    std = torch.empty((n, c), dtype=torch.float32, device=x.device)
-    wrap(stats_finalize_kernel)[(n,)](part, mean, std, c, splits, n * c, BLOCK_C=triton.next_power_of_2(c))
+    mean, std = finalize_stats(part, splits, n, c, wrap)
     st = stats_dtype(x.dtype)
     return mean.to(st), std.to(st)
 
@@ -113,8 +127,9 @@ def channel_stats_backward(grad_mean: Tensor, grad_std: Tensor, x: Tensor, mean:
     a, b = fold_stats_grads(grad_mean, grad_std, std, p)
     dx = empty_in_layout_of(x)
     dn, dc, dp = operand(dx)[1]
-    bc, bp, _ = blocks(c, p, sc == 1 and c > 1)
-    ncb = triton.cdiv(c, bc)
-    wrap(stats_backward_kernel)[(n * ncb, triton.cdiv(p, bp))](
-        x, dx, a, b, mean.float().contiguous(), c, p, sn, sc, sp, dn, dc, dp, ncb, BLOCK_C=bc, BLOCK_P=bp)
+    t = tiling(c, p, sc == 1 and c > 1)
+    ncb = triton.cdiv(c, t.block_c)
+    grid = check_grid("stats_backward_kernel", (n * ncb, t.splits))
+    wrap(stats_backward_kernel)[grid](x, dx, a, b, mean.float().contiguous(), c, p, sn, sc, sp, dn, dc, dp, ncb,
+                                      t.split_p, BLOCK_C=t.block_c, BLOCK_P=t.block_p)
     return dx

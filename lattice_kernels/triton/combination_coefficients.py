@@ -9,7 +9,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..contract import stats_dtype
-from ._common import merge_splits
+from ._common import check_grid, merge_splits
 from .channel_stats import channel_stats_backward, launch_partials
 
 
@@ -51,7 +51,7 @@ def combination_coefficients(x: Tensor, weights: tuple[Tensor, ...], wrap) -> tu
     dev = x.device
     mean, std, cc = (torch.empty((n, c), dtype=torch.float32, device=dev) for _ in range(3))
     w = [t.float().contiguous() for t in weights]
-    wrap(cc_finalize_kernel)[(n,)](part, mean, std, cc, *w, c, r, splits, n * c,
+    wrap(cc_finalize_kernel)[check_grid("cc_finalize_kernel", (n,))](part, mean, std, cc, *w, c, r, splits, n * c,
                                    BLOCK_C=triton.next_power_of_2(c), BLOCK_R=triton.next_power_of_2(r))
     st = stats_dtype(x.dtype)
     return cc.to(st), mean.to(st), std.to(st)

@@ -14,6 +14,7 @@ from ..contract import register_autograd
 from . import butterfly as bf
 from . import channel_stats as cs
 from . import combination_coefficients as cc
+from ._common import device_of
 
 NS = "lattice_kernels_triton"
 
@@ -75,7 +76,20 @@ def _butterfly_backward(grad_p: Tensor, grad_q: Tensor, grad_mean_q: OptT, grad_
     return (out[0], out[1], *(_empty_if_none(t, x1) for t in out[2:]))
 
 
-_IMPLS = {
+def on_input_device(fn):
+    """Run the launcher with the CUDA device of its tensors current: Triton launches on the current device, which
+    need not be the inputs' one (multi-GPU)."""
+
+    @functools.wraps(fn)
+    def launcher(*args, **kwargs):
+        with device_of(*args, *kwargs.values()):
+            return fn(*args, **kwargs)
+
+    launcher.on_input_device = True
+    return launcher
+
+
+_IMPLS = {name: on_input_device(fn) for name, fn in {
     "channel_stats": _channel_stats,
     "channel_stats_backward": _channel_stats_backward,
     "combination_coefficients": _combination_coefficients,
@@ -84,7 +98,7 @@ _IMPLS = {
     "butterfly_stacked": _butterfly_stacked,
     "butterfly_out": _butterfly_out,
     "butterfly_backward": _butterfly_backward,
-}
+}.items()}
 
 
 @functools.cache
