@@ -27,10 +27,12 @@ status=0
 note() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/stages.txt"; }
 
 stage_env() {
-  nvidia-smi 2>&1 | head -15
-  "$BASE_PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)" || return 1
-  "$BASE_PY" -c "import triton; print('triton', triton.__version__)" || echo "triton: not installed"
-  "$BASE_PY" tools/check_cuda_toolchain.py
+  local py="$BASE_PY"
+  [ -x "$PY" ] && py="$PY"
+  if command -v nvidia-smi > /dev/null; then nvidia-smi 2>&1 | head -15; else echo "nvidia-smi: not found"; fi
+  "$py" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)" || return 1
+  "$py" -c "import triton; print('triton', triton.__version__)" || echo "triton: not installed"
+  "$py" tools/check_cuda_toolchain.py || [ "$DRY" = 1 ]
 }
 
 stage_build() {
