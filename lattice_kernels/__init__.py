@@ -9,6 +9,7 @@ from ._backend import (
     set_backend,
     use_backend,
 )
+from .export import export_onnx, export_program
 from .models import LatticeNet, LatticeRestorer
 from .nn import CombinationCoefficient, LatticeBlock
 
@@ -20,6 +21,8 @@ __all__ = [
     "LatticeNet",
     "LatticeRestorer",
     "available_backends",
+    "export_onnx",
+    "export_program",
     "get_backend",
     "ops",
     "set_backend",
