@@ -316,7 +316,7 @@ def _name_dynamic_axes(model, names: tuple[str | None, ...]) -> None:
 def run_onnxruntime(path: str | os.PathLike, x: Tensor, *, threads: int | None = None,
                     providers: list[str] | None = None) -> Tensor:
     """Run the ONNX model at path on x with ONNX Runtime (all graph optimisations; CPU unless providers says
-    otherwise) and return its output as a CPU tensor."""
+    otherwise) and return its output as a CPU tensor. x is cast to the graph's input dtype (float32 / float16)."""
     require("onnxruntime", what="running the ONNX model")
     import onnxruntime as ort
 
@@ -325,13 +325,15 @@ def run_onnxruntime(path: str | os.PathLike, x: Tensor, *, threads: int | None =
     if threads is not None:
         opts.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
+    graph_input = session.get_inputs()[0]
+    dtype = torch.float16 if graph_input.type == "tensor(float16)" else torch.float32
+    return torch.from_numpy(session.run(None, {graph_input.name: x.detach().to("cpu", dtype).numpy()})[0])
 
 
 @torch.no_grad()
 def check_onnx(path: str | os.PathLike, model: nn.Module, x: Tensor) -> float:
-    """max |ONNX Runtime(path)(x) - model(x)|, both in x's dtype on CPU (model taken in eval mode)."""
+    """max |ONNX Runtime(path)(x) - model(x)| on CPU (model taken in eval mode; x is cast to the graph's input
+    dtype for ONNX Runtime, so a float16 graph is compared with the float32 model)."""
     was_training = model.training
     model.eval()
     try:

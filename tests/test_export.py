@@ -306,3 +306,36 @@ def test_op_without_translation_is_named(tmp_path):
                        custom_translation_table={torch.ops.lattice_kernels_test.double_it.default: double_it_onnx})
     err = check_onnx(path, model, torch.rand(2, 8, 5, 7))
     assert err <= 1e-4, err
+
+
+# ---------------------------------------------------------------------------------------------------- command
+
+@needs_onnx
+def test_export_command_writes_and_checks(tmp_path, capsys):
+    from lattice_kernels.cli import export as cli
+
+    torch.manual_seed(0)
+    model = lk.LatticeRestorer(1, "small")
+    with torch.no_grad():
+        _randomise_batchnorm(model)
+    model.save_safetensors(tmp_path / "gray.safetensors")
+    out = tmp_path / "deploy" / "gray.onnx"
+    assert cli.main(["--checkpoint", str(tmp_path / "gray.safetensors"), "--out", str(out), "--size", "16", "12"]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and f"wrote {out}" in text and "dynamic N, H, W" in text
+    assert "ONNX Runtime check at 2x1x23x15" in text and text.rstrip().endswith(": ok"), text
+    # the file holds the checkpoint's model: ONNX Runtime on another input gives what the model gives
+    x = torch.rand(1, 1, 10, 13)
+    assert check_onnx(out, lk.LatticeRestorer.from_checkpoint(tmp_path / "gray.safetensors"), x) <= 1e-5
+
+
+def test_export_command_bad_arguments(tmp_path):
+    from lattice_kernels.cli import export as cli
+
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        cli.main(["--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.onnx")])
+    torch.save({"conv.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="neither LatticeNet weights.*nor LatticeRestorer"):
+        cli.main(["--checkpoint", str(tmp_path / "other.pt"), "--out", str(tmp_path / "x.onnx")])
+    with pytest.raises(SystemExit):
+        cli.main(["--out", str(tmp_path / "x.onnx")])  # --checkpoint is required
