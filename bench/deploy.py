@@ -140,6 +140,9 @@ def run_one(device: str, shape: list[int], dtype: torch.dtype, rounds: int, tmp:
         samples: dict[str, list[float]] = {n: [] for n in names}
         for r in range(rounds):
             for n in names[r % len(names):] + names[: r % len(names)]:
+                # a pause first, so that the worker threads of the previous runtime (ONNX Runtime's, OpenVINO's,
+                # OpenMP's), which spin for a while after a call, have gone to sleep and take no core from this one
+                time.sleep(0.2 if device == "cpu" else 0.0)
                 sync()
                 t0 = time.perf_counter()
                 for _ in range(reps):
