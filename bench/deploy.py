@@ -155,7 +155,7 @@ def run_one(device: str, shape: list[int], dtype: torch.dtype, rounds: int, tmp:
         per_round = [a / b for a, b in zip(samples[n], samples[base])]
         ratio[n] = statistics.median(per_round)
         spread[n] = [min(per_round), max(per_round)]
-    versions = {m: getattr(__import__(m), "__version__", None) for m in ("onnxruntime", "openvino")
+    versions = {m: str(getattr(__import__(m), "__version__", None)).split("-")[0] for m in ("onnxruntime", "openvino")
                 if importlib.util.find_spec(m) is not None}
     return {"device": device, "shape": shape, "dtype": str(dtype).replace("torch.", ""), "rounds": rounds,
             "threads": threads, "baseline": base, "median_ms": {n: statistics.median(s) for n, s in samples.items()},
