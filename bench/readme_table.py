@@ -66,7 +66,11 @@ def deploy_table(rows: list[dict]) -> str:
     """The deployment runtimes: each one's time as a ratio to this library's (median and range of the per-round
     ratios; > 1 is slower than the library) and the max |difference| of its output from the eager plain model."""
     lines = []
-    for r in (r for r in rows if r.get("kind") == "deploy" and r.get("ratio_to_library")):
+    for r in (r for r in rows if r.get("kind") == "deploy"):
+        if not r.get("ratio_to_library"):
+            why = "; ".join(f"{k}: {v}" for k, v in r.get("skipped", {}).items())
+            lines += [*([""] if lines else []), f"{r['case']}: skipped ({why})"]
+            continue
         versions = ", ".join(f"{k} {v}" for k, v in r.get("versions", {}).items())
         lines += [*([""] if lines else []),
                   f"{r['case']} ({r['rounds']} interleaved rounds in one process, {r['threads']} threads"
