@@ -18,11 +18,13 @@ Needs the ``deploy`` extra (onnx, onnxscript; onnxruntime / openvino to run the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import logging
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -172,11 +174,12 @@ def decompose_to_spec(program: torch.export.ExportedProgram) -> torch.export.Exp
     """The exported program with every lattice_kernels op replaced by its specification (plain ATen ops)."""
     table = decomposition_table()
     mutating = {op for op in table if op._schema.is_mutable}
-    if any(node.target in mutating for m in program.graph_module.modules() if isinstance(m, torch.fx.GraphModule)
-           for node in m.graph.nodes):
-        program = program.run_decompositions({})  # functionalised: the mutating ops become auto_functionalized_v2
-        _unwrap_mutable_ops(program, table)
-    return program.run_decompositions(table)
+    with _quiet_torch():
+        if any(node.target in mutating for m in program.graph_module.modules()
+               if isinstance(m, torch.fx.GraphModule) for node in m.graph.nodes):
+            program = program.run_decompositions({})  # functionalised: the mutating ops become auto_functionalized_v2
+            _unwrap_mutable_ops(program, table)
+        return program.run_decompositions(table)
 
 
 # ------------------------------------------------------------------------------------------------------ export
@@ -223,9 +226,25 @@ def export_program(model: nn.Module, example_input: Tensor, *, dynamic_batch: bo
     was_training = model.training
     model.eval()
     try:
-        return torch.export.export(model, (x,), dynamic_shapes=dynamic_shapes)
+        with _quiet_torch():
+            return torch.export.export(model, (x,), dynamic_shapes=dynamic_shapes)
     finally:
         model.train(was_training)
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """Silence two messages of torch's own that are not the user's concern: a FutureWarning of torch's pytree
+    raised inside torch.export, and torch.onnx's warning per torchvision op when torchvision is not installed."""
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)", FutureWarning)
+            yield
+    finally:
+        registry_log.setLevel(level)
 
 
 def _foreign_ops(program: torch.export.ExportedProgram, allowed: set) -> list[str]:
@@ -270,16 +289,10 @@ def export_onnx(model: nn.Module, example_input: Tensor, path: str | os.PathLike
             f"its own ops ({', '.join(TRANSLATED_OPS)}) and torch.onnx the ATen ops; for another custom op pass "
             "custom_translation_table={torch.ops.<namespace>.<op>.default: <onnxscript function>}"
         )
-    # (torch.onnx logs a warning per torchvision op it cannot register when torchvision is absent: not ours)
-    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registry_log.level
-    registry_log.setLevel(logging.ERROR)
-    try:
+    with _quiet_torch():
         onnx_program = torch.onnx.export(program, (x,), dynamo=True, opset_version=opset, input_names=["input"],
                                          output_names=["output"], custom_translation_table=user_table or None,
                                          verbose=False)
-    finally:
-        registry_log.setLevel(level)
     _name_dynamic_axes(onnx_program.model, ("batch", None, "height", "width"))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
