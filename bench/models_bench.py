@@ -118,6 +118,42 @@ def run(device: torch.device, names: list[str] | None, quick: bool, repeats: int
                 skipped.append(cfg["case"])
             continue
         rows.append(_run_interleaved(cfg, lib))
+    if not quick and not (names and not any(n in DEPLOY_CASE for n in names)):
+        if deadline and time.monotonic() > deadline:
+            if skipped is not None:
+                skipped.append(DEPLOY_CASE)
+        else:
+            rows.extend(run_deploy(device.type))
+    return rows
+
+
+# The deployment runtimes against the library (bench/deploy.py): CPU at LR 320x180 float32; GPU (make gpu-check's
+# benchmark stage) at LR 256x256 float32 and float16.
+DEPLOY_CASE = "deployment runtimes"
+DEPLOY = {"cpu": {"device": "cpu", "shape": [1, 3, 180, 320], "rounds": 10},
+          "cuda": {"device": "cuda", "shape": [1, 3, 256, 256], "rounds": 20, "dtypes": ["float32", "float16"]}}
+
+
+def run_deploy(device: str, rounds: int | None = None) -> list[dict]:
+    """One row (kind "deploy") per dtype; a row with only "skipped" when the case cannot run here."""
+    cfg = {**DEPLOY[device], **({"rounds": rounds} if rounds else {})}
+    r = subprocess.run([sys.executable, "-m", "bench.deploy", json.dumps(cfg)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"deployment benchmark failed:\n{r.stderr[-4000:]}")
+    rows = []
+    for line in r.stdout.strip().splitlines():
+        res = json.loads(line)
+        h, w = cfg["shape"][2:]
+        res.update(kind="deploy", case=f"LatticeNet x4 infer LR {w}x{h} {res.get('dtype', '')} "
+                                       f"{device}, deployment runtimes".replace("  ", " "))
+        for what, why in res.get("skipped", {}).items():
+            print(f"  {res['case']}: {what} skipped: {why}", flush=True)
+        if res.get("ratio_to_library"):
+            print(f"  {res['case']} ({res['rounds']} interleaved rounds, time / {res['baseline']}): " + ", ".join(
+                f"{n} {res['median_ms'][n]:.1f} ms {res['ratio_to_library'][n]:.2f}x "
+                f"[{res['ratio_range'][n][0]:.2f}-{res['ratio_range'][n][1]:.2f}] "
+                f"max|diff| {res['max_abs_diff_vs_eager'][n]:.1e}" for n in res["median_ms"]), flush=True)
+        rows.append(res)
     return rows
 
 

@@ -62,6 +62,30 @@ def interleaved_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def deploy_table(rows: list[dict]) -> str:
+    """The deployment runtimes: each one's time as a ratio to this library's (median and range of the per-round
+    ratios; > 1 is slower than the library) and the max |difference| of its output from the eager plain model."""
+    lines = []
+    for r in (r for r in rows if r.get("kind") == "deploy"):
+        if not r.get("ratio_to_library"):
+            why = "; ".join(f"{k}: {v}" for k, v in r.get("skipped", {}).items())
+            lines += [*([""] if lines else []), f"{r['case']}: skipped ({why})"]
+            continue
+        versions = ", ".join(f"{k} {v}" for k, v in r.get("versions", {}).items())
+        lines += [*([""] if lines else []),
+                  f"{r['case']} ({r['rounds']} interleaved rounds in one process, {r['threads']} threads"
+                  + (f"; {versions}" if versions else "") + "):", "",
+                  f"| runtime | median ms | time / {r['baseline']} (median) | range over rounds | "
+                  "max abs diff from eager (0..255) |", "|---|---|---|---|---|"]
+        for n, ms in r["median_ms"].items():
+            lo, hi = r["ratio_range"][n]
+            diff = "-" if n == "eager" else f"{r['max_abs_diff_vs_eager'][n]:.1e}"
+            lines.append(f"| {n} | {ms:.1f} | {r['ratio_to_library'][n]:.2f}x | {lo:.2f}-{hi:.2f}x | {diff} |")
+        for what, why in r.get("skipped", {}).items():
+            lines.append(f"\n({what} skipped: {why})")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path)
@@ -74,10 +98,10 @@ def main(argv=None) -> int:
     print(op_table(run["rows"]))
     print()
     print(model_table(run["rows"]))
-    table = interleaved_table(run["rows"])
-    if table:
-        print()
-        print(table)
+    for table in (interleaved_table(run["rows"]), deploy_table(run["rows"])):
+        if table:
+            print()
+            print(table)
     return 0
 
 

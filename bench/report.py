@@ -97,8 +97,190 @@ def write_json(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
+# One color per backend in every plot (the plain model's baselines in greys/oranges, the library's in blues/greens,
+# the deployment runtimes in browns/pinks).
+BACKEND_COLORS = {"eager": "#8c8c8c", "compile": "#f28e2b", "compile-max": "#f28e2b", "cpu": "#1f77b4",
+                  "compile+cpu": "#76b7e5", "cuda": "#2ca02c", "compile+cuda": "#98df8a", "triton": "#d62728",
+                  "compile+triton": "#ff9896", "torch": "#9467bd", "onnxruntime": "#8c564b",
+                  "onnxruntime-cuda": "#8c564b", "openvino": "#e377c2"}
+BACKEND_ORDER = list(BACKEND_COLORS)
+FIG_WIDTH_IN, DPI = 9.0, 100  # 900 px: the README's width, so text is drawn at the size it is read
+
+
+def _color(backend: str) -> str:
+    return BACKEND_COLORS.get(backend, "#bcbd22")
+
+
+def _ordered(backends) -> list[str]:
+    return sorted(set(backends), key=lambda b: (BACKEND_ORDER.index(b) if b in BACKEND_ORDER else 99, b))
+
+
+def _grouped_barh(ax, groups: list[str], backends: list[str], value, label, *,
+                  ref_line: float | None = None) -> None:
+    """Horizontal bars: one block per group (top to bottom), one bar per backend in it, each annotated."""
+    height = 0.8 / max(1, len(backends))
+    finite = [v for g in groups for b in backends if (v := value(g, b)) is not None and v == v]
+    vmax = max(finite) if finite else 1.0
+    for bi, b in enumerate(backends):
+        ys, vals = [], []
+        for gi, g in enumerate(groups):
+            v = value(g, b)
+            if v is not None and v == v:
+                ys.append(gi + (bi - (len(backends) - 1) / 2) * height)
+                vals.append(v)
+        ax.barh(ys, vals, height * 0.92, color=_color(b), label=b)
+        for y, v in zip(ys, vals):
+            ax.text(v + 0.01 * vmax, y, label(v), va="center", fontsize=7)
+    ax.set_yticks(range(len(groups)))
+    ax.set_yticklabels(groups, fontsize=8)
+    ax.set_ylim(len(groups) - 0.5, -0.5)
+    ax.set_xlim(0, vmax * 1.22)
+    if ref_line is not None:
+        ax.axvline(ref_line, color="k", lw=0.7, ls="--")
+    ax.grid(axis="x", alpha=0.3)
+    ax.tick_params(axis="x", labelsize=8)
+
+
+def _title_and_legend(fig, title: str, backends: list[str]) -> None:
+    """The title on top, the backends' legend under it, and the panels laid out below both."""
+    import matplotlib.patches as mpatches
+
+    h = fig.get_figheight()
+    fig.suptitle(title, fontsize=11, y=1 - 0.08 / h, va="top")
+    fig.legend(handles=[mpatches.Patch(color=_color(b), label=b) for b in backends], loc="upper center",
+               ncol=len(backends), fontsize=9, frameon=False, bbox_to_anchor=(0.5, 1 - 0.36 / h))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / h))
+
+
+def _plot_ops(op_rows: list[dict], path_prefix: Path, title: str, plt) -> list[Path]:
+    """Small multiples, one panel per op: its configurations (pass, shape, layout, dtype) down the side, one bar
+    per backend. Two figures: median time, and speedup over eager (eager is the dashed line at 1)."""
+    def config(r):
+        dtype = "" if r["dtype"] == "float32" else f" {r['dtype']}"
+        return f"{r['pass']} {'x'.join(map(str, r['shape']))} {r.get('layout', 'nchw')}{dtype}"
+
+    ops = list(dict.fromkeys(r["op"] for r in op_rows))
+    configs = list(dict.fromkeys(config(r) for r in op_rows))
+    by_key = {(r["op"], config(r), r["backend"]): r for r in op_rows}
+    backends = _ordered(r["backend"] for r in op_rows)
+    written = []
+    cols, left_configs = 2, None
+    rows_n = -(-len(ops) // cols)
+    for what, key, xlabel, fmt, skip_eager in (
+            ("time", "median_ms", "median time (ms; lower is better)", "{:.3g}", False),
+            ("speedup", "vs_eager", "speedup over eager (x; higher is better; dashed: eager)", "{:.2f}x", True)):
+        shown = [b for b in backends if not (skip_eager and b == "eager")]
+        panel_h = 0.13 * len(configs) * len(shown) + 0.6
+        fig, axes = plt.subplots(rows_n, cols, figsize=(FIG_WIDTH_IN, panel_h * rows_n + 0.9), squeeze=False)
+        for i, op in enumerate(ops):
+            ax = axes[i // cols][i % cols]
+            op_configs = [c for c in configs if any((op, c, b) in by_key for b in shown)]
+            _grouped_barh(ax, op_configs, shown, lambda g, b, op=op, key=key: by_key.get((op, g, b), {}).get(key),
+                          fmt.format, ref_line=1.0 if skip_eager else None)
+            ax.set_title(op, fontsize=10, fontweight="bold")
+            if i % cols and op_configs == left_configs:  # the same rows as the panel on its left
+                ax.set_yticklabels([])
+            left_configs = op_configs
+            if i // cols == rows_n - 1 or i + cols >= len(ops):
+                ax.set_xlabel(xlabel, fontsize=8)
+        for j in range(len(ops), rows_n * cols):
+            axes[j // cols][j % cols].axis("off")
+        _title_and_legend(fig, f"{title}: ops, {what}", shown)
+        p = path_prefix.with_name(path_prefix.name + f"-ops-{what}.png")
+        fig.savefig(p, dpi=DPI)
+        plt.close(fig)
+        written.append(p)
+    return written
+
+
+def _wrap(text: str, width: int = 30) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def _plot_models(model_rows: list[dict], path_prefix: Path, title: str, plt) -> Path:
+    """Grouped by case: speedup over the eager plain model, and peak memory; one bar per backend."""
+    cases = list(dict.fromkeys(r["case"] for r in model_rows))
+    by_key = {(r["case"], r["backend"]): r for r in model_rows}
+    backends = _ordered(r["backend"] for r in model_rows)
+    labels = {c: _wrap(c, 26) for c in cases}
+    per_case_h = 0.2 * len(backends) + 0.15
+    fig, axes = plt.subplots(1, 2, figsize=(FIG_WIDTH_IN, per_case_h * len(cases) + 1.4), sharey=True,
+                             gridspec_kw={"width_ratios": [2, 1]})
+
+    def speed(g, b):
+        r = by_key.get((g, b))
+        return None if r is None else r.get("vs_eager")
+
+    def time_ms(g, b):
+        r = by_key.get((g, b))
+        return None if r is None else r["median_ms"]
+
+    def mem(g, b):
+        r = by_key.get((g, b))
+        return None if r is None else r.get("peak_mem_MB")
+
+    _grouped_barh(axes[0], cases, backends, speed, lambda v: f"{v:.2f}x", ref_line=1.0)
+    axes[0].set_xlabel("speedup over the eager plain model (x; higher is better)", fontsize=8)
+    _grouped_barh(axes[1], cases, backends, mem, lambda v: f"{v:.0f}")
+    axes[1].set_xlabel("peak memory (MiB)", fontsize=8)
+    axes[0].set_yticklabels([labels[c] for c in cases], fontsize=8)
+    # the absolute times beside the speedups, in the bars' own order
+    for ax in axes[:1]:
+        height = 0.8 / max(1, len(backends))
+        for gi, c in enumerate(cases):
+            for bi, b in enumerate(backends):
+                t = time_ms(c, b)
+                if t is not None:
+                    ax.text(0.02 * ax.get_xlim()[1], gi + (bi - (len(backends) - 1) / 2) * height,
+                            f"{t:.0f} ms", va="center", fontsize=7, color="white")
+    _title_and_legend(fig, f"{title}: models (bars: speedup; in the bars: median time)", backends)
+    p = path_prefix.with_name(path_prefix.name + "-models.png")
+    fig.savefig(p, dpi=DPI)
+    plt.close(fig)
+    return p
+
+
+def _plot_deploy(deploy_rows: list[dict], path_prefix: Path, title: str, plt) -> Path:
+    """Per deployment case: each runtime's time as a ratio to this library's (median of per-round ratios, the bar;
+    the range over rounds, the whisker), annotated with the ratio and the max |difference| from eager."""
+    cases = [r for r in deploy_rows if r.get("ratio_to_library")]
+    fig, axes = plt.subplots(len(cases), 1, figsize=(FIG_WIDTH_IN, sum(0.42 * len(r["ratio_to_library"]) + 1.0
+                                                                      for r in cases) + 0.3), squeeze=False)
+    for ax, r in zip(axes[:, 0], cases):
+        names = _ordered(r["ratio_to_library"])
+        ratios = [r["ratio_to_library"][n] for n in names]
+        lo = [ratios[i] - r["ratio_range"][n][0] for i, n in enumerate(names)]
+        hi = [r["ratio_range"][n][1] - ratios[i] for i, n in enumerate(names)]
+        ax.barh(range(len(names)), ratios, 0.7, color=[_color(n) for n in names], xerr=[lo, hi],
+                error_kw={"elinewidth": 0.8, "capsize": 3})
+        xmax = max(r["ratio_range"][n][1] for n in names)
+        for i, n in enumerate(names):
+            diff = r["max_abs_diff_vs_eager"].get(n)
+            note = f"{ratios[i]:.2f}x  ({r['median_ms'][n]:.0f} ms" + (
+                "" if n == "eager" or diff is None else f", max |diff| {diff:.1e}") + ")"
+            ax.text(r["ratio_range"][n][1] + 0.02 * xmax, i, note, va="center", fontsize=8)
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names, fontsize=9)
+        ax.set_ylim(len(names) - 0.5, -0.5)
+        ax.set_xlim(0, xmax * 1.6)
+        ax.axvline(1.0, color="k", lw=0.7, ls="--")
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(f"{r['case']} ({r['rounds']} interleaved rounds, {r['threads']} threads)", fontsize=9)
+        ax.set_xlabel(f"time / this library's {r['baseline']} backend (x; lower is better; whisker: range over "
+                      "rounds)", fontsize=8)
+    fig.suptitle(f"{title}: deployment runtimes", fontsize=11)
+    fig.tight_layout()
+    p = path_prefix.with_name(path_prefix.name + "-deploy.png")
+    fig.savefig(p, dpi=DPI)
+    plt.close(fig)
+    return p
+
+
 def plot(rows: list[dict], path_prefix: Path, title: str) -> list[Path]:
-    """time per backend, speedup over eager (op rows), and peak memory (model rows)."""
+    """<prefix>-ops-time.png and -ops-speedup.png (small multiples per op), -models.png (grouped by case) and
+    -deploy.png (the deployment runtimes against the library), each 900 px wide."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,51 +289,28 @@ def plot(rows: list[dict], path_prefix: Path, title: str) -> list[Path]:
     written = []
     op_rows = [r for r in rows if r.get("kind") == "op"]
     if op_rows:
-        def gkey(r):
-            return (r["op"], r["pass"], "x".join(map(str, r["shape"])), r.get("layout", ""), r["dtype"])
-
-        groups = sorted({gkey(r) for r in op_rows})
-        backends = sorted({r["backend"] for r in op_rows}, key=lambda b: ["eager", "compile", "compile-max"].index(b)
-                          if b in ("eager", "compile", "compile-max") else 3 + hash(b) % 7)
-        for what, key, ylabel, log in (("time", "median_ms", "median time (ms)", True),
-                                       ("speedup", "vs_eager", "speedup over eager (x)", False)):
-            fig, ax = plt.subplots(figsize=(max(8, 0.5 * len(groups) * len(backends) / 2), 5))
-            width = 0.8 / max(1, len(backends))
-            for bi, b in enumerate(backends):
-                vals = []
-                for g in groups:
-                    match = [r for r in op_rows if gkey(r) == g and r["backend"] == b]
-                    vals.append(match[0].get(key, float("nan")) if match else float("nan"))
-                ax.bar([i + bi * width for i in range(len(groups))], vals, width, label=b)
-            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
-            ax.set_xticklabels([f"{g[0]}\n{g[1]} {g[2]}\n{g[3]} {g[4]}" for g in groups], fontsize=6, rotation=90)
-            ax.set_ylabel(ylabel)
-            if log:
-                ax.set_yscale("log")
-            else:
-                ax.axhline(1.0, color="k", lw=0.5)
-            ax.set_title(f"{title}: ops, {what}")
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            p = path_prefix.with_name(path_prefix.name + f"-ops-{what}.png")
-            fig.savefig(p, dpi=110)
-            plt.close(fig)
-            written.append(p)
+        written += _plot_ops(op_rows, path_prefix, title, plt)
     model_rows = [r for r in rows if r.get("kind") == "model"]
     if model_rows:
-        labels = [f"{r['case']}\n{r['backend']}" for r in model_rows]
-        fig, axes = plt.subplots(1, 2, figsize=(max(10, 0.35 * len(model_rows)), 6))
-        axes[0].barh(labels, [r["median_ms"] for r in model_rows])
-        axes[0].set_xlabel("median time (ms)")
-        axes[1].barh(labels, [r.get("peak_mem_MB") or 0 for r in model_rows])
-        axes[1].set_xlabel("peak memory (MiB)")
-        for ax in axes:
-            ax.tick_params(axis="y", labelsize=6)
-            ax.invert_yaxis()
-        fig.suptitle(f"{title}: models")
-        fig.tight_layout()
-        p = path_prefix.with_name(path_prefix.name + "-models.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
+        written.append(_plot_models(model_rows, path_prefix, title, plt))
+    deploy_rows = [r for r in rows if r.get("kind") == "deploy" and r.get("ratio_to_library")]
+    if deploy_rows:
+        written.append(_plot_deploy(deploy_rows, path_prefix, title, plt))
     return written
+
+
+def main(argv=None) -> int:
+    """python -m bench.report RESULTS.json: redraw the plots of a recorded run beside it."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("results", type=Path)
+    a = p.parse_args(argv)
+    run = json.loads(a.results.read_text())
+    for path in plot(run["rows"], a.results.with_suffix(""), run["environment"]["device"]):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

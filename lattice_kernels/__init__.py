@@ -10,6 +10,7 @@ from .backends import (
     set_backend,
     use_backend,
 )
+from .export import export_onnx, export_program
 from .models import LatticeNet, LatticeRestorer
 from .nn import CombinationCoefficient, LatticeBlock
 
@@ -22,6 +23,8 @@ __all__ = [
     "LatticeRestorer",
     "__version__",
     "available_backends",
+    "export_onnx",
+    "export_program",
     "get_backend",
     "ops",
     "set_backend",

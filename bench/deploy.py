@@ -1,0 +1,182 @@
+"""The deployment runtimes as anchors, measured side by side in one process in interleaved rounds (one call of each
+per round, in a rotated order, so that a slow phase of a shared machine hits every runtime alike).
+
+CPU (LatticeNet x4 inference, LR 320x180, float32): this library's ``cpu`` backend; torch eager and torch.compile of
+the plain model (lattice_kernels/models/reference.py); the plain model exported to ONNX (lattice_kernels.export_onnx,
+static shape) run by ONNX Runtime (all graph optimisations, intra-op threads = torch's) and by OpenVINO (CPU, f32,
+latency hint, the same threads). GPU (LR 256x256, float32 and float16): the library's ``cuda`` and ``triton``
+backends and torch eager against the exported model in ONNX Runtime's CUDA execution provider (inputs and outputs
+bound on the GPU), skipped with the reason when there is no CUDA device or no CUDA provider.
+
+Reported per runtime: the median time, its time as a ratio to this library's (median and range of the per-round
+ratios: > 1 is slower than the library) and the max |difference| of its output from the eager plain model's.
+
+    python -m bench.deploy '{"device": "cpu", "shape": [1, 3, 180, 320], "rounds": 10}'
+(run by models_bench; prints one JSON line per dtype)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import lattice_kernels as lk
+from lattice_kernels.export import export_onnx
+from lattice_kernels.models.reference import PlainLatticeNet
+
+
+def _plain_and_library(backends: list[str], device: str, dtype: torch.dtype):
+    torch.manual_seed(0)
+    plain = PlainLatticeNet(4).eval()
+    models = {"eager": plain}
+    for b in backends:
+        net = lk.LatticeNet(4, backend=b).eval()
+        net.load_state_dict(plain.state_dict())
+        models[b] = net
+    return {k: m.to(device, dtype) for k, m in models.items()}
+
+
+def _onnxruntime(path: Path, x: torch.Tensor, threads: int, cuda: bool):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    providers = [("CUDAExecutionProvider", {"device_id": x.device.index or 0})] if cuda else []
+    session = ort.InferenceSession(str(path), opts, providers=[*providers, "CPUExecutionProvider"])
+    if cuda and session.get_providers()[0] != "CUDAExecutionProvider":
+        raise RuntimeError(f"onnxruntime did not take the CUDA execution provider (got {session.get_providers()})")
+    name = session.get_inputs()[0].name
+    if not cuda:
+        return lambda: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+    import numpy as np
+
+    np_dtype = np.float16 if x.dtype == torch.float16 else np.float32
+    out = torch.empty((x.shape[0], 3, 4 * x.shape[2], 4 * x.shape[3]), device=x.device, dtype=x.dtype)
+    binding = session.io_binding()
+    binding.bind_input(name, "cuda", x.device.index or 0, np_dtype, tuple(x.shape), x.data_ptr())
+    binding.bind_output(session.get_outputs()[0].name, "cuda", x.device.index or 0, np_dtype, tuple(out.shape),
+                        out.data_ptr())
+
+    def call():
+        session.run_with_iobinding(binding)
+        return out
+
+    return call
+
+
+def _openvino(path: Path, x: torch.Tensor, threads: int):
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                          "PERFORMANCE_HINT": "LATENCY",
+                                                          "INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    data = x.numpy()
+
+    def call():
+        request.infer({0: data})
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+    return call
+
+
+def run_one(device: str, shape: list[int], dtype: torch.dtype, rounds: int, tmp: Path) -> dict:
+    threads = torch.get_num_threads()
+    dev = torch.device(device)
+    lib = [b for b in (["cpu"] if device == "cpu" else ["cuda", "triton"]) if b in lk.available_backends()]
+    models = _plain_and_library(lib, device, dtype)
+    x = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255).to(device, dtype)
+    calls = {name: (lambda m=m: m(x)) for name, m in models.items()}
+    if device == "cpu":
+        compiled = torch.compile(models["eager"])
+        calls["compile"] = lambda: compiled(x)
+    skipped = {}
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxscript") is None:
+        skipped["onnx export"] = "onnx/onnxscript not installed (pip install 'lattice_kernels[deploy]')"
+    else:
+        path = export_onnx(models["eager"].cpu(), x.cpu(), tmp / f"plain_x4_{dtype}.onnx".replace("torch.", ""),
+                           dynamic_batch=False, dynamic_hw=False, dtype=dtype)
+        models["eager"].to(device)
+        if importlib.util.find_spec("onnxruntime") is None:
+            skipped["onnxruntime"] = "onnxruntime not installed (pip install 'lattice_kernels[deploy]')"
+        else:
+            import onnxruntime as ort
+
+            if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+                skipped["onnxruntime-cuda"] = ("onnxruntime has no CUDA execution provider here (pip install "
+                                               "onnxruntime-gpu)")
+            else:
+                calls["onnxruntime-cuda" if device == "cuda" else "onnxruntime"] = _onnxruntime(
+                    path, x, threads, device == "cuda")
+        if device == "cpu":
+            if importlib.util.find_spec("openvino") is None:
+                skipped["openvino"] = "openvino not installed (pip install 'lattice_kernels[deploy]')"
+            else:
+                calls["openvino"] = _openvino(path, x, threads)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize(dev)
+
+    reps = 1 if device == "cpu" else 10  # GPU: several calls per sample, a ms-scale call is too short alone
+    with torch.no_grad():
+        outputs = {}
+        for name, call in calls.items():  # warm-up (compilation, graph optimisation) and the outputs compared
+            for _ in range(2):
+                outputs[name] = call()
+        sync()
+        ref = outputs["eager"].float().cpu()
+        max_diff = {n: (o.float().cpu() - ref).abs().max().item() for n, o in outputs.items()}
+        names = list(calls)
+        samples: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(rounds):
+            for n in names[r % len(names):] + names[: r % len(names)]:
+                # a pause first, so that the worker threads of the previous runtime (ONNX Runtime's, OpenVINO's,
+                # OpenMP's), which spin for a while after a call, have gone to sleep and take no core from this one
+                time.sleep(0.2 if device == "cpu" else 0.0)
+                sync()
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    calls[n]()
+                sync()
+                samples[n].append((time.perf_counter() - t0) * 1e3 / reps)
+    base = lib[0] if lib else "eager"
+    ratio, spread = {}, {}
+    for n in names:
+        per_round = [a / b for a, b in zip(samples[n], samples[base])]
+        ratio[n] = statistics.median(per_round)
+        spread[n] = [min(per_round), max(per_round)]
+    versions = {m: str(getattr(__import__(m), "__version__", None)).split("-")[0] for m in ("onnxruntime", "openvino")
+                if importlib.util.find_spec(m) is not None}
+    return {"device": device, "shape": shape, "dtype": str(dtype).replace("torch.", ""), "rounds": rounds,
+            "threads": threads, "baseline": base, "median_ms": {n: statistics.median(s) for n, s in samples.items()},
+            "ratio_to_library": ratio, "ratio_range": spread, "max_abs_diff_vs_eager": max_diff,
+            "samples_ms": samples, "skipped": skipped, "versions": versions}
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    device = cfg.get("device", "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print(json.dumps({"device": "cuda", "skipped": {"all": "no CUDA device (torch.cuda.is_available() is "
+                                                               "False)"}}))
+        return
+    shape = cfg.get("shape", [1, 3, 180, 320] if device == "cpu" else [1, 3, 256, 256])
+    dtypes = cfg.get("dtypes", ["float32"] if device == "cpu" else ["float32", "float16"])
+    with tempfile.TemporaryDirectory() as tmp:
+        for d in dtypes:
+            print(json.dumps(run_one(device, shape, getattr(torch, d), cfg.get("rounds", 10), Path(tmp))),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

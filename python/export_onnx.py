@@ -1,0 +1,3 @@
+from lattice_kernels.cli.export import main
+
+raise SystemExit(main())
