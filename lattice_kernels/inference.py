@@ -463,7 +463,7 @@ def _encode_png16(pixels: np.ndarray, icc_profile: bytes | None) -> bytes:
 
     h, w, c = pixels.shape
     color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    rows = pixels.astype(">u2").view(np.uint8).reshape(h, w * c * 2)
+    rows = np.ascontiguousarray(pixels, dtype=">u2").view(np.uint8).reshape(h, w * c * 2)
     raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1)  # filter type 0 (None) on every row
     chunks = [_png_chunk(b"IHDR", w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([16, color_type, 0, 0, 0]))]
     if icc_profile:

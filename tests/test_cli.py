@@ -42,9 +42,19 @@ def cli(name: str, *args: str | os.PathLike, cwd: Path | None = None, stdin: str
     if weights and WEIGHTS is not None:
         e["LATTICE_WEIGHTS_DIR"] = str(Path(WEIGHTS).resolve())
     e["XDG_CACHE_HOME"] = str(cache) if cache is not None else "/nonexistent-cache"
+    e.setdefault("OMP_NUM_THREADS", "1")  # tiny images: one thread is fastest, and immune to a busy machine
     e.update(env)
     return subprocess.run([str(exe), *map(str, args)], cwd=cwd, input=stdin, capture_output=True, text=True,
                           env=e, timeout=300)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The expected outputs are computed here on tiny images, where one thread is fastest; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def assert_user_error(r: subprocess.CompletedProcess, prog: str, *needles: str) -> str:
@@ -172,6 +182,16 @@ def bicubic(a: np.ndarray, scale: int) -> torch.Tensor:
 # --help shows a working example
 
 
+_HELP: dict[str, subprocess.CompletedProcess] = {}
+
+
+def help_of(name: str) -> subprocess.CompletedProcess:
+    """`name --help`, run once per session."""
+    if name not in _HELP:
+        _HELP[name] = cli(name, "--help")
+    return _HELP[name]
+
+
 @pytest.mark.parametrize("name", COMMANDS)
 def test_help_shows_an_example(name):
     module = name.replace("lattice-", "lattice_kernels.cli.")
@@ -179,7 +199,7 @@ def test_help_shows_an_example(name):
 
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} is not in this branch (another helper writes it)")
-    r = cli(name, "--help")
+    r = help_of(name)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"usage: {name} "), r.stdout[:200]
     assert re.search(rf"^examples?:\n\s+(torchrun .*)?{name} ", r.stdout, re.M) or f"\n  {name} " in r.stdout, \
@@ -195,7 +215,7 @@ def _example(help_text: str, name: str) -> list[str]:
 def test_upscale_help_example_runs(tmp_path):
     """The first example of `lattice-upscale --help`, run as written in a folder holding photo.jpg."""
     Image.fromarray(crop(photo("coffee"), 12, 16, 100, 200)).save(tmp_path / "photo.jpg")
-    args = _example(cli("lattice-upscale", "--help").stdout, "lattice-upscale")
+    args = _example(help_of("lattice-upscale").stdout, "lattice-upscale")
     assert args == ["--scale", "4", "photo.jpg"], args
     r = cli("lattice-upscale", *args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -208,7 +228,7 @@ def test_denoise_help_example_runs(tmp_path):
     (tmp_path / "runs" / "dn").mkdir(parents=True)
     lk.LatticeRestorer(3, "small").eval().save_safetensors(tmp_path / "runs" / "dn" / "model.safetensors")
     Image.fromarray(crop(photo("rocket"), 16, 16, 100, 100)).save(tmp_path / "noisy.png")
-    args = _example(cli("lattice-denoise", "--help").stdout, "lattice-denoise")
+    args = _example(help_of("lattice-denoise").stdout, "lattice-denoise")
     assert args == ["--checkpoint", "runs/dn/model.safetensors", "noisy.png"], args
     r = cli("lattice-denoise", *args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -378,11 +398,15 @@ def test_outputs_never_overwrite_inputs(tree, tmp_path):
 @needs_weights
 def test_progress_bar_over_files_and_tiles(tree, tmp_path):
     """On a terminal: one bar over the files whose postfix counts the tiles of the current file."""
+    import fcntl
     import pty
+    import struct
+    import termios
 
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 150, 0, 0))  # tqdm sizes the bar by it
     try:
-        e = {**os.environ, "LATTICE_WEIGHTS_DIR": str(Path(WEIGHTS).resolve()), "COLUMNS": "150"}
+        e = {**os.environ, "LATTICE_WEIGHTS_DIR": str(Path(WEIGHTS).resolve()), "OMP_NUM_THREADS": "1"}
         p = subprocess.Popen([str(BIN / "lattice-upscale"), "-s", "2", tree / "a.png", tree / "sub" / "b.jpg",
                               "-o", tmp_path, "--tile", "6"], stderr=slave, stdout=subprocess.DEVNULL, env=e)
         os.close(slave)
@@ -412,40 +436,66 @@ def test_progress_bar_over_files_and_tiles(tree, tmp_path):
 
 @needs_weights
 def test_user_errors_are_one_line(tree, tmp_path):
+    """Through the installed command: a file that is no checkpoint, a pickled model, an unsupported image mode, a bad
+    option value; each one line on stderr and exit status 2, never torch's weights_only advice."""
     junk = tmp_path / "bad.pt"
     junk.write_bytes(b"this is not a checkpoint")
     pickled = tmp_path / "model.pt"
     torch.save({"model": torch.nn.Linear(2, 2)}, pickled)
     Image.new("CMYK", (8, 8)).save(tmp_path / "cmyk.jpg")
+    a = tree / "a.png"
+    assert_user_error(cli("lattice-upscale", "-c", junk, a), "lattice-upscale",
+                      "bad.pt is neither a PyTorch checkpoint", "nor a safetensors file")
+    assert_user_error(cli("lattice-upscale", "-c", pickled, a), "lattice-upscale",
+                      "model.pt is a PyTorch checkpoint holding Python objects other than tensors")
+    assert_user_error(cli("lattice-upscale", "-s", "2", tmp_path / "cmyk.jpg", "-o", tmp_path / "o"),
+                      "lattice-upscale", "'CMYK' image, which no model here takes")
+    # --debug: one traceback (no chained "During handling ..." second one), then the same line
+    r = cli("lattice-upscale", "-c", junk, a, "--debug")
+    assert r.returncode == 2 and r.stderr.count("Traceback (most recent call last)") == 1, r.stderr
+    assert "During handling" not in r.stderr and "direct cause" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("lattice-upscale: error: ") and "bad.pt is neither" in last, last
+    # argparse's own errors (a value out of its choices) exit 2 too
+    r = cli("lattice-upscale", "-s", "5", a)
+    assert r.returncode == 2 and "lattice-upscale: error: argument -s/--scale: invalid choice" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@needs_weights
+def test_more_user_errors_through_main(tree, tmp_path, capsys):
+    """The same main() as the console script, called in this process (no interpreter start per case)."""
+    from lattice_kernels.cli import upscale
+
     (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     a = tree / "a.png"
     x4 = Path(WEIGHTS) / "LatticeNet_x4.pt"
     cases = [
-        (["-c", junk, a], ["bad.pt is neither a PyTorch checkpoint", "nor a safetensors file"]),
-        (["-c", pickled, a], ["model.pt is a PyTorch checkpoint holding Python objects other than tensors"]),
         (["-c", x4, "-s", "2", a], ["holds x4 weights, but --scale 2 was asked"]),
-        (["-s", "2", tmp_path / "missing.png"], ["input not found", "missing.png"]),
-        (["-s", "2", tmp_path / "junk.png", "-o", tmp_path / "o"], ["cannot read image", "junk.png"]),
-        (["-s", "2", tmp_path / "cmyk.jpg", "-o", tmp_path / "o"], ["'CMYK' image, which no model here takes"]),
+        (["-c", x4, tmp_path / "missing.png"], ["input not found", "missing.png"]),
+        (["-c", x4, tmp_path / "junk.png", "-o", tmp_path / "o"], ["cannot read image", "junk.png"]),
+        (["-c", x4, tmp_path / "empty"], ["input not found"]),
         ([a], ["--scale 2|3|4", "--checkpoint PATH"]),
-        (["-s", "2", a, "--device", "cuda:0"] if not torch.cuda.is_available() else ["-s", "2", tmp_path],
-         ["no CUDA device"] if not torch.cuda.is_available() else ["no images"]),
     ]
+    (tmp_path / "nothing").mkdir()
+    cases.append((["-c", x4, tmp_path / "nothing"], ["no images (.png"]))
+    if not torch.cuda.is_available():
+        cases.append((["-c", x4, a, "--device", "cuda"], ["--device cuda: no CUDA device"]))
     for args, needles in cases:
-        assert_user_error(cli("lattice-upscale", *args, cwd=tmp_path), "lattice-upscale", *needles)
-    # --debug: the traceback (one: no chained "During handling ..." second one), then the same line
-    r = cli("lattice-upscale", "-c", junk, a, "--debug")
-    assert r.returncode == 2 and r.stderr.count("Traceback (most recent call last)") == 1, r.stderr
-    assert "During handling" not in r.stderr and "direct cause" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("lattice-upscale: error: ")
-    # argparse's errors (a bad option or value) exit 2 too
-    for args in (["-s", "5", a], ["-s", "2", a, "--quality", "0"], ["-s", "2", a, "--tile", "0"], ["--bogus", a]):
-        r = cli("lattice-upscale", *args)
-        assert r.returncode == 2 and "lattice-upscale: error:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert upscale.main([str(v) for v in args]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("lattice-upscale: error: "), err
+        assert all(n in err[0] for n in needles), (needles, err[0])
+    for args in (["-s", "2", a, "--quality", "0"], ["-s", "2", a, "--tile", "0"], ["--bogus", a]):
+        with pytest.raises(SystemExit) as exc:
+            upscale.main([str(v) for v in args])
+        assert exc.value.code == 2
+        assert "lattice-upscale: error:" in capsys.readouterr().err
 
 
 def test_missing_published_weights_say_where_to_get_them(tmp_path):
-    r = cli("lattice-upscale", "--scale", "3", tmp_path, weights=False, cache=tmp_path / "cache")
+    Image.fromarray(crop(photo("coffee"), 8, 8)).save(tmp_path / "c.png")
+    r = cli("lattice-upscale", "--scale", "3", tmp_path / "c.png", weights=False, cache=tmp_path / "cache")
     assert_user_error(r, "lattice-upscale", "LatticeNet_x3.pt not found",
                       "https://github.com/ymff0592/super-resolution", str(tmp_path / "cache" / "lattice_kernels"),
                       "LATTICE_WEIGHTS_DIR")
@@ -460,7 +510,7 @@ def test_train_command_runs_its_help_example(tmp_path):
     (tmp_path / "clean").mkdir()
     for name in ("astronaut", "coffee"):
         Image.fromarray(crop(photo(name), 40, 40, 100, 100)).save(tmp_path / "clean" / f"{name}.png")
-    args = next(_example(ln, "lattice-train") for ln in cli("lattice-train", "--help").stdout.splitlines()
+    args = next(_example(ln, "lattice-train") for ln in help_of("lattice-train").stdout.splitlines()
                 if "--task denoise" in ln)
     r = cli("lattice-train", *args, "--steps", "2", "--patch", "32", "--batch-size", "2", "--no-progress",
             "--checkpoint-every", "1000", cwd=tmp_path)
