@@ -505,21 +505,86 @@ def test_missing_published_weights_say_where_to_get_them(tmp_path):
 # lattice-train
 
 
-def test_train_command_runs_its_help_example(tmp_path):
-    """The denoising example of `lattice-train --help`, shortened to 2 steps on 32-pixel patches of photographs."""
-    (tmp_path / "clean").mkdir()
+def _train_examples() -> list[list[str]]:
+    """The lattice-train command lines of `lattice-train --help` (continuation lines joined), without the program."""
+    text = help_of("lattice-train").stdout.replace("\\\n", " ")
+    out = []
+    for ln in text.splitlines():
+        words = shlex.split(ln.split("#")[0]) if "lattice-train " in ln or "cli.train " in ln else []
+        if words and words[0] in ("lattice-train", "torchrun"):
+            out.append(words)
+    return out
+
+
+def test_train_help_examples_parse():
+    """Every example of `lattice-train --help` is a valid command line for the TrainConfig it names."""
+    from lattice_kernels.cli import train
+
+    examples = _train_examples()
+    assert len(examples) == 4 and examples[-1][0] == "torchrun", examples
+    for words in examples:
+        args = words[words.index("lattice_kernels.cli.train") + 1:] if words[0] == "torchrun" else words[1:]
+        cfg = train.config_from_args(train.build_parser().parse_args(args))
+        assert cfg.data and cfg.out_dir
+
+
+def test_train_under_torchrun_as_in_help(tmp_path):
+    """The torchrun example of `lattice-train --help` with 2 CPU processes (gloo), shortened to 2 steps on 16-pixel
+    patches of photographs: both ranks finish at step 2 and the run folder holds the model."""
+    (tmp_path / "DIV2K" / "HR").mkdir(parents=True)
     for name in ("astronaut", "coffee"):
-        Image.fromarray(crop(photo(name), 40, 40, 100, 100)).save(tmp_path / "clean" / f"{name}.png")
-    args = next(_example(ln, "lattice-train") for ln in help_of("lattice-train").stdout.splitlines()
-                if "--task denoise" in ln)
-    r = cli("lattice-train", *args, "--steps", "2", "--patch", "32", "--batch-size", "2", "--no-progress",
-            "--checkpoint-every", "1000", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+        Image.fromarray(crop(photo(name), 64, 64, 100, 100)).save(tmp_path / "DIV2K" / "HR" / f"{name}.png")
+    words = _train_examples()[-1]
+    assert words[:3] == ["torchrun", "--nproc_per_node", "4"], words
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+           *words[3:], "--steps", "2", "--patch", "16", "--batch-size", "2", "--repeat", "4", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
     import json
 
-    last = json.loads(r.stdout.strip().splitlines()[-1])
-    assert last["step"] == 2 and np.isfinite(last["loss"])
-    sd = lk.models.read_state_dict(tmp_path / "runs" / "dn" / "model.safetensors")
-    assert len({k.split(".")[1] for k in sd if k.startswith("blocks.")}) == lk.models.PRESETS["large"][1]
+    ranks = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+    assert len(ranks) == 2 and all(x["step"] == 2 and np.isfinite(x["loss"]) for x in ranks), r.stdout
+    assert (tmp_path / "runs" / "x2" / "model.safetensors").exists()
     r = cli("lattice-train", "--data", tmp_path / "nowhere", "--out-dir", tmp_path / "r")
     assert_user_error(r, "lattice-train", "image folder not found")
+
+
+def test_train_options_are_the_trainconfig_fields():
+    """One option per TrainConfig field, named after it, with its default, help and choices: flags cannot drift."""
+    import dataclasses
+
+    from lattice_kernels.cli import train
+    from lattice_kernels.train import TrainConfig
+
+    parser = train.build_parser()
+    by_dest = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        action = by_dest.get(f.name)
+        assert action is not None, f"no option for TrainConfig.{f.name}"
+        assert f"--{f.name.replace('_', '-')}" in action.option_strings
+        assert action.help == f.metadata["help"]
+        if f.default is not dataclasses.MISSING:
+            assert action.default == f.default, f.name
+        elif f.default_factory is not dataclasses.MISSING:
+            assert action.default == f.default_factory(), f.name
+        else:
+            assert action.required, f.name
+        if "choices" in f.metadata:
+            assert list(action.choices) == list(f.metadata["choices"]), f.name
+    assert set(by_dest) - {"help", "debug"} == {f.name for f in dataclasses.fields(TrainConfig)}
+    # the defaults alone give TrainConfig's defaults
+    args = parser.parse_args(["--data", "d", "--out-dir", "o"])
+    assert train.config_from_args(args) == TrainConfig(data="d", out_dir="o")
+    argv = ["--data", "d", "--out-dir", "o", "--task", "denoise", "--sigma", "15", "50", "--betas", "0.8", "0.99",
+            "--lr-milestones", "10", "20", "--no-progress", "--channels-last", "--amp", "bf16", "--ema", "0.999",
+            "--snapshots", "a.pt", "b.pt", "--stage1-checkpoint", "s1.safetensors", "--no-cache-images"]
+    cfg = train.config_from_args(parser.parse_args(argv))
+    assert cfg == TrainConfig(data="d", out_dir="o", task="denoise", sigma=(15.0, 50.0), betas=(0.8, 0.99),
+                              lr_milestones=[10, 20], progress=False, channels_last=True, amp="bf16", ema=0.999,
+                              snapshots=["a.pt", "b.pt"], stage1_checkpoint="s1.safetensors", cache_images=False)
+    assert train.config_from_args(parser.parse_args(["--data", "d", "--out-dir", "o", "--sigma", "20"])).sigma == 20.0
+    with pytest.raises(ValueError, match="--sigma takes 1 or 2 values, got 3"):
+        train.config_from_args(parser.parse_args(["--data", "d", "--out-dir", "o", "--sigma", "1", "2", "3"]))
+    with pytest.raises(TypeError, match="cannot make an option of type"):
+        train._option_spec("mapping", dict[str, int], None)

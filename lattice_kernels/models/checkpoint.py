@@ -50,8 +50,9 @@ def read_state_dict(path: str | os.PathLike, map_location: str | torch.device = 
             from safetensors.torch import load_file
 
             sd = load_file(str(path), device=str(map_location))
-        else:
-            sd = torch.load(path, map_location=map_location, weights_only=True)
+        else:  # an open file: torch.load given a path ending in .safetensors would take it for one
+            with open(path, "rb") as f:
+                sd = torch.load(f, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "global" not in str(e).lower():
             raise CheckpointError(f"cannot read torch weights from {path}: the file is damaged or truncated") from None
