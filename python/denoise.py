@@ -1,4 +1,4 @@
-"""Thin wrapper: `python python/denoise.py ...` is the installed `lattice-denoise` command (lattice_kernels/cli/denoise.py)."""
+"""`python python/denoise.py ...` is the installed `lattice-denoise` command (lattice_kernels/cli/denoise.py)."""
 
 from lattice_kernels.cli.denoise import main
 

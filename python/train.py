@@ -1,4 +1,4 @@
-"""Thin wrapper: `python python/train.py ...` is the installed `lattice-train` command (lattice_kernels/cli/train.py)."""
+"""`python python/train.py ...` is the installed `lattice-train` command (lattice_kernels/cli/train.py)."""
 
 from lattice_kernels.cli.train import main
 

@@ -1,4 +1,4 @@
-"""Thin wrapper: `python python/upscale.py ...` is the installed `lattice-upscale` command (lattice_kernels/cli/upscale.py)."""
+"""`python python/upscale.py ...` is the installed `lattice-upscale` command (lattice_kernels/cli/upscale.py)."""
 
 from lattice_kernels.cli.upscale import main
 
