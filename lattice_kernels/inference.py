@@ -342,10 +342,6 @@ class LoadedImage:
     mode: str = ""
 
     @property
-    def maxval(self) -> int:
-        return int(np.iinfo(self.color.dtype).max)
-
-    @property
     def megapixels(self) -> float:
         return self.color.shape[0] * self.color.shape[1] / 1e6
 

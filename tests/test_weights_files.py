@@ -109,5 +109,5 @@ def test_from_pretrained_finds_env_dir_then_cache(monkeypatch, tmp_path):
     # a file under the wrong name holds other weights: said, not used
     (cache / "LatticeNet_x2.pt").symlink_to(src / "LatticeNet_x4.pt")
     monkeypatch.delenv("LATTICE_WEIGHTS_DIR")
-    with pytest.raises(CheckpointError, match="found for LatticeNet x2 holds x4 weights"):
+    with pytest.raises(CheckpointError, match=r"LatticeNet_x2.pt, found for LatticeNet x2, holds x4 weights"):
         lk.LatticeNet.from_pretrained(2)

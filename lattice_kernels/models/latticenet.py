@@ -105,9 +105,10 @@ class LatticeNet(nn.Module):
         WeightsNotFoundError saying where the authors publish it and where to put it."""
         if scale not in (2, 3, 4):
             raise ValueError(f"published LatticeNet weights exist for scale 2, 3 or 4, got {scale}")
-        model = cls.from_checkpoint(find_weights(f"LatticeNet_x{scale}"), map_location=map_location, backend=backend)
+        path = find_weights(f"LatticeNet_x{scale}")
+        model = cls.from_checkpoint(path, map_location=map_location, backend=backend)
         if model.scale != scale:
-            raise CheckpointError(f"the file found for LatticeNet x{scale} holds x{model.scale} weights")
+            raise CheckpointError(f"{path}, found for LatticeNet x{scale}, holds x{model.scale} weights")
         return model
 
     def save_safetensors(self, path: str | os.PathLike) -> None:
