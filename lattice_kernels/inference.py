@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._files import atomic_write
 from .nn import LatticeBlock
 
 
@@ -152,12 +153,21 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="tile")
 
 
+def _tile_done(bar, on_tile, done: int, total: int) -> None:
+    if bar is not None:
+        bar.update()
+    if on_tile is not None:
+        on_tile(done, total)
+
+
 def run(model: nn.Module, x: Tensor, *, scale: int, tile: int | None = None, overlap: int = 16,
         stats: str = "global", dtype: torch.dtype = torch.float32, channels_last: bool = False,
-        device: torch.device | str | None = None, progress: bool = False) -> Tensor:
+        device: torch.device | str | None = None, progress: bool = False,
+        on_tile: Callable[[int, int], None] | None = None) -> Tensor:
     """model(x) for x (1, C, H, W) float32 (on any device; the result is float32 on the CPU), optionally in tiles of
     `tile` input pixels. dtype float16/bfloat16 runs the model under autocast. See the module docstring for
-    `stats`; `overlap` is the blended margin of stats="tile"."""
+    `stats`; `overlap` is the blended margin of stats="tile". progress: a tqdm bar of its own over the tile passes;
+    on_tile(done, total) is called after each tile pass instead (for a caller's own bar)."""
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"x must be (1, C, H, W), got {tuple(x.shape)}")
     if stats not in ("global", "tile"):
@@ -178,20 +188,24 @@ def run(model: nn.Module, x: Tensor, *, scale: int, tile: int | None = None, ove
     h, w = x.shape[2:]
     with torch.no_grad():
         if tile is None or (tile >= h and tile >= w):
-            return forward(x).cpu()
+            y = forward(x).cpu()
+            _tile_done(None, on_tile, 1, 1)
+            return y
         if stats == "tile":
-            return _run_blended(forward, x, scale, tile, overlap, progress)
-        return _run_global(model, forward, x, scale, tile, progress)
+            return _run_blended(forward, x, scale, tile, overlap, progress, on_tile)
+        return _run_global(model, forward, x, scale, tile, progress, on_tile)
 
 
-def _run_global(model, forward, x, scale, tile, progress) -> Tensor:
+def _run_global(model, forward, x, scale, tile, progress, on_tile=None) -> Tensor:
     h, w = x.shape[2:]
     blocks = [m for m in model.modules() if isinstance(m, LatticeBlock)]
     tiles = _grid(h, w, tile, receptive_radius(model))
     out: Tensor | None = None
     hook = _GlobalStatistics(blocks)
     groups = hook.groups(blocks)
-    with _hooked(blocks, hook), _progress(len(tiles) * (len(groups) + 1), progress, "tiles") as bar:
+    total = len(tiles) * (len(groups) + 1)
+    done = 0
+    with _hooked(blocks, hook), _progress(total, progress, "tiles") as bar:
         for group in groups:
             hook.collecting = group
             hook.acc = {k: _Accumulator() for k in group}
@@ -199,8 +213,8 @@ def _run_global(model, forward, x, scale, tile, progress) -> Tensor:
                 hook.interior = (slice(t.y0 - t.py0, t.y1 - t.py0), slice(t.x0 - t.px0, t.x1 - t.px0))
                 with contextlib.suppress(_Stop):
                     forward(x[:, :, t.py0:t.py1, t.px0:t.px1])
-                if bar is not None:
-                    bar.update()
+                done += 1
+                _tile_done(bar, on_tile, done, total)
             for k in group:
                 hook.known[k] = hook.acc[k].result(torch.float32)
         hook.collecting = []
@@ -211,8 +225,8 @@ def _run_global(model, forward, x, scale, tile, progress) -> Tensor:
             oy, ox = (t.y0 - t.py0) * scale, (t.x0 - t.px0) * scale
             out[:, :, t.y0 * scale:t.y1 * scale, t.x0 * scale:t.x1 * scale] = \
                 y[:, :, oy:oy + (t.y1 - t.y0) * scale, ox:ox + (t.x1 - t.x0) * scale]
-            if bar is not None:
-                bar.update()
+            done += 1
+            _tile_done(bar, on_tile, done, total)
     return out
 
 
@@ -226,11 +240,12 @@ def _ramp(n: int, lead: int, trail: int) -> Tensor:
     return r
 
 
-def _run_blended(forward, x, scale, tile, overlap, progress) -> Tensor:
+def _run_blended(forward, x, scale, tile, overlap, progress, on_tile=None) -> Tensor:
     h, w = x.shape[2:]
     ys, xs = _overlapping(h, tile, overlap), _overlapping(w, tile, overlap)
     out = wsum = None
-    with _progress(len(ys) * len(xs), progress, "tiles") as bar:
+    total = len(ys) * len(xs)
+    with _progress(total, progress, "tiles") as bar:
         for i, y0 in enumerate(ys):
             for j, x0 in enumerate(xs):
                 th, tw = min(tile, h), min(tile, w)
@@ -248,8 +263,7 @@ def _run_blended(forward, x, scale, tile, overlap, progress) -> Tensor:
                       slice(x0 * scale, (x0 + tw) * scale))
                 out[sl] += y * wt
                 wsum[sl] += wt
-                if bar is not None:
-                    bar.update()
+                _tile_done(bar, on_tile, i * len(xs) + j + 1, total)
     return out / wsum
 
 
@@ -285,13 +299,7 @@ def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"output must be a .png file, got {path}")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        Image.fromarray(img).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
 
 
 def _to_uint8(y: Tensor, rng: float) -> np.ndarray:
@@ -313,10 +321,242 @@ def restore(model: nn.Module, img: np.ndarray, **kwargs) -> np.ndarray:
     return _to_uint8(run(model, x, scale=1, **kwargs), 1.0)
 
 
-def super_resolve_file(model: nn.Module, src: str | os.PathLike, dst: str | os.PathLike, **kwargs) -> None:
-    write_png(dst, super_resolve(model, read_image(src, "RGB"), **kwargs))
+# ---------------------------------------------------------------------------------------------------------------
+# image files in every common mode: RGB, L, 1, P, RGBA, LA, 16-bit gray/RGB(A), EXIF-oriented, ICC-tagged
+
+ALPHA_METHODS = ("bicubic", "model")
+OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def restore_file(model: nn.Module, src: str | os.PathLike, dst: str | os.PathLike, **kwargs) -> None:
-    mode = "L" if getattr(model, "channels", 3) == 1 else "RGB"
-    write_png(dst, restore(model, read_image(src, mode), **kwargs))
+@dataclass
+class LoadedImage:
+    """An image file's pixels as the models take them, and what is needed to write a result like it.
+
+    color: (H, W, 3) RGB or (H, W, 1) gray, uint8 (8-bit files) or uint16 (16-bit files), EXIF orientation applied;
+    alpha: (H, W) of the same dtype, or None; icc_profile: the file's embedded ICC profile, carried to the output;
+    mode: the file's mode as read (e.g. 'P', 'RGBA', 'I;16', 'RGB;16'), for messages."""
+
+    color: np.ndarray
+    alpha: np.ndarray | None = None
+    icc_profile: bytes | None = None
+    mode: str = ""
+
+    @property
+    def megapixels(self) -> float:
+        return self.color.shape[0] * self.color.shape[1] / 1e6
+
+
+# EXIF orientation tag (0x0112) values -> the transform that shows the image upright (TIFF/EXIF 2.3: 2 mirrors,
+# 3 rotates by 180, 4 flips, 5 transposes, 6 rotates 90 clockwise, 7 transverses, 8 rotates 90 counter-clockwise).
+_ORIENTATIONS = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
+    """(H, W[, C]) as it is to be shown for an EXIF orientation value (1..8; anything else: unchanged)."""
+    f = _ORIENTATIONS.get(orientation)
+    return np.ascontiguousarray(f(a)) if f is not None else a
+
+
+def _png_depth(path: Path) -> int | None:
+    """The bit depth of a PNG file (from its IHDR chunk), None for other files."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) == 26 and head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR":
+        return head[24]
+    return None
+
+
+def _read_png16(path: Path) -> tuple[np.ndarray, str]:
+    """A 16-bit PNG (gray, gray+alpha, RGB, RGBA) as (H, W, planes) uint16, with its mode name. Pillow reads only
+    the high byte of 16-bit color PNGs, so these go through pypng."""
+    import png
+
+    try:
+        w, h, rows, info = png.Reader(filename=str(path)).asDirect()
+        arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(h, w, info["planes"])
+    except (png.Error, ValueError, OSError, EOFError) as e:
+        raise ImageError(f"cannot read image {path}: {e}") from None
+    if info["bitdepth"] != 16:  # an sBIT chunk made pypng scale to the significant bits: back to 16-bit
+        arr = np.round(arr.astype(np.float64) * (65535 / (2 ** info["bitdepth"] - 1))).astype(np.uint16)
+    mode = ("LA" if info["alpha"] else "L") if info["greyscale"] else ("RGBA" if info["alpha"] else "RGB")
+    return arr, f"{mode};16"
+
+
+def read_image_file(path: str | os.PathLike) -> LoadedImage:
+    """Read any common image file: RGB, L and 1-bit, P (palette, to RGB or RGBA when it has transparency), RGBA and
+    LA (alpha kept apart), 16-bit gray / RGB(A) PNG and 16-bit gray TIFF (kept 16-bit); the EXIF orientation is
+    applied and the ICC profile kept. Raises FileNotFoundError, or ImageError for an unreadable file or a mode no
+    model takes (CMYK, YCbCr, LAB, HSV, 32-bit integer or float)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            icc = im.info.get("icc_profile") or None
+            orientation = int(im.getexif().get(0x0112, 1) or 1)
+            if _png_depth(path) == 16:
+                arr, mode = _read_png16(path)
+            else:
+                mode = im.mode
+                arr = _pillow_pixels(im, path)
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as e:
+        raise ImageError(f"cannot read image {path}: {e}") from None
+    arr = apply_orientation(arr, orientation)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    color, alpha = (arr[..., :-1], arr[..., -1]) if arr.shape[2] in (2, 4) else (arr, None)
+    return LoadedImage(np.ascontiguousarray(color), None if alpha is None else np.ascontiguousarray(alpha), icc, mode)
+
+
+def _pillow_pixels(im, path: Path) -> np.ndarray:
+    """(H, W[, C]) uint8 or uint16 of an image Pillow decoded, converting the modes that convert without loss."""
+    mode = im.mode
+    if mode in ("RGB", "L", "RGBA", "LA"):
+        return np.asarray(im)
+    if mode == "1":
+        return np.asarray(im.convert("L"))
+    if mode in ("P", "PA"):
+        return np.asarray(im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB"))
+    if mode.startswith("I;16"):
+        return np.asarray(im).astype(np.uint16)
+    raise ImageError(f"{path} is a {mode!r} image, which no model here takes (supported: RGB, L, 1-bit, P, RGBA, "
+                     f"LA, 16-bit gray or RGB); convert it to RGB first, with a color-managed tool for CMYK")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import zlib
+
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def _encode_png16(pixels: np.ndarray, icc_profile: bytes | None) -> bytes:
+    """(H, W, C) uint16 with C = 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA) as a 16-bit PNG (rows unfiltered,
+    deflated), with an iCCP chunk holding icc_profile if given."""
+    import zlib
+
+    h, w, c = pixels.shape
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    rows = np.ascontiguousarray(pixels, dtype=">u2").view(np.uint8).reshape(h, w * c * 2)
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1)  # filter type 0 (None) on every row
+    chunks = [_png_chunk(b"IHDR", w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([16, color_type, 0, 0, 0]))]
+    if icc_profile:
+        chunks.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)))
+    chunks += [_png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)), _png_chunk(b"IEND", b"")]
+    return _PNG_SIGNATURE + b"".join(chunks)
+
+
+def output_format(path: str | os.PathLike, format: str | None = None) -> str:
+    """'PNG' or 'JPEG', from `format` (png, jpg, jpeg) or else the suffix of `path`."""
+    key = (format or Path(path).suffix.lstrip(".")).lower()
+    if key not in OUTPUT_FORMATS:
+        raise ValueError(f"output format must be png or jpg, got {format or Path(path).suffix or 'no suffix'!r} "
+                         f"({path})")
+    return OUTPUT_FORMATS[key]
+
+
+def write_image_file(path: str | os.PathLike, img: LoadedImage, format: str | None = None,
+                     quality: int = 95) -> None:
+    """Write `img` atomically as PNG (8- or 16-bit as the image, alpha and ICC profile kept) or JPEG (8-bit: a 16-bit
+    image is rounded to 8 bits; `quality` 1..95; no alpha channel, so an image with one is refused)."""
+    from PIL import Image
+
+    path = Path(path)
+    fmt = output_format(path, format)
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    planes = img.color if img.alpha is None else np.concatenate([img.color, img.alpha[..., None]], axis=2)
+    if fmt == "JPEG" and img.alpha is not None:
+        raise ImageError(f"cannot write {path}: JPEG has no alpha channel and the image has one; write PNG instead")
+    if planes.dtype == np.uint16 and fmt == "PNG":
+        data = _encode_png16(planes, img.icc_profile)
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
+        return
+    if planes.dtype == np.uint16:
+        planes = ((planes.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    pil = Image.fromarray(planes[..., 0] if planes.shape[2] == 1 else planes)
+    opts = {"quality": quality} if fmt == "JPEG" else {}
+    if img.icc_profile:
+        opts["icc_profile"] = img.icc_profile
+    atomic_write(path, lambda tmp: pil.save(tmp, format=fmt, **opts))
+
+
+def _to_model(a: np.ndarray, rng: float) -> Tensor:
+    """(H, W, C) uint8/uint16 -> (1, C, H, W) float32 in [0, rng]."""
+    maxval = float(np.iinfo(a.dtype).max)
+    return torch.from_numpy(a.astype(np.float32)).permute(2, 0, 1)[None] * (rng / maxval)
+
+
+def _from_model(y: Tensor, rng: float, dtype: np.dtype) -> np.ndarray:
+    """(1, C, H, W) float in [0, rng] -> (H, W, C) of `dtype` (uint8/uint16), rounded and clamped."""
+    maxval = float(np.iinfo(dtype).max)
+    q = (y[0].double() * (maxval / rng)).round().clamp(0, maxval)
+    return q.permute(1, 2, 0).numpy().astype(dtype)
+
+
+def _run_gray_as_rgb(model: nn.Module, x: Tensor, scale: int, **kwargs) -> Tensor:
+    """A 3-channel model on a 1-channel image: the gray replicated to RGB, the output's channels averaged."""
+    return run(model, x.expand(1, 3, *x.shape[2:]), scale=scale, **kwargs).mean(dim=1, keepdim=True)
+
+
+def super_resolve_image(model: nn.Module, img: LoadedImage, alpha: str = "bicubic", **kwargs) -> LoadedImage:
+    """Upscale a LoadedImage by model.scale with a LatticeNet: RGB as is, gray through the RGB model (replicated,
+    then averaged), computed in float (16-bit images stay 16-bit). The alpha channel is upscaled apart: bicubic
+    interpolation (alpha="bicubic") or the model on its gray replica (alpha="model"). kwargs: see run()."""
+    if alpha not in ALPHA_METHODS:
+        raise ValueError(f"alpha must be one of {', '.join(ALPHA_METHODS)}, got {alpha!r}")
+    rng, scale = float(getattr(model, "rgb_range", 255.0)), model.scale
+    x = _to_model(img.color, rng)
+    y = run(model, x, scale=scale, **kwargs) if x.shape[1] == 3 else _run_gray_as_rgb(model, x, scale, **kwargs)
+    out_alpha = None
+    if img.alpha is not None:
+        a = _to_model(img.alpha[..., None], rng)
+        if alpha == "model":
+            ya = _run_gray_as_rgb(model, a, scale, **kwargs)
+        else:
+            ya = torch.nn.functional.interpolate(a, scale_factor=scale, mode="bicubic", align_corners=False)
+        out_alpha = _from_model(ya, rng, img.alpha.dtype)[..., 0]
+    return LoadedImage(_from_model(y, rng, img.color.dtype), out_alpha, img.icc_profile, img.mode)
+
+
+def restore_image(model: nn.Module, img: LoadedImage, **kwargs) -> LoadedImage:
+    """Restore (denoise) a LoadedImage with a LatticeRestorer (inputs in [0, 1]), computed in float: a color model
+    takes gray images replicated to RGB (output averaged back to gray), a gray model takes color images channel by
+    channel. The alpha channel is kept as it is. kwargs: see run()."""
+    channels = getattr(model, "channels", 3)
+    x = _to_model(img.color, 1.0)
+    if x.shape[1] == channels:
+        y = run(model, x, scale=1, **kwargs)
+    elif channels == 3:
+        y = _run_gray_as_rgb(model, x, 1, **kwargs)
+    else:
+        y = torch.cat([run(model, x[:, c:c + 1], scale=1, **kwargs) for c in range(x.shape[1])], dim=1)
+    return LoadedImage(_from_model(y, 1.0, img.color.dtype), img.alpha, img.icc_profile, img.mode)
+
+
+def super_resolve_file(model: nn.Module, src: str | os.PathLike, dst: str | os.PathLike, *, alpha: str = "bicubic",
+                       format: str | None = None, quality: int = 95, **kwargs) -> LoadedImage:
+    """Read `src` (any mode of read_image_file), upscale it (super_resolve_image) and write `dst` (write_image_file:
+    PNG, or JPEG by suffix or `format`). Returns the image read."""
+    img = read_image_file(src)
+    write_image_file(dst, super_resolve_image(model, img, alpha=alpha, **kwargs), format=format, quality=quality)
+    return img
+
+
+def restore_file(model: nn.Module, src: str | os.PathLike, dst: str | os.PathLike, *, format: str | None = None,
+                 quality: int = 95, **kwargs) -> LoadedImage:
+    """Read `src`, restore it (restore_image) and write `dst` (write_image_file). Returns the image read."""
+    img = read_image_file(src)
+    write_image_file(dst, restore_image(model, img, **kwargs), format=format, quality=quality)
+    return img

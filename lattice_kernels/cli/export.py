@@ -1,7 +1,8 @@
 """Export a LatticeNet or LatticeRestorer checkpoint to ONNX, then check it in ONNX Runtime when installed.
 
-    python python/export_onnx.py --checkpoint ../shared/weights/LatticeNet_x4.pt --out latticenet_x4.onnx
-    python python/export_onnx.py --checkpoint x4.safetensors --out x4_fp16.onnx --dtype float16
+examples:
+  lattice-export --checkpoint LatticeNet_x4.pt --out latticenet_x4.onnx
+  lattice-export --checkpoint x4.safetensors --out x4_fp16.onnx --dtype float16
 
 The graph has one input "input" (N, C, H, W) and one output "output"; N, H and W are dynamic unless --static.
 """
@@ -18,10 +19,11 @@ import lattice_kernels as lk
 from lattice_kernels.export import DEFAULT_OPSET, check_onnx, export_onnx
 from lattice_kernels.models import read_state_dict
 
+from . import HelpFormatter, command
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="export_onnx", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="lattice-export", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, type=Path,
                    help="LatticeNet (published .pt or .safetensors) or LatticeRestorer weights")
     p.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
@@ -77,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if err <= tolerance else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+main = command("lattice-export", build_parser, run)
 
 
 if __name__ == "__main__":

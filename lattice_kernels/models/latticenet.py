@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..contract import memory_format_of
 from ..nn import Conv3x3, LatticeBlock
 from .checkpoint import CheckpointError, check_state_dict, read_state_dict, save_safetensors
+from .pretrained import find_weights
 
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -95,6 +96,20 @@ class LatticeNet(nn.Module):
         check_state_dict(model, sd, str(path))
         model.load_state_dict(sd)
         return model.to(map_location)
+
+    @classmethod
+    def from_pretrained(cls, scale: int, map_location: str | torch.device = "cpu",
+                        backend: str | None = None) -> LatticeNet:
+        """The authors' published LatticeNet_x{scale} weights, found on disk by name in $LATTICE_WEIGHTS_DIR or the
+        user cache folder (see models/pretrained.py); nothing is downloaded. A missing file raises
+        WeightsNotFoundError saying where the authors publish it and where to put it."""
+        if scale not in (2, 3, 4):
+            raise ValueError(f"published LatticeNet weights exist for scale 2, 3 or 4, got {scale}")
+        path = find_weights(f"LatticeNet_x{scale}")
+        model = cls.from_checkpoint(path, map_location=map_location, backend=backend)
+        if model.scale != scale:
+            raise CheckpointError(f"{path}, found for LatticeNet x{scale}, holds x{model.scale} weights")
+        return model
 
     def save_safetensors(self, path: str | os.PathLike) -> None:
         save_safetensors(self, path, metadata={"model": "LatticeNet", "scale": str(self.scale)})

@@ -35,48 +35,67 @@ from .metrics import psnr_y, ssim_y
 
 @dataclass
 class TrainConfig:
-    data: str                                    # folder of HR (SR) or clean (denoising) images
-    out_dir: str
-    task: str = "sr"                             # "sr" or "denoise"
-    scale: int = 2
-    lr_data: str | None = None                   # paired LR folder (SR); default: bicubic downscaling
-    val_data: str | None = None                  # folder of HR/clean images for PSNR/SSIM
-    patch: int = 48                              # LR patch (SR) or patch (denoising)
-    batch_size: int = 16                         # per process
-    steps: int = 1000
-    lr: float = 2e-4
-    lr_milestones: list[int] = field(default_factory=list)  # halve the learning rate at these steps
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    amp: str | None = None                       # None, "bf16" or "fp16"
-    channels_last: bool = False
-    grad_clip: float | None = None
-    ema: float | None = None                     # EMA decay of the weights, e.g. 0.999
-    seed: int = 0
-    workers: int = 0
-    repeat: int = 1                              # passes over the image list per epoch
-    cache_images: bool = True
-    on_error: str = "fail"                       # unreadable images: "fail" or "skip"
-    checkpoint_every: int = 500
-    log_every: int = 10
-    val_every: int = 0                           # 0: validate at the end only (when val_data is set)
-    tensorboard: bool = False
-    backend: str | None = None
-    device: str | None = None
-    progress: bool = True
+    """Everything a training run is made of. Each field's metadata holds its help text (and its choices where the
+    values are a fixed set): the lattice-train command builds its options from these fields."""
+
+    data: str = field(metadata={"help": "folder of HR (sr) or clean (denoise) images, searched recursively"})
+    out_dir: str = field(metadata={"help": "run folder: model.safetensors, state.pt, metrics.jsonl; a run started "
+                                           "on a folder holding state.pt resumes it"})
+    task: str = field(default="sr", metadata={"help": "super-resolution or denoising", "choices": ("sr", "denoise")})
+    scale: int = field(default=2, metadata={"help": "upscaling factor (sr)", "choices": (2, 3, 4)})
+    lr_data: str | None = field(default=None, metadata={"help": "paired LR folder (sr); default: bicubic "
+                                                                "downscaling of the HR images on the fly"})
+    val_data: str | None = field(default=None, metadata={"help": "folder of HR/clean images for PSNR/SSIM"})
+    patch: int = field(default=48, metadata={"help": "LR patch (sr) or patch (denoise) size in pixels"})
+    batch_size: int = field(default=16, metadata={"help": "patches per step, per process"})
+    steps: int = field(default=1000, metadata={"help": "optimizer steps in all"})
+    lr: float = field(default=2e-4, metadata={"help": "Adam learning rate"})
+    lr_milestones: list[int] = field(default_factory=list,
+                                     metadata={"help": "halve the learning rate at these steps"})
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "Adam betas"})
+    eps: float = field(default=1e-8, metadata={"help": "Adam epsilon"})
+    amp: str | None = field(default=None, metadata={"help": "automatic mixed precision (default: float32)",
+                                                    "choices": ("bf16", "fp16")})
+    channels_last: bool = field(default=False, metadata={"help": "run the model in channels_last memory format"})
+    grad_clip: float | None = field(default=None, metadata={"help": "clip the gradient norm to this value"})
+    ema: float | None = field(default=None, metadata={"help": "EMA decay of the weights, e.g. 0.999 "
+                                                              "(ema.safetensors)"})
+    seed: int = field(default=0, metadata={"help": "seed of the weights and of the data (crops, flips, noise)"})
+    workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    repeat: int = field(default=1, metadata={"help": "passes over the image list per epoch"})
+    cache_images: bool = field(default=True, metadata={"help": "keep the decoded images in memory"})
+    on_error: str = field(default="fail", metadata={"help": "unreadable images: stop, or warn and skip them",
+                                                    "choices": ("fail", "skip")})
+    checkpoint_every: int = field(default=500, metadata={"help": "write the checkpoints every N steps"})
+    log_every: int = field(default=10, metadata={"help": "write metrics.jsonl every N steps"})
+    val_every: int = field(default=0, metadata={"help": "validate every N steps; 0: at the end only (with "
+                                                        "val_data)"})
+    tensorboard: bool = field(default=False, metadata={"help": "also log to TensorBoard (needs tensorboard)"})
+    backend: str | None = field(default=None, metadata={"help": "op backend: auto, cuda, triton, cpu or torch"})
+    device: str | None = field(default=None, metadata={"help": "e.g. cpu, cuda, cuda:1 (default: the local GPU "
+                                                               "if any, else cpu)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     # stage 2
-    stage: int = 1
-    stage1_checkpoint: str | None = None         # weights of the stage-1 network (.pt/.safetensors)
-    cl_weight: float = 1.0                       # lambda
-    cl_features: str = "vgg19"                   # "vgg19" or "pixel"
-    vgg_weights: str | None = None               # local torchvision VGG-19 state dict
-    negatives: int = 3                           # K
-    snapshots: list[str] = field(default_factory=list)  # stage-1 snapshots for negatives 2..K (else perturbed inputs)
-    perturb_sigma: float = 2.0                   # noise (0..255 scale) of the perturbed-input negatives
+    stage: int = field(default=1, metadata={"help": "1: L1 only; 2: contrastive fine-tuning of a stage-1 network",
+                                            "choices": (1, 2)})
+    stage1_checkpoint: str | None = field(default=None, metadata={"help": "weights of the stage-1 network "
+                                                                          "(.pt/.safetensors; stage 2)"})
+    cl_weight: float = field(default=1.0, metadata={"help": "lambda, the weight of the contrastive loss (stage 2)"})
+    cl_features: str = field(default="vgg19", metadata={"help": "feature space of the contrastive loss (stage 2)",
+                                                        "choices": ("vgg19", "pixel")})
+    vgg_weights: str | None = field(default=None, metadata={"help": "local torchvision VGG-19 state dict "
+                                                                    "(cl_features vgg19; nothing is downloaded)"})
+    negatives: int = field(default=3, metadata={"help": "K, negatives per anchor (stage 2)"})
+    snapshots: list[str] = field(default_factory=list,
+                                 metadata={"help": "stage-1 snapshots for negatives 2..K (else perturbed inputs)"})
+    perturb_sigma: float = field(default=2.0, metadata={"help": "noise (0..255 scale) of the perturbed-input "
+                                                                "negatives"})
     # denoising model
-    sigma: float | tuple[float, float] = 25.0
-    channels: int = 3
-    preset: str = "small"
+    sigma: float | tuple[float, float] = field(default=25.0, metadata={"help": "Gaussian noise sigma (0..255 "
+                                                                               "scale), or a range LO HI (denoise)"})
+    channels: int = field(default=3, metadata={"help": "1 (gray) or 3 (color) (denoise)", "choices": (1, 3)})
+    preset: str = field(default="small", metadata={"help": "size of the denoising model",
+                                                   "choices": ("small", "large")})
 
 
 def _rng_state() -> dict:

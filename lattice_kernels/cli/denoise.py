@@ -1,0 +1,54 @@
+"""lattice-denoise: restore (denoise, derain) image files with a LatticeRestorer checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import lattice_kernels as lk
+
+from .. import inference
+from . import HelpFormatter, command
+from .images import add_image_options, check_device, collect_inputs, plan_jobs, process, run_options
+
+DESCRIPTION = """\
+Denoise (or derain) images with a LatticeRestorer checkpoint, e.g. the model.safetensors that lattice-train
+--task denoise writes.
+
+examples:
+  lattice-denoise --checkpoint runs/dn/model.safetensors noisy.png      # writes ./noisy_restored.png
+  lattice-denoise -c model.safetensors scans/ -o clean/ --glob '*.tif' --tile 512
+
+RGB, gray, palette, RGBA/LA (the alpha channel is kept as it is), 16-bit PNG/TIFF (kept 16-bit), EXIF-rotated and
+ICC-tagged images are handled. A color model takes gray images as RGB; a gray model takes color images channel
+by channel.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lattice-denoise", description=DESCRIPTION, formatter_class=HelpFormatter)
+    p.add_argument("-c", "--checkpoint", type=Path, required=True,
+                   help="LatticeRestorer weights (.safetensors or .pt)")
+    add_image_options(p, suffix="_restored")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    inputs = collect_inputs(args.inputs, args.glob, exclude=args.out_dir)
+    net = lk.LatticeRestorer.from_checkpoint(args.checkpoint, map_location=check_device(args.device),
+                                             backend=args.backend).eval()
+    jobs = plan_jobs(inputs, args.out_dir, args.suffix, args.format)
+    opts = run_options(args)
+
+    def work(src: Path, dst: Path, on_tile) -> inference.LoadedImage:
+        return inference.restore_file(net, src, dst, format=args.format, quality=args.quality, on_tile=on_tile,
+                                      **opts)
+
+    process("lattice-denoise", jobs, work, 1, skip_existing=args.skip_existing, quiet=args.quiet)
+    return 0
+
+
+main = command("lattice-denoise", build_parser, run)
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""What lattice-upscale and lattice-denoise share: the image options, the inputs (files, folders searched
+recursively, `-` for a list of paths on stdin), the output names (never an input), and the loop over the files with
+one progress bar and a summary line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import torch
+
+from .. import BACKENDS
+from ..inference import LoadedImage
+from ..train.data import IMAGE_SUFFIXES
+
+TileCallback = Callable[[int, int], None]
+
+
+def positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return v
+
+
+def jpeg_quality(text: str) -> int:
+    v = int(text)
+    if not 1 <= v <= 100:
+        raise argparse.ArgumentTypeError(f"must be in 1..100, got {text}")
+    return v
+
+
+def add_image_options(p: argparse.ArgumentParser, suffix: str) -> None:
+    """The inputs, outputs and inference options of an image command; `suffix` is the default output suffix."""
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders (searched recursively) or - (a list of paths on stdin, one per line)")
+    p.add_argument("-o", "--out-dir", type=Path, default=Path("."),
+                   help="output folder; a folder's images keep their sub-folders under it")
+    p.add_argument("--suffix", default=suffix, help="added to each output's name (default: %(default)s)")
+    p.add_argument("--format", choices=["png", "jpg"], default="png",
+                   help="output format: png keeps 16-bit depth and alpha; jpg is 8-bit and has no alpha")
+    p.add_argument("--quality", type=jpeg_quality, default=95, help="JPEG quality, 1..100")
+    p.add_argument("--glob", default=None,
+                   help=f"pattern of the files taken from folders, e.g. '*.png' (default: {' '.join(IMAGE_SUFFIXES)})")
+    p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output file exists")
+    p.add_argument("--tile", type=positive_int, default=None,
+                   help="process in tiles of this many input pixels (bounded memory; same result with --stats global)")
+    p.add_argument("--overlap", type=int, default=16, help="blended margin of the tiles with --stats tile")
+    p.add_argument("--stats", choices=["global", "tile"], default="global",
+                   help="global: the exact whole-image result (several passes); tile: one pass, approximate")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="compute precision (bfloat16/float16 via autocast)")
+    p.add_argument("--channels-last", action="store_true", help="run the model in channels_last memory format")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="op backend (default: auto)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-file lines")
+
+
+def check_device(name: str) -> torch.device:
+    """torch.device(name), refusing a CUDA device that this torch cannot use (instead of failing mid-run)."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available to this torch ({torch.__version__}); "
+                         f"use --device cpu")
+    return dev
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of inference.run() chosen on the command line."""
+    return {"tile": args.tile, "overlap": args.overlap, "stats": args.stats, "dtype": getattr(torch, args.dtype),
+            "channels_last": args.channels_last}
+
+
+@dataclass(frozen=True)
+class Job:
+    src: Path
+    dst: Path
+
+
+def _in_folder(folder: Path, pattern: str | None, exclude: Path | None) -> list[Path]:
+    """The images in `folder` and its sub-folders, except those in `exclude` when it lies inside `folder`."""
+    top = folder.resolve()
+    if exclude is not None and (exclude == top or exclude in top.parents):
+        exclude = None
+    found = folder.rglob(pattern) if pattern else folder.rglob("*")
+    files = []
+    for f in found:
+        if not f.is_file() or (pattern is None and f.suffix.lower() not in IMAGE_SUFFIXES):
+            continue
+        if exclude is not None and exclude in f.resolve().parents:
+            continue  # the outputs of an earlier run into a folder inside this one
+        files.append(f)
+    return sorted(files)
+
+
+def collect_inputs(inputs: Iterable[str], pattern: str | None = None, exclude: Path | None = None,
+                   stdin: TextIO | None = None) -> list[tuple[Path, Path]]:
+    """(file, its path relative to the folder it was found in, or its name) for each input: a file, the images in
+    a folder (recursively; `pattern` filters, else the known image suffixes; nothing under `exclude`), or, for '-',
+    the files and folders listed on stdin. Each file once; FileNotFoundError for a path that does not exist,
+    ValueError when no image is found."""
+    out: list[tuple[Path, Path]] = []
+    seen: set[Path] = set()
+    exclude = exclude.resolve() if exclude is not None else None
+
+    def add(f: Path, rel: Path) -> None:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append((f, rel))
+
+    names: list[str] = []
+    for item in inputs:
+        if item == "-":
+            names += [ln.strip() for ln in (stdin or sys.stdin).read().splitlines() if ln.strip()]
+        else:
+            names.append(item)
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            for f in _in_folder(path, pattern, exclude):
+                add(f, f.relative_to(path))
+        elif path.is_file():
+            add(path, Path(path.name))
+        else:
+            raise FileNotFoundError(f"input not found: {path}")
+    if not out:
+        what = f"matching {pattern!r}" if pattern else f"({', '.join(IMAGE_SUFFIXES)})"
+        raise ValueError(f"no images {what} in {', '.join(names) or 'the list on stdin'}")
+    return out
+
+
+def plan_jobs(inputs: list[tuple[Path, Path]], out_dir: Path, suffix: str, fmt: str) -> list[Job]:
+    """One Job per input: out_dir / <relative folder> / <stem><suffix>.<fmt>. Refuses (ValueError) an output that
+    is one of the inputs, and two inputs that would write the same output."""
+    sources = {src.resolve(): src for src, _ in inputs}
+    jobs, targets = [], {}
+    for src, rel in inputs:
+        dst = out_dir / rel.parent / f"{rel.stem}{suffix}.{fmt}"
+        key = dst.resolve()
+        if key in sources or (dst.exists() and any(os.path.samefile(dst, s) for s in sources.values())):
+            raise ValueError(f"the output {dst} would overwrite the input {sources.get(key, dst)}; outputs never "
+                             f"replace inputs: choose another --out-dir or --suffix")
+        if key in targets:
+            raise ValueError(f"{targets[key]} and {src} would both be written to {dst}; process them into "
+                             f"different --out-dir folders")
+        targets[key] = src
+        jobs.append(Job(src, dst))
+    return jobs
+
+
+def process(prog: str, jobs: list[Job], work: Callable[[Path, Path, TileCallback], LoadedImage], scale: int,
+            skip_existing: bool = False, quiet: bool = False) -> dict:
+    """work(src, dst, on_tile) for each job, under one progress bar over the files (its postfix counts the tiles of
+    the current file; shown on a terminal unless quiet), printing `src -> dst` per file unless quiet and a summary
+    line at the end (files, megapixels in and out, seconds). Returns the summary's numbers."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    done = skipped = 0
+    mp_in = 0.0
+    with tqdm(total=len(jobs), unit="file", desc=prog, disable=True if quiet else None, file=sys.stderr) as bar:
+        for job in jobs:
+            if skip_existing and job.dst.exists():
+                skipped += 1
+                bar.update()
+                continue
+            job.dst.parent.mkdir(parents=True, exist_ok=True)
+            bar.set_postfix_str(job.src.name)
+
+            def on_tile(i: int, n: int, name: str = job.src.name) -> None:
+                if n > 1:
+                    bar.set_postfix_str(f"{name} tile {i}/{n}")
+
+            img = work(job.src, job.dst, on_tile)
+            done += 1
+            mp_in += img.megapixels
+            bar.update()
+            if not quiet:
+                bar.write(f"{job.src} -> {job.dst}", file=sys.stdout)
+    seconds = time.perf_counter() - t0
+    summary = {"files": done, "skipped": skipped, "megapixels_in": mp_in, "megapixels_out": mp_in * scale * scale,
+               "seconds": seconds}
+    extra = f", {skipped} skipped (output exists)" if skipped else ""
+    print(f"{prog}: {done} file{'s' if done != 1 else ''}{extra}, {mp_in:.2f} megapixels in, "
+          f"{mp_in * scale * scale:.2f} out, {seconds:.1f} s", flush=True)
+    return summary
