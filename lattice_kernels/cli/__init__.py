@@ -1,0 +1,1 @@
+"""Command-line tools: one module per command, each with build_parser(), run(args) and main(argv)."""
