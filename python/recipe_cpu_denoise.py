@@ -58,21 +58,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--patch", type=int, default=64)
     p.add_argument("--summary", type=Path, default=None, help="JSON summary (default: <out>/summary.json)")
+    p.add_argument("--nlm-h", type=float, default=None,
+                   help="non-local means h / sigma to use instead of tuning it (e.g. what an earlier run chose)")
+    p.add_argument("--note", default="", help="recorded in the summary (machine, conditions)")
     a = p.parse_args(argv)
 
     data = a.out / "photos"
     subprocess.run([sys.executable, str(HERE / "prepare_photos.py"), str(data)], check=True)
     train, val = data / "train", data / "val"
-    summary: dict = {"sigma": a.sigma, "train_images": [f.stem for f in image_files(train)],
+    summary: dict = {"note": a.note, "sigma": a.sigma, "train_images": [f.stem for f in image_files(train)],
                      "val_images": [f.stem for f in image_files(val)],
                      "protocol": "clean + N(0, sigma^2) on 0..255, seeded, not clipped; output rounded to uint8; "
                                  "PSNR/SSIM on the full RGB image"}
 
     # Non-local means: h chosen on the training photographs (other noise seed), then scored on the held-out ones.
     t = time.perf_counter()
-    tuning = {f"{k:g}": nl_means_scores(train, a.sigma, 1, k)[0] for k in H_FACTORS}
-    best = max(tuning, key=tuning.get)
-    summary["nlm_h_over_sigma_train_psnr"] = tuning
+    if a.nlm_h is None:
+        tuning = {f"{k:g}": nl_means_scores(train, a.sigma, 1, k)[0] for k in H_FACTORS}
+        best = max(tuning, key=tuning.get)
+        summary["nlm_h_over_sigma_train_psnr"] = tuning
+    else:
+        tuning, best = "given (--nlm-h)", a.nlm_h
     summary["nlm_h_over_sigma"] = float(best)
     summary["nlm_psnr"], summary["nlm_ssim"] = nl_means_scores(val, a.sigma, 0, float(best))
     summary["nlm_minutes"] = (time.perf_counter() - t) / 60
