@@ -187,43 +187,61 @@ def _progress(items: Sequence, enabled: bool, desc: str) -> Iterable:
     return tqdm(items, desc=desc, unit="image")
 
 
+def _scores(model: nn.Module, name: str, task: str, sigma: float, given_lr: bool) -> DatasetScores:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task == "sr":
+        return DatasetScores(name, task, scale=int(model.scale),
+                             baseline="bicubic (MATLAB imresize)" + (" of the given LR" if given_lr else ""))
+    return DatasetScores(name, task, sigma=float(sigma), baseline="noisy input")
+
+
+def _score_one(model: nn.Module, res: DatasetScores, index: int, name: str, img: np.ndarray, lr: np.ndarray | None,
+               seed: int, clip_noisy: bool, run_kwargs: dict) -> None:
+    if res.task == "sr":
+        res.images.append(evaluate_sr(model, img, lr, name=name, **run_kwargs))
+    else:
+        res.images.append(evaluate_denoise(model, img, res.sigma, noise_rng(seed, index), clip_noisy, name=name,
+                                           **run_kwargs))
+
+
+def evaluate_images(model: nn.Module, images: dict[str, np.ndarray], name: str, task: str = "sr",
+                    sigma: float = 25.0, seed: int = 0, clip_noisy: bool = False, progress: bool = False,
+                    **run_kwargs) -> DatasetScores:
+    """evaluate_folder for images in memory: {image name: uint8 (H, W, 3)}, in the dict's order (image i gets the
+    noise of index i)."""
+    res = _scores(model, name, task, sigma, False)
+    for i, key in enumerate(_progress(list(images), progress, name)):
+        _score_one(model, res, i, key, images[key], None, seed, clip_noisy, run_kwargs)
+    return res
+
+
 def evaluate_folder(model: nn.Module, hr_dir: str | os.PathLike, task: str = "sr",
                     lr_dir: str | os.PathLike | None = None, sigma: float = 25.0, seed: int = 0,
                     clip_noisy: bool = False, progress: bool = False, name: str | None = None,
                     **run_kwargs) -> DatasetScores:
-    """Score `model` on every image directly in `hr_dir` (HR images for task 'sr', clean ones for 'denoise').
-    lr_dir: pre-made LR images (task 'sr'), found by find_lr. Files that cannot be read, or LR images of the wrong
-    size, raise an error naming the file. run_kwargs go to inference.run."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    """Score `model` on every image directly in `hr_dir` (HR images for task 'sr', clean ones for 'denoise'), in
+    sorted order. lr_dir: pre-made LR images (task 'sr'), found by find_lr. Files that cannot be read, or LR images
+    of the wrong size, raise an error naming the file. run_kwargs go to inference.run."""
+    res = _scores(model, name or dataset_name(hr_dir), task, sigma, lr_dir is not None)
     files = image_files(hr_dir)
     if lr_dir is not None:
         if task != "sr":
             raise ValueError("lr_dir is for super-resolution (task 'sr') only")
         if not Path(lr_dir).is_dir():
             raise FileNotFoundError(f"LR image folder not found: {lr_dir}")
-    name = name or dataset_name(hr_dir)
-    if task == "sr":
-        scale = int(model.scale)
-        res = DatasetScores(name, task, scale=scale,
-                            baseline="bicubic (MATLAB imresize)" + (" of the given LR" if lr_dir else ""))
-    else:
-        res = DatasetScores(name, task, sigma=float(sigma), baseline="noisy input")
-    for i, f in enumerate(_progress(files, progress, name)):
+    for i, f in enumerate(_progress(files, progress, res.name)):
         img = inference.read_image(f, "RGB")
-        if task == "sr":
-            lr = None
-            if lr_dir is not None:
-                lr_path = find_lr(f, Path(lr_dir), scale)
-                lr = inference.read_image(lr_path, "RGB")
-                if lr.shape[:2] != (img.shape[0] // scale, img.shape[1] // scale):
-                    raise ValueError(f"{lr_path}: LR image is {lr.shape[1]}x{lr.shape[0]}, expected "
-                                     f"{img.shape[1] // scale}x{img.shape[0] // scale} for the HR image {f} "
-                                     f"({img.shape[1]}x{img.shape[0]}) at x{scale}")
-            res.images.append(evaluate_sr(model, img, lr, name=f.stem, **run_kwargs))
-        else:
-            res.images.append(evaluate_denoise(model, img, sigma, noise_rng(seed, i), clip_noisy, name=f.stem,
-                                               **run_kwargs))
+        lr = None
+        if lr_dir is not None:
+            s = res.scale
+            lr_path = find_lr(f, Path(lr_dir), s)
+            lr = inference.read_image(lr_path, "RGB")
+            if lr.shape[:2] != (img.shape[0] // s, img.shape[1] // s):
+                raise ValueError(f"{lr_path}: LR image is {lr.shape[1]}x{lr.shape[0]}, expected "
+                                 f"{img.shape[1] // s}x{img.shape[0] // s} for the HR image {f} "
+                                 f"({img.shape[1]}x{img.shape[0]}) at x{s}")
+        _score_one(model, res, i, f.stem, img, lr, seed, clip_noisy, run_kwargs)
     return res
 
 
