@@ -274,3 +274,27 @@ def test_error_lr_missing_or_mismatched(tiny_ckpt, tmp_path):
         evaluate_folder(_identity_restorer(3), d, task="denoise", lr_dir=lr_dir)
     with pytest.raises(ValueError, match="--tile"):
         _run("--checkpoint", str(tiny_ckpt), "--hr-dir", str(d), "--tile", "-1")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training pairs use the same imresize
+
+def test_training_lr_is_the_protocol_lr(tmp_path):
+    from lattice_kernels.train import SRDataset
+    from lattice_kernels.train.data import bicubic_downscale
+
+    hr = crop(photo("rocket"), 66, 81)
+    d = _write(tmp_path / "hr", {"rocket": hr})
+    ds = SRDataset(d, scale=3, patch=22, augment=False)  # LR 22x27: the crop may start at x = 0..5
+    lr, hr_patch = ds[0]
+    want = make_lr(hr, 3)
+    x0 = [x for x in range(want.shape[1] - 22 + 1)
+          if np.array_equal(want[:, x:x + 22], lr.permute(1, 2, 0).round().to(torch.uint8).numpy())]
+    assert len(x0) >= 1
+    assert np.array_equal(hr_patch.permute(1, 2, 0).round().to(torch.uint8).numpy(),
+                          hr[:66, x0[0] * 3:(x0[0] + 22) * 3])
+    pil = bicubic_downscale(hr, 3, "pil")
+    assert pil.shape == want.shape and not np.array_equal(pil, want)
+    assert SRDataset(d, scale=3, patch=22, lr_resize="pil").lr_resize == "pil"
+    with pytest.raises(ValueError, match="lr_resize must be one of matlab, pil"):
+        SRDataset(d, scale=3, patch=22, lr_resize="lanczos")
