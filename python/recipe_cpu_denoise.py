@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                       lr_milestones=[int(a.steps * 0.75)], repeat=64, checkpoint_every=100, log_every=20, seed=0)
     Trainer(cfg).run()
     summary["train_minutes"] = (time.perf_counter() - t) / 60
+    logged = [json.loads(line) for line in (a.out / "train" / "metrics.jsonl").read_text().splitlines()]
+    if logged and "seconds" in logged[-1]:  # the trainer's own clock: also right for a resumed run
+        summary["train_minutes_logged"] = logged[-1]["seconds"] / 60
     summary["train_steps"] = a.steps
     summary["batch_size"], summary["patch"] = a.batch_size, a.patch
     net = lk.LatticeRestorer.from_checkpoint(a.out / "train" / "model.safetensors").eval()
