@@ -315,7 +315,8 @@ def super_resolve(model: nn.Module, img: np.ndarray, **kwargs) -> np.ndarray:
 
 
 def restore(model: nn.Module, img: np.ndarray, **kwargs) -> np.ndarray:
-    """uint8 (H, W) or (H, W, 3) -> the same, with a LatticeRestorer (inputs in [0, 1])."""
+    """(H, W) or (H, W, 3) on the 0..255 scale (uint8, or float such as an unclipped noisy image) -> uint8 of the
+    same shape, with a LatticeRestorer (inputs in [0, 1])."""
     arr = img[..., None] if img.ndim == 2 else img
     x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)[None].float() / 255.0
     return _to_uint8(run(model, x, scale=1, **kwargs), 1.0)

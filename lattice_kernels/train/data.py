@@ -1,5 +1,6 @@
-"""Training data: HR image folders (LR made on the fly by bicubic downscaling, or a paired LR folder) for super-
-resolution, and clean folders with Gaussian noise for denoising; random crops, flips and 90-degree rotations.
+"""Training data: HR image folders (LR made on the fly by MATLAB-bicubic downscaling as DIV2K's LR images were
+made, PIL's bicubic as an option, or a paired LR folder) for super-resolution, and clean folders with Gaussian
+noise for denoising; random crops, flips and 90-degree rotations.
 
 Every random choice of a sample is a function of (seed, epoch, index) only, so the data a step sees does not depend
 on the number of DataLoader workers, and a resumed run sees exactly what an uninterrupted one would.
@@ -25,11 +26,13 @@ class DataError(ValueError):
     """A dataset that cannot be used: empty folder, unreadable image (with on_error='fail'), bad pairing."""
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
+def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """The image files under `folder` (and its subfolders when `recursive`), sorted."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    files = sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     return files
@@ -44,8 +47,19 @@ def load_rgb(path: Path) -> np.ndarray:
         raise DataError(f"cannot read image {path}: {e}") from e
 
 
-def bicubic_downscale(hr: np.ndarray, scale: int) -> np.ndarray:
+LR_RESIZE = ("matlab", "pil")
+
+
+def bicubic_downscale(hr: np.ndarray, scale: int, method: str = "matlab") -> np.ndarray:
+    """uint8 (H, W, 3) -> (H // s, W // s, 3): the HR image cropped to a multiple of s, downscaled by MATLAB's
+    imresize(hr, 1/s, 'bicubic') (method "matlab": the DIV2K and benchmark protocol) or PIL's bicubic ("pil")."""
+    if method not in LR_RESIZE:
+        raise ValueError(f"LR resize method must be one of {', '.join(LR_RESIZE)}, got {method!r}")
     h, w = hr.shape[0] // scale, hr.shape[1] // scale
+    if method == "matlab":
+        from ..imresize import imresize
+
+        return imresize(hr[: h * scale, : w * scale], size=(h, w))
     return np.asarray(Image.fromarray(hr[: h * scale, : w * scale]).resize((w, h), Image.BICUBIC))
 
 
@@ -106,10 +120,16 @@ class _ImageSource:
 
 class SRDataset(Dataset):
     """(lr, hr) crops for scale s: lr (3, patch, patch), hr (3, s*patch, s*patch), in [0, rgb_range]. LR comes from
-    a paired folder (same relative names) when given, else from bicubic downscaling of the HR image."""
+    a paired folder (same relative names) when given, else from bicubic downscaling of the whole HR image
+    (bicubic_downscale with `lr_resize`, computed once per image when `cache`)."""
 
     def __init__(self, hr_folder, scale: int, patch: int = 48, lr_folder=None, rgb_range: float = 255.0,
-                 repeat: int = 1, seed: int = 0, on_error: str = "fail", cache: bool = True, augment: bool = True):
+                 repeat: int = 1, seed: int = 0, on_error: str = "fail", cache: bool = True, augment: bool = True,
+                 lr_resize: str = "matlab"):
+        if lr_resize not in LR_RESIZE:
+            raise ValueError(f"lr_resize must be one of {', '.join(LR_RESIZE)}, got {lr_resize!r}")
+        self.lr_resize = lr_resize
+        self._lr_cache: dict[int, np.ndarray] = {}
         self.hr_files = list_images(hr_folder)
         self.scale, self.patch, self.rgb_range, self.repeat, self.seed = scale, patch, rgb_range, repeat, seed
         self.augment = augment
@@ -143,8 +163,12 @@ class SRDataset(Dataset):
             _, lr = self.lr.get(j)
             if lr.shape[0] * s > hr.shape[0] or lr.shape[1] * s > hr.shape[1]:
                 raise DataError(f"LR {self.lr.files[j]} {lr.shape[:2]} is not HR {self.hr_files[j]} / {s}")
+        elif j in self._lr_cache:
+            lr = self._lr_cache[j]
         else:
-            lr = bicubic_downscale(hr, s)
+            lr = bicubic_downscale(hr, s, self.lr_resize)
+            if self.hr.cache:
+                self._lr_cache[j] = lr
         if lr.shape[0] < p or lr.shape[1] < p:
             raise DataError(f"{self.hr_files[j]}: LR size {lr.shape[:2]} is smaller than the patch {p}")
         y, x = rng.integers(0, lr.shape[0] - p + 1), rng.integers(0, lr.shape[1] - p + 1)

@@ -1,5 +1,6 @@
-"""PSNR and SSIM on the Y channel (ITU-R BT.601), border shaved by the scale, on uint8 images: the protocol of the
-super-resolution papers (and of the MATLAB code they report with)."""
+"""PSNR and SSIM on uint8 images: on the Y channel (ITU-R BT.601) with the border shaved by the scale, the protocol
+of the super-resolution papers (and of the MATLAB code they report with), and on all channels of the full image, the
+denoising benchmarks' protocol."""
 
 from __future__ import annotations
 
@@ -21,25 +22,46 @@ def rgb_to_y(img: np.ndarray) -> np.ndarray:
     return 16.0 + (65.481 * a[..., 0] + 128.553 * a[..., 1] + 24.966 * a[..., 2]) / 255.0
 
 
+def _check_pair(img: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    img, ref = np.asarray(img), np.asarray(ref)
+    if img.shape != ref.shape:
+        raise ValueError(f"images differ in shape: {img.shape} vs {ref.shape}")
+    if img.dtype != np.uint8 or ref.dtype != np.uint8:
+        raise TypeError(f"PSNR/SSIM take uint8 images (rounded outputs), got {img.dtype} and {ref.dtype}")
+    if img.ndim not in (2, 3) or img.size == 0:
+        raise ValueError(f"PSNR/SSIM take non-empty (H, W) or (H, W, C) images, got shape {img.shape}")
+    return img, ref
+
+
+def _shave(a: np.ndarray, shave: int) -> np.ndarray:
+    if not shave:
+        return a
+    if 2 * shave >= min(a.shape[:2]):
+        raise ValueError(f"image {a.shape[:2]} too small to shave {shave} pixels from each border")
+    return a[shave:-shave, shave:-shave]
+
+
 def _prepare(sr: np.ndarray, hr: np.ndarray, shave: int) -> tuple[np.ndarray, np.ndarray]:
-    sr, hr = np.asarray(sr), np.asarray(hr)
-    if sr.shape != hr.shape:
-        raise ValueError(f"images differ in shape: {sr.shape} vs {hr.shape}")
-    if sr.dtype != np.uint8 or hr.dtype != np.uint8:
-        raise TypeError(f"PSNR/SSIM take uint8 images (rounded outputs), got {sr.dtype} and {hr.dtype}")
-    ys, yh = rgb_to_y(sr), rgb_to_y(hr)
-    if shave:
-        if 2 * shave >= min(ys.shape):
-            raise ValueError(f"image {ys.shape} too small to shave {shave} pixels from each border")
-        ys, yh = ys[shave:-shave, shave:-shave], yh[shave:-shave, shave:-shave]
-    return ys, yh
+    sr, hr = _check_pair(sr, hr)
+    return _shave(rgb_to_y(sr), shave), _shave(rgb_to_y(hr), shave)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB), peak 255, of two float64 arrays of the same shape (all elements)."""
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def psnr_y(sr: np.ndarray, hr: np.ndarray, shave: int = 0) -> float:
     """PSNR (dB) of the Y channels, peak 255, after removing `shave` pixels at each border."""
-    ys, yh = _prepare(sr, hr, shave)
-    mse = float(np.mean((ys - yh) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+    return _psnr(*_prepare(sr, hr, shave))
+
+
+def psnr(img: np.ndarray, ref: np.ndarray, shave: int = 0) -> float:
+    """PSNR (dB), peak 255, over every pixel and channel of uint8 (H, W) or (H, W, C) images, after removing
+    `shave` pixels at each border (the denoising benchmarks' PSNR with shave = 0)."""
+    img, ref = _check_pair(img, ref)
+    return _psnr(_shave(img.astype(np.float64), shave), _shave(ref.astype(np.float64), shave))
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -49,10 +71,10 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return (g[:, None] * g[None, :])[None, None]
 
 
-def ssim_y(sr: np.ndarray, hr: np.ndarray, shave: int = 0) -> float:
-    """SSIM (Wang et al. 2004) of the Y channels: 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03,
-    L = 255, statistics over valid windows only, mean over the map."""
-    ys, yh = _prepare(sr, hr, shave)
+def _ssim(ys: np.ndarray, yh: np.ndarray) -> float:
+    """SSIM of two float64 (H, W) arrays on the 0..255 scale (see ssim_y)."""
+    if min(ys.shape) < 11:
+        raise ValueError(f"SSIM needs at least 11x11 pixels (its window), got {ys.shape}")
     a = torch.from_numpy(np.ascontiguousarray(ys))[None, None]
     b = torch.from_numpy(np.ascontiguousarray(yh))[None, None]
     w = _gaussian_window()
@@ -63,3 +85,18 @@ def ssim_y(sr: np.ndarray, hr: np.ndarray, shave: int = 0) -> float:
     cov = F.conv2d(a * b, w) - mu_a * mu_b
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return float(s.mean())
+
+
+def ssim_y(sr: np.ndarray, hr: np.ndarray, shave: int = 0) -> float:
+    """SSIM (Wang et al. 2004) of the Y channels: 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03,
+    L = 255, statistics over valid windows only, mean over the map."""
+    return _ssim(*_prepare(sr, hr, shave))
+
+
+def ssim(img: np.ndarray, ref: np.ndarray, shave: int = 0) -> float:
+    """SSIM as ssim_y, per channel of uint8 (H, W) or (H, W, C) images, averaged over the channels."""
+    img, ref = _check_pair(img, ref)
+    a, b = _shave(img.astype(np.float64), shave), _shave(ref.astype(np.float64), shave)
+    if a.ndim == 2:
+        return _ssim(a, b)
+    return float(np.mean([_ssim(a[..., c], b[..., c]) for c in range(a.shape[2])]))

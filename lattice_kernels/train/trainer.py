@@ -28,9 +28,8 @@ from torch.utils.data import DataLoader
 
 from .._files import atomic_write
 from ..models import LatticeNet, LatticeRestorer, read_state_dict, save_safetensors
-from .data import DenoiseDataset, EpochSampler, SRDataset, list_images, load_rgb
+from .data import DenoiseDataset, EpochSampler, SRDataset
 from .losses import VGG_WEIGHTS, ContrastiveLoss, PixelFeatures, VGG19Features
-from .metrics import psnr_y, ssim_y
 
 
 @dataclass
@@ -45,6 +44,10 @@ class TrainConfig:
     scale: int = field(default=2, metadata={"help": "upscaling factor (sr)", "choices": (2, 3, 4)})
     lr_data: str | None = field(default=None, metadata={"help": "paired LR folder (sr); default: bicubic "
                                                                 "downscaling of the HR images on the fly"})
+    lr_resize: str = field(default="matlab", metadata={"help": (
+        "how the LR images are made on the fly when lr_data is not given: 'matlab' (MATLAB's imresize bicubic, "
+        "antialiased: the DIV2K and benchmark protocol the published models were trained and scored with) or "
+        "'pil' (PIL's bicubic)"), "choices": ("matlab", "pil")})
     val_data: str | None = field(default=None, metadata={"help": "folder of HR/clean images for PSNR/SSIM"})
     patch: int = field(default=48, metadata={"help": "LR patch (sr) or patch (denoise) size in pixels"})
     batch_size: int = field(default=16, metadata={"help": "patches per step, per process"})
@@ -159,7 +162,7 @@ class Trainer:
         c = self.cfg
         if c.task == "sr":
             return SRDataset(c.data, c.scale, c.patch, c.lr_data, repeat=c.repeat, seed=c.seed, on_error=c.on_error,
-                             cache=c.cache_images)
+                             cache=c.cache_images, lr_resize=c.lr_resize)
         return DenoiseDataset(c.data, c.sigma, c.patch, c.channels, repeat=c.repeat, seed=c.seed,
                               on_error=c.on_error, cache=c.cache_images)
 
@@ -416,29 +419,15 @@ class Trainer:
 @torch.no_grad()
 def evaluate(model: nn.Module, folder: str, task: str = "sr", scale: int = 2, sigma=25.0, seed: int = 0,
              tile: int | None = None) -> tuple[float, float]:
-    """Mean PSNR/SSIM (Y channel, border shaved by the scale for SR) over a folder of HR/clean images. SR inputs
-    are bicubic downscalings; denoising inputs get seeded Gaussian noise."""
-    from .. import inference
+    """Mean PSNR/SSIM over a folder of HR/clean images with the benchmarks' protocols (lattice_kernels.evaluation):
+    SR on the Y channel, border shaved by the model's scale, LR by MATLAB-bicubic downscaling; denoising on the full
+    image with seeded unclipped Gaussian noise of `sigma` (the middle of a (lo, hi) range). `scale` is the model's."""
+    from ..evaluation import evaluate_folder
 
+    s = sigma if np.isscalar(sigma) else float(np.mean(sigma))
     model.eval()
-    psnrs, ssims = [], []
-    for i, path in enumerate(list_images(folder)):
-        hr = load_rgb(path)
-        if task == "sr":
-            from .data import bicubic_downscale
-
-            hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
-            sr = inference.super_resolve(model, bicubic_downscale(hr, scale), tile=tile)
-            psnrs.append(psnr_y(sr, hr, scale))
-            ssims.append(ssim_y(sr, hr, scale))
-        else:
-            gray = getattr(model, "channels", 3) == 1
-            clean = (np.asarray(hr, np.float64) @ [0.299, 0.587, 0.114]).round().astype(np.uint8) if gray else hr
-            rng = np.random.default_rng([seed, i])
-            s = sigma if np.isscalar(sigma) else float(np.mean(sigma))
-            noisy = np.clip(clean + rng.standard_normal(clean.shape) * s, 0, 255).round().astype(np.uint8)
-            den = inference.restore(model, noisy, tile=tile)
-            psnrs.append(psnr_y(den, clean, 0))
-            ssims.append(ssim_y(den, clean, 0))
-    model.train()
-    return float(np.mean(psnrs)), float(np.mean(ssims))
+    try:
+        res = evaluate_folder(model, folder, task=task, sigma=s, seed=seed, tile=tile)
+    finally:
+        model.train()
+    return res.mean("psnr"), res.mean("ssim")

@@ -1,0 +1,3 @@
+from lattice_kernels.cli.evaluate import main
+
+raise SystemExit(main())
