@@ -1,6 +1,10 @@
-"""Markdown tables for the README from a committed benchmark JSON (so the README's numbers come from a file).
+"""Markdown from a recorded benchmark JSON, so that every number the README quotes comes from a file:
+the full report (bench/results/<device>.md: every op, model and deployment table) and the README's short headline
+table, which sits between `<!-- headline: bench/results/<device>.json -->` and `<!-- /headline -->` in README.md
+(tests/test_readme_results.py fails when either disagrees with the JSON).
 
-    python -m bench.readme_table bench/results/cpu-amd-epyc-2-threads.json
+    python -m bench.readme_table bench/results/<device>.json            # print the full report
+    python -m bench.readme_table bench/results/<device>.json --write    # write <device>.md, update README.md
 """
 
 from __future__ import annotations
@@ -86,22 +90,69 @@ def deploy_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def environment_line(run: dict) -> str:
+    env = run["environment"]
+    return (f"Measured on {env['device']}, {env['date']}: torch {env['torch']}, triton {env.get('triton')}, "
+            f"CPU ISA {env.get('cpu_isa')}, copy bandwidth {env.get('copy_bandwidth_GBps', 0):.1f} GB/s, malloc "
+            f"{env.get('malloc', 'default').split(' ')[0]}.")
+
+
+def full_report(run: dict) -> str:
+    """Every table of a recorded run (the content of bench/results/<device>.md)."""
+    parts = [environment_line(run), op_table(run["rows"]), model_table(run["rows"]),
+             interleaved_table(run["rows"]), deploy_table(run["rows"])]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def headline(run: dict) -> str:
+    """The README's short table: LatticeNet x4 inference (interleaved in one process) against eager and
+    torch.compile of the plain model and against the deployment runtimes, and the training step."""
+    rows = run["rows"]
+    lines = [environment_line(run), "", "| case | this library | vs eager | vs torch.compile | vs ONNX Runtime | "
+             "vs OpenVINO |", "|---|---|---|---|---|---|"]
+    # The deployment case (the plain model exported to ONNX) runs from an NCHW float32 input on CPU.
+    deploy = next((r for r in rows if r.get("kind") == "deploy" and r.get("ratio_to_library")
+                   and r.get("dtype", "float32") == "float32" and r.get("device", "cpu") == "cpu"), None)
+    for r in (r for r in rows if r.get("kind") == "interleaved"):
+        med, pr = r["median_ms"], r["paired_ratio"]
+        d = deploy if deploy is not None and "channels_last" not in r["case"] else None
+        ort, ov = ((_fmt(d["ratio_to_library"].get(n), ".2f") + "x") if d else "-" for n in ("onnxruntime", "openvino"))
+        lines.append(f"| {r['case']} ({r['rounds']} rounds) | {med['cpu']:.1f} ms | "
+                     f"{_fmt(pr.get('eager/cpu'), '.2f')}x | {_fmt(pr.get('compile/cpu'), '.2f')}x | {ort} | {ov} |")
+    for r in (r for r in rows if r.get("kind") == "model" and r.get("backend") == "cpu" and "train" in r["case"]):
+        lines.append(f"| {r['case']} | {r['median_ms']:.1f} ms, {_fmt(r.get('peak_mem_MB'), '.0f')} MiB | "
+                     f"{_fmt(r.get('vs_eager'), '.2f')}x | {_fmt(r.get('vs_compile'), '.2f')}x | - | - |")
+    lines += ["", "Ratios are the other's time over this library's (> 1: the library is faster); the ONNX Runtime and "
+              "OpenVINO ratios are from the deployment case's own interleaved rounds (NCHW input)."]
+    return "\n".join(lines)
+
+
+HEADLINE_START = "<!-- headline: {} -->"
+HEADLINE_END = "<!-- /headline -->"
+
+
+def replace_headline(readme: str, results: str, table: str) -> str:
+    """README text with the block that names `results` replaced by `table`."""
+    start = HEADLINE_START.format(results)
+    i = readme.index(start) + len(start)
+    j = readme.index(HEADLINE_END, i)
+    return readme[:i] + "\n" + table + "\n" + readme[j:]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path)
+    p.add_argument("--write", action="store_true", help="write <results>.md and the README's headline block")
+    p.add_argument("--readme", type=Path, default=Path("README.md"))
     a = p.parse_args(argv)
     run = json.loads(a.results.read_text())
-    env = run["environment"]
-    print(f"Measured on {env['device']}, {env['date']}: torch {env['torch']}, triton {env.get('triton')}, "
-          f"CPU ISA {env.get('cpu_isa')}, copy bandwidth {env.get('copy_bandwidth_GBps', 0):.1f} GB/s, malloc "
-          f"{env.get('malloc', 'default').split(' ')[0]}.\n")
-    print(op_table(run["rows"]))
-    print()
-    print(model_table(run["rows"]))
-    for table in (interleaved_table(run["rows"]), deploy_table(run["rows"])):
-        if table:
-            print()
-            print(table)
+    if not a.write:
+        print(full_report(run))
+        return 0
+    a.results.with_suffix(".md").write_text(full_report(run))
+    readme = a.readme.read_text()
+    if HEADLINE_START.format(a.results.as_posix()) in readme:
+        a.readme.write_text(replace_headline(readme, a.results.as_posix(), headline(run)))
     return 0
 
 
