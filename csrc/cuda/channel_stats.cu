@@ -88,7 +88,7 @@ __global__ void coefficient_mlp(int64_t C, const A* __restrict__ mean, const A* 
     acc = warp_sum(acc);
     if (lane == 0) {
       const A h = acc + static_cast<const A*>(std_branch ? w.b1s : w.b1m)[r];
-      hidden[j] = h > A(0) ? h : A(0);
+      hidden[j] = h <= A(0) ? A(0) : h;  // relu that keeps NaN (std at H*W = 1), as torch.relu
     }
   }
   __syncthreads();

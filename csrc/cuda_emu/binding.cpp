@@ -216,6 +216,7 @@ PYBIND11_MODULE(lk_cuda_emu, m) {
   m.def("dry", &dry, py::arg("launcher"), py::arg("dtype"), py::arg("shape"), py::arg("q_stats") = true,
         py::arg("R") = 4, "The launches (kernel, grid, block, dynamic smem) a launcher makes, checked, not run.");
   m.def("launches", &launch_log, "The launches since the last call (kernel, grid, block, dynamic smem).");
+  m.def("set_dry", &lk_emu::set_dry, "True: launches are checked and logged, not run.");
   m.def("set_seed", &lk_emu::set_seed, "0: threads and blocks in index order; else a shuffled order from the seed.");
 
   m.def("sample", [](const std::string& name, py::array_t<float, py::array::c_style> in,

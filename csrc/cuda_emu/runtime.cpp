@@ -133,7 +133,10 @@ struct Block {
 
 struct Scheduler {
   std::vector<std::unique_ptr<Fiber>> fibers;
+  // Runnable fibers: a ring of capacity = threads (each fiber is queued at most once). Fixed storage, so that
+  // the fibers never allocate or move harness memory (which TSan's interceptors would see).
   std::vector<int> runq;
+  size_t head = 0, count = 0;
   Block block;
   const std::function<void()>* body = nullptr;
   std::string error;
@@ -272,7 +275,8 @@ thread_local std::vector<WaitKind> g_wait;
 void make_runnable(int i) {
   g_sched.fibers[i]->state = State::Runnable;
   g_wait[i] = WaitKind::None;
-  g_sched.runq.push_back(i);
+  Scheduler& s = g_sched;
+  s.runq[(s.head + s.count++) % s.runq.size()] = i;
 }
 
 void try_release_block() {
@@ -433,31 +437,28 @@ bool run_block(Scheduler& s, dim3 block, size_t smem) {
     b.warps[w].exists = b.warps[w].live = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
   }
   b.dyn_smem.assign(smem, 0xff);  // never zero: reading shared memory before writing it shows up
-  s.runq.clear();
+  s.runq.assign(n, 0);
+  s.head = s.count = 0;
   for (int i = 0; i < n; ++i) {
     Fiber& f = *s.fibers[i];
     f.ctx.tid = uint3{unsigned(i % block.x), unsigned(i / block.x % block.y), unsigned(i / (block.x * block.y))};
     f.state = State::Runnable;
     g_wait[i] = WaitKind::None;
-    s.runq.push_back(i);
+    s.runq[s.count++] = i;
   }
 #if defined(LK_EMU_TSAN)
   __tsan_release(&s.start_sync);
 #endif
-  while (!s.runq.empty() && s.error.empty()) {
-    size_t k = 0;
+  // In queue order, or a random queued fiber next (seeded).
+  while (s.count > 0 && s.error.empty()) {
     if (s.seed != 0) {
-      k = s.rng() % s.runq.size();
-      std::swap(s.runq[k], s.runq.back());
-      k = s.runq.size() - 1;
-      const int i = s.runq[k];
-      s.runq.pop_back();
-      switch_to_fiber(*s.fibers[i]);
-    } else {
-      const int i = s.runq.front();
-      s.runq.erase(s.runq.begin());
-      switch_to_fiber(*s.fibers[i]);
+      const size_t k = (s.head + s.rng() % s.count) % size_t(n);
+      std::swap(s.runq[k], s.runq[s.head]);
     }
+    const int i = s.runq[s.head];
+    s.head = (s.head + 1) % size_t(n);
+    --s.count;
+    switch_to_fiber(*s.fibers[i]);
   }
 #if defined(LK_EMU_TSAN)
   __tsan_acquire(&s.end_sync);
