@@ -187,7 +187,7 @@ def test_sanitized_launchers(sanitized_cases, variant):
     any undefined behaviour aborts) and TSan (any two threads of a block touching a word, one writing, with no
     barrier between, aborts); the results are checked against the spec as well."""
     proc, npz = sanitized_cases[variant]
-    rc, stdout, stderr = proc.result()
+    rc, _, stderr = proc.result()
     assert rc == 0, f"{variant} run failed (exit {rc}):\n{stderr[-8000:]}"
     assert "ERROR: AddressSanitizer" not in stderr and "WARNING: ThreadSanitizer" not in stderr, stderr[-8000:]
     with np.load(npz) as z:
@@ -198,7 +198,7 @@ def test_sanitized_launchers(sanitized_cases, variant):
         check_case(case, out)
 
 
-# ---- each checker catches a planted defect -----------------------------------------------------------------------------
+# ---- each checker catches a planted defect ---------------------------------------------------------------------
 def _sample(tmp_path, variant: str, name: str) -> tuple[int, str, str]:
     return _Background(variant, tmp_path, "sample", name).result()
 

@@ -162,7 +162,7 @@ def new_view(shape, layout, dt, values: np.ndarray | None = None) -> View:
 
 def stacked_views(shape, layout, dt) -> tuple[View, View]:
     """p and q as the first and second C channels of one (N, 2C, P) buffer in the layout."""
-    n, c, p = shape
+    c = shape[1]
     off, sn, sc, sp, size = geometry(shape, layout, channels=2 * c)
     buf = nan_buffer(size, dt)
     return (View(buf, off, sn, sc, sp, tuple(shape), dt), View(buf, off + c * sc, sn, sc, sp, tuple(shape), dt))
