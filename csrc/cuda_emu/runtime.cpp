@@ -117,7 +117,7 @@ struct Warp {
   unsigned arrived = 0;   // lanes waiting at the current warp sync
   unsigned mask = 0;      // the mask of the current warp sync
   unsigned generation = 0;
-  uint64_t slot[32] = {};
+  uint64_t slot[2][32] = {};  // exchange slots, by generation parity
   char tsan_sync[2];
 };
 
@@ -152,6 +152,7 @@ struct Scheduler {
   const void* main_stack_bottom = nullptr;
   size_t main_stack_size = 0;
   void* main_fake_stack = nullptr;
+  bool from_main = false;
 #endif
 #if defined(LK_EMU_TSAN)
   void* main_tsan = nullptr;
@@ -214,6 +215,7 @@ void switch_to_fiber(Fiber& f) {
   __tsan_switch_to_fiber(f.tsan, __tsan_switch_to_fiber_no_sync);
 #endif
 #if defined(LK_EMU_ASAN)
+  s.from_main = true;
   __sanitizer_start_switch_fiber(&s.main_fake_stack, f.stack, kStackBytes);
 #endif
 #if defined(LK_EMU_UCONTEXT)
@@ -229,23 +231,71 @@ void switch_to_fiber(Fiber& f) {
 }
 
 // Fiber -> scheduler (the fiber resumes here when scheduled again).
+// The next queued fiber (in order, or drawn with the seed), or nullptr.
+Fiber* pop_next() {
+  Scheduler& s = g_sched;
+  if (s.count == 0 || !s.error.empty()) return nullptr;
+  const size_t cap = s.runq.size();
+  if (s.seed != 0) std::swap(s.runq[(s.head + s.rng() % s.count) % cap], s.runq[s.head]);
+  const int i = s.runq[s.head];
+  s.head = (s.head + 1) % cap;
+  --s.count;
+  return s.fibers[i].get();
+}
+
+// Records the stack bounds of the context that switched to this fiber, when it was the scheduler's (ASan).
+void finish_switch_in_fiber(Fiber& f) {
+#if defined(LK_EMU_ASAN)
+  Scheduler& s = g_sched;
+  const void* bottom = nullptr;
+  size_t size = 0;
+  __sanitizer_finish_switch_fiber(f.fake_stack, &bottom, &size);
+  if (s.from_main) {
+    s.main_stack_bottom = bottom;
+    s.main_stack_size = size;
+  }
+  s.from_main = false;
+#else
+  (void)f;
+#endif
+}
+
+// Fiber -> the next queued fiber directly (no detour through the scheduler), or -> the scheduler when none is
+// queued; the fiber resumes here when scheduled again.
 void yield_to_scheduler() {
   Scheduler& s = g_sched;
   Fiber& f = current();
+  Fiber* g = pop_next();
+  if (g == &f) return;  // released by its own arrival and next in line
+  if (g != nullptr) {
+    s.running = g;
+    g_thread = &g->ctx;
+    if (g->fresh) prepare(*g);
 #if defined(LK_EMU_TSAN)
-  __tsan_switch_to_fiber(s.main_tsan, __tsan_switch_to_fiber_no_sync);
+    __tsan_switch_to_fiber(g->tsan, __tsan_switch_to_fiber_no_sync);
 #endif
 #if defined(LK_EMU_ASAN)
-  __sanitizer_start_switch_fiber(&f.fake_stack, s.main_stack_bottom, s.main_stack_size);
+    __sanitizer_start_switch_fiber(&f.fake_stack, g->stack, kStackBytes);
 #endif
 #if defined(LK_EMU_UCONTEXT)
-  swapcontext(&f.uc, &s.main_uc);
+    swapcontext(&f.uc, &g->uc);
 #else
-  lk_emu_switch(&f.sp, s.main_sp);
+    lk_emu_switch(&f.sp, g->sp);
+#endif
+  } else {
+#if defined(LK_EMU_TSAN)
+    __tsan_switch_to_fiber(s.main_tsan, __tsan_switch_to_fiber_no_sync);
 #endif
 #if defined(LK_EMU_ASAN)
-  __sanitizer_finish_switch_fiber(f.fake_stack, &s.main_stack_bottom, &s.main_stack_size);
+    __sanitizer_start_switch_fiber(&f.fake_stack, s.main_stack_bottom, s.main_stack_size);
 #endif
+#if defined(LK_EMU_UCONTEXT)
+    swapcontext(&f.uc, &s.main_uc);
+#else
+    lk_emu_switch(&f.sp, s.main_sp);
+#endif
+  }
+  finish_switch_in_fiber(f);
 }
 
 void on_exit_thread();
@@ -253,7 +303,16 @@ void on_exit_thread();
 // Every fiber runs this forever: one CUDA thread of a block per turn.
 void fiber_main() {
 #if defined(LK_EMU_ASAN)
-  __sanitizer_finish_switch_fiber(nullptr, &g_sched.main_stack_bottom, &g_sched.main_stack_size);
+  {
+    const void* bottom = nullptr;
+    size_t size = 0;
+    __sanitizer_finish_switch_fiber(nullptr, &bottom, &size);
+    if (g_sched.from_main) {
+      g_sched.main_stack_bottom = bottom;
+      g_sched.main_stack_size = size;
+    }
+    g_sched.from_main = false;
+  }
 #endif
   for (;;) {
 #if defined(LK_EMU_TSAN)
@@ -376,15 +435,16 @@ void syncthreads() {
 
 void syncwarp(unsigned mask) { warp_sync_impl(mask); }
 
+// One warp sync per exchange: the slots alternate with the sync's generation, and a lane can only write the
+// slots of generation g + 2 after every lane has passed the sync of g + 1, i.e. has read those of g.
 uint64_t warp_exchange(unsigned mask, uint64_t bits, int src) {
   Fiber& f = current();
   Warp& wp = g_sched.block.warps[f.linear / 32];
   const int lane = f.linear % 32;
-  wp.slot[lane] = bits;
+  uint64_t* slot = wp.slot[wp.generation & 1];
+  slot[lane] = bits;
   warp_sync_impl(mask);  // every lane has deposited
-  const uint64_t r = (src >= 0 && src < 32 && ((mask >> src) & 1u)) ? wp.slot[src] : bits;
-  warp_sync_impl(mask);  // every lane has read before the slots are reused
-  return r;
+  return (src >= 0 && src < 32 && ((mask >> src) & 1u)) ? slot[src] : bits;
 }
 
 void* dynamic_shared() { return g_sched.block.dyn_smem.data(); }
@@ -449,17 +509,9 @@ bool run_block(Scheduler& s, dim3 block, size_t smem) {
 #if defined(LK_EMU_TSAN)
   __tsan_release(&s.start_sync);
 #endif
-  // In queue order, or a random queued fiber next (seeded).
-  while (s.count > 0 && s.error.empty()) {
-    if (s.seed != 0) {
-      const size_t k = (s.head + s.rng() % s.count) % size_t(n);
-      std::swap(s.runq[k], s.runq[s.head]);
-    }
-    const int i = s.runq[s.head];
-    s.head = (s.head + 1) % size_t(n);
-    --s.count;
-    switch_to_fiber(*s.fibers[i]);
-  }
+  // The scheduler starts the first queued fiber; fibers then hand over to each other and come back here when
+  // none is queued (all blocked, or done).
+  while (Fiber* f = pop_next()) switch_to_fiber(*f);
 #if defined(LK_EMU_TSAN)
   __tsan_acquire(&s.end_sync);
 #endif
