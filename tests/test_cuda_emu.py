@@ -65,7 +65,12 @@ def sanitized_cases(tmp_path_factory):
     """The asan and tsan children running their case subsets, started once per session."""
     _load("plain")  # skips when the harness cannot be built at all
     tmp = tmp_path_factory.mktemp("cuda_emu")
-    return {v: (_Background(v, tmp, "cases", v, str(tmp / f"{v}.npz")), tmp / f"{v}.npz") for v in ("asan", "tsan")}
+    runs = {v: (_Background(v, tmp, "cases", v, str(tmp / f"{v}.npz")), tmp / f"{v}.npz") for v in ("asan", "tsan")}
+    yield runs
+    for background, _ in runs.values():  # a session that did not wait for them (-k) leaves no process behind
+        if background.proc.poll() is None:
+            background.proc.kill()
+            background.proc.wait()
 
 
 # ---- the float64 spec of one case -----------------------------------------------------------------------------------
@@ -234,6 +239,12 @@ def test_race_check_passes_the_correct_twins(tmp_path, sample):
         rows = x.reshape(8, 32)
         want = np.concatenate([rows.mean(axis=0), 2 * rows.mean(axis=0)])[:40]
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_a_shuffle_waiting_for_exited_lanes_fails_naming_the_kernel(emu):
+    x = np.arange(64, dtype=np.float32)
+    with pytest.raises(RuntimeError, match=r"samples::shuffle_after_exit.*(exited|deadlock)"):
+        emu.sample("shuffle_after_exit", x, np.zeros(64, dtype=np.float32), [])
 
 
 # ---- launch limits and the launch shapes at real sizes -------------------------------------------------------------

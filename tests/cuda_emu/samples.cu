@@ -1,6 +1,7 @@
 // Small deliberately broken kernels (and their correct twins) that prove the checkers of the CPU execution harness
 // can fail: an off-by-one read (AddressSanitizer), a misaligned 16-byte vector load (UBSan), a missing barrier
-// before reading another thread's shared word (the race check), the block/row merges of csrc/cuda/common.cuh
+// before reading another thread's shared word (the race check), a full-mask shuffle after some lanes exited (the
+// harness's own warp check), the block/row merges of csrc/cuda/common.cuh
 // called twice with and without their trailing barrier (the race of issue #13 item 5), and launches that break
 // the limits of a GPU. Compiled into the harness module only; never part of the library.
 #include <string>
@@ -85,6 +86,12 @@ __global__ void rows_merge_twice(const float* in, float* out, int64_t) {
   }
 }
 
+// Half of the first warp returns before a full-mask shuffle: the other lanes wait for lanes that have exited.
+__global__ void shuffle_after_exit(const float* in, float* out, int64_t) {
+  if (threadIdx.x >= 16 && threadIdx.x < 32) return;
+  out[threadIdx.x] = __shfl_down_sync(0xffffffffu, in[threadIdx.x], 1);
+}
+
 __global__ void nothing(const float*, float*, int64_t) {}
 
 }  // namespace samples
@@ -104,6 +111,8 @@ cudaError_t lk_run_sample(const std::string& name, float* in, float* out, int64_
     launch<block_merge_twice<false>>(dim3(1), dim3(kThreads), 0, nullptr, in, out, n);
   else if (name == "block_merge_twice")
     launch<block_merge_twice<true>>(dim3(1), dim3(kThreads), 0, nullptr, in, out, n);
+  else if (name == "shuffle_after_exit")
+    launch<shuffle_after_exit>(dim3(1), dim3(64), 0, nullptr, in, out, n);
   else if (name == "rows_merge_twice")
     launch<rows_merge_twice>(dim3(1), dim3(kLanesC, kRowsP), 0, nullptr, in, out, n);
   else if (name == "launch" && cfg.size() == 7)  // (grid x, y, z, block x, y, z, dynamic smem)
