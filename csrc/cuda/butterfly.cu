@@ -129,8 +129,10 @@ cudaError_t butterfly(DType dtype, const Tensor4& x1, const Tensor4& x2, const T
     auto* part = static_cast<Stats<A>*>(workspace);
     const dim3 g = grid_of(s), b = block_of(s);
     if (s.interleaved) {
-      if (qs) launch<butterfly_interleaved<T, true>>(g, b, 0, stream, t, s.C, s.P, split_len(s), channel_blocks(s), c, part);
-      else launch<butterfly_interleaved<T, false>>(g, b, 0, stream, t, s.C, s.P, split_len(s), channel_blocks(s), c, part);
+      if (qs)
+        launch<butterfly_interleaved<T, true>>(g, b, 0, stream, t, s.C, s.P, split_len(s), channel_blocks(s), c, part);
+      else
+        launch<butterfly_interleaved<T, false>>(g, b, 0, stream, t, s.C, s.P, split_len(s), channel_blocks(s), c, part);
     } else if (vectorizable(s, sizeof(T), {&x1, &x2, &p, &q})) {
       if (qs) launch<butterfly_planar<T, true, true>>(g, b, 0, stream, t, s.C, s.P, split_len(s), c, part);
       else launch<butterfly_planar<T, true, false>>(g, b, 0, stream, t, s.C, s.P, split_len(s), c, part);
@@ -273,7 +275,8 @@ cudaError_t butterfly_backward(DType dtype, const Tensor4& dp, const Tensor4& dq
     auto* part = static_cast<A*>(workspace);
     const dim3 g = grid_of(s), b = block_of(s);
     if (s.interleaved)
-      launch<butterfly_backward_interleaved<T>>(g, b, 0, stream, t, s.C, s.P, split_len(s), channel_blocks(s), c, gm, bs, mq, part);
+      launch<butterfly_backward_interleaved<T>>(g, b, 0, stream, t, s.C, s.P, split_len(s), channel_blocks(s), c, gm,
+                                                bs, mq, part);
     else if (vectorizable(s, sizeof(T), {&dp, &dq, &x1, &x2, &dx1, &dx2}))
       launch<butterfly_backward_planar<T, true>>(g, b, 0, stream, t, s.C, s.P, split_len(s), c, gm, bs, mq, part);
     else

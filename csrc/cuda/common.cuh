@@ -137,7 +137,8 @@ template <class A> __device__ A rows_sum(A v) {
 // O(S / kThreads + log) deep and the result bitwise reproducible. part holds [NC][S] statistics whose means are
 // relative to the row's shift, then the NC shifts: mean = shift + merged mean, std unbiased (NaN for one pixel).
 template <class A>
-__global__ void merge_splits(const Stats<A>* __restrict__ part, int64_t S, A* __restrict__ mean, A* __restrict__ stdv) {
+__global__ void merge_splits(const Stats<A>* __restrict__ part, int64_t S, A* __restrict__ mean,
+                             A* __restrict__ stdv) {
   const int64_t row = blockIdx.x, NC = gridDim.x;
   Stats<A> r{A(0), A(0), A(0)};
   for (int64_t s = threadIdx.x; s < S; s += kThreads) r = merge(r, part[row * S + s]);

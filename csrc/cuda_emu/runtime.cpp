@@ -390,7 +390,8 @@ void warp_sync_impl(unsigned mask) {
   Block& b = g_sched.block;
   const int w = f.linear / 32, lane = f.linear % 32;
   Warp& wp = b.warps[w];
-  if ((mask >> lane & 1u) == 0) fail_in_kernel("warp intrinsic with a mask that excludes the calling lane, " + thread_str());
+  if ((mask >> lane & 1u) == 0)
+    fail_in_kernel("warp intrinsic with a mask that excludes the calling lane, " + thread_str());
   if ((mask & ~wp.exists) != 0)
     fail_in_kernel("warp intrinsic with mask " + std::to_string(mask) + " naming lanes that do not exist, " +
                    thread_str());
