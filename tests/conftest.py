@@ -14,6 +14,15 @@ if not torch.cuda.is_available():
 
 import lattice_kernels as lk
 
+from .triton_launch_limits import enforce_on_interpreter
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _gpu_grid_limits_on_the_triton_interpreter():
+    """A Triton launch in the interpreter fails the test when a GPU would refuse its grid (axis 1 or 2 > 65535)."""
+    with enforce_on_interpreter():
+        yield
+
 # The backends each op test runs: every concrete backend that can run here, on the device it runs on.
 # triton runs on CPU tensors only through its interpreter (TRITON_INTERPRET=1), with small shapes.
 

@@ -121,3 +121,16 @@ def test_deterministic(backend_device):
     torch.set_num_threads(2)
     for a, b in zip(*runs):
         assert torch.equal(a, b), "two runs differ bitwise"
+
+
+def test_single_pixel_gives_nan_like_the_spec(backend_device):
+    """H*W = 1: std is NaN (torch.std), and the MLP's relu keeps the NaN, so the coefficients are NaN as in the spec
+    (a relu written `h > 0 ? h : 0` turns NaN into 0: found by the CUDA harness in the CUDA and Triton kernels)."""
+    backend, device = backend_device
+    x = make_input((2, 16, 1, 1), torch.float32, device, "nchw")
+    w = make_weights(16, 1, torch.float32, device=device)
+    cc = lk.ops.combination_coefficients(x, *w, backend=backend)
+    want = ref.combination_coefficients(x.double(), *[t.flatten(1).double() if t.dim() == 4 else t.double()
+                                                      for t in w])
+    assert torch.isnan(want).all()
+    assert_close_to_reference(cc, want, torch.float32, what="cc at H*W = 1")

@@ -27,9 +27,16 @@ def test_there_are_cuda_sources():
 @pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)
 def test_nvcc_compiles(cu, arch, tmp_path):
     cmd = [NVCC, "-c", "-std=c++17", "-O2", f"-arch=sm_{arch}", "-Xcompiler", "-Wall,-Wextra,-Werror",
-           "--Werror", "cross-execution-space-call", "-o", str(tmp_path / "k.o"), str(cu)]
+           "--Werror", "cross-execution-space-call", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"), str(cu)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
+    # ptxas's report of every kernel: no spills, static shared memory within the 48 KiB of a launch without opt-in.
+    from tools.gpu_resources import parse_ptxas_verbose
+
+    kernels = parse_ptxas_verbose(r.stderr)
+    assert kernels, f"no kernel in ptxas's report:\n{r.stderr[-2000:]}"
+    for name, regs, spills, smem in kernels:
+        assert spills == 0 and smem <= 48 * 1024 and 0 < regs <= 255, (name, regs, spills, smem)
 
 
 @needs_nvcc

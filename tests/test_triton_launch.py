@@ -1,6 +1,7 @@
 """Triton launch geometry: the grids of every launcher at photograph sizes (2K, 1440p, 4K, 8K) against the CUDA
-launch limits without allocating the images (meta tensors, a recording `wrap`), the split growth and the multi-level
-merge of split partials through the interpreter against the spec, and the device guard of multi-GPU launches."""
+launch limits without allocating the images (meta tensors, the recording `wrap` of tools.gpu_resources), the split
+growth and the multi-level merge of split partials through the interpreter against the spec, and the device guard
+of multi-GPU launches."""
 
 from __future__ import annotations
 
@@ -15,31 +16,11 @@ from lattice_kernels.triton import butterfly as bf
 from lattice_kernels.triton import channel_stats as cs
 from lattice_kernels.triton import combination_coefficients as cc
 from lattice_kernels.triton import ops as triton_ops_module
+from tools.gpu_resources import Recorder
 
 from .conftest import assert_close_to_reference, make_input, make_weights
 
 FRAMES = {"1080p": (1080, 1920), "1440p": (1440, 2560), "4K": (2160, 3840), "8K": (4320, 7680)}
-
-
-class RecordingWrap:
-    """A `wrap` for the launchers that records (kernel name, grid, arguments by name) instead of launching."""
-
-    def __init__(self) -> None:
-        self.launches: list[tuple[str, tuple[int, ...]]] = []
-        self.arguments: list[dict] = []
-
-    def __call__(self, kernel):
-        name = kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__
-
-        class Launch:
-            def __getitem__(launch, grid):
-                def run(*args, **kwargs):
-                    self.launches.append((name, tuple(int(g) for g in grid)))
-                    self.arguments.append({**dict(zip(kernel.arg_names, args)), **kwargs})
-
-                return run
-
-        return Launch()
 
 
 def _every_launcher(x: torch.Tensor, wrap) -> None:
@@ -63,15 +44,15 @@ def test_grids_fit_the_launch_limits_at_photo_sizes(frame, layout, dtype):
     x = torch.empty((1, 64, h, w), dtype=dtype, device="meta")
     if layout == "nhwc":
         x = x.contiguous(memory_format=torch.channels_last)
-    rec = RecordingWrap()
+    rec = Recorder()
     _every_launcher(x, rec)
-    names = {name for name, _ in rec.launches}
+    names = {name for name, _ in rec.grids}
     assert {"stats_partial_kernel", "stats_backward_kernel", "butterfly_kernel", "butterfly_backward_kernel",
             "stats_finalize_kernel", "cc_finalize_kernel"} <= names
-    for name, grid in rec.launches:
+    for name, grid in rec.grids:
         assert 1 <= grid[0] < 2**31 and all(1 <= g <= 65535 for g in grid[1:]), f"{name}: grid {grid}"
     # The splits of a channel are merged in a tree: a finalize kernel's serial loop sees at most MERGE_GROUP of them.
-    for (name, _), args in zip(rec.launches, rec.arguments):
+    for (name, _), args in zip(rec.grids, rec.arguments):
         if name in ("stats_finalize_kernel", "cc_finalize_kernel"):
             assert args["S"] <= _common.MERGE_GROUP, f"{name} merges {args['S']} splits serially"
 
@@ -111,9 +92,9 @@ def test_grown_splits_and_merge_levels_match_the_spec(interpreter, monkeypatch, 
     x = make_input((2, 5, 100, 300), torch.float32, "cpu", layout, seed=3, offset=100.0)
     t = _common.tiling(5, 100 * 300, layout == "nhwc")
     assert t.splits == 3 and t.split_p > t.block_p * _common.TILES_PER_SPLIT
-    rec = RecordingWrap()
+    rec = Recorder()
     cs.channel_stats(x.to("meta"), rec)
-    assert sum(name == "merge_partials_kernel" for name, _ in rec.launches) >= 1
+    assert sum(name == "merge_partials_kernel" for name, _ in rec.grids) >= 1
     mean, std = cs.channel_stats(x, interpreter)
     em, es = ref.channel_stats(x.double())
     assert_close_to_reference(mean, em, torch.float32, scale=100.0, what="mean")

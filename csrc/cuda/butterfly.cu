@@ -119,19 +119,6 @@ __global__ void butterfly_interleaved(FwdPtrs t, int64_t C, int64_t P, int64_t s
   }
 }
 
-// Merge of q's split statistics in split order; the partial means are relative to the row's shift (stored after
-// the partials), so the merge works on small deviations.
-template <class A>
-__global__ void merge_partials(const Stats<A>* __restrict__ part, int64_t NC, int64_t S, A* __restrict__ mean,
-                               A* __restrict__ stdv) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= NC) return;
-  Stats<A> r{A(0), A(0), A(0)};
-  for (int64_t s = 0; s < S; ++s) r = merge(r, part[i * S + s]);
-  mean[i] = reinterpret_cast<const A*>(part + NC * S)[i] + r.mean;
-  stdv[i] = sqrt(r.m2 / (r.n - A(1)));
-}
-
 cudaError_t butterfly(DType dtype, const Tensor4& x1, const Tensor4& x2, const Tensor4& p, const Tensor4& q,
                       const Shape& s, const Coefficients& c, void* mean_q, void* std_q, void* workspace,
                       cudaStream_t stream) {
@@ -142,20 +129,22 @@ cudaError_t butterfly(DType dtype, const Tensor4& x1, const Tensor4& x2, const T
     auto* part = static_cast<Stats<A>*>(workspace);
     const dim3 g = grid_of(s), b = block_of(s);
     if (s.interleaved) {
-      if (qs) butterfly_interleaved<T, true><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), channel_blocks(s), c, part);
-      else butterfly_interleaved<T, false><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), channel_blocks(s), c, part);
+      if (qs)
+        launch<butterfly_interleaved<T, true>>(g, b, 0, stream, t, s.C, s.P, split_len(s), channel_blocks(s), c, part);
+      else
+        launch<butterfly_interleaved<T, false>>(g, b, 0, stream, t, s.C, s.P, split_len(s), channel_blocks(s), c, part);
     } else if (vectorizable(s, sizeof(T), {&x1, &x2, &p, &q})) {
-      if (qs) butterfly_planar<T, true, true><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), c, part);
-      else butterfly_planar<T, true, false><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), c, part);
+      if (qs) launch<butterfly_planar<T, true, true>>(g, b, 0, stream, t, s.C, s.P, split_len(s), c, part);
+      else launch<butterfly_planar<T, true, false>>(g, b, 0, stream, t, s.C, s.P, split_len(s), c, part);
     } else {
-      if (qs) butterfly_planar<T, false, true><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), c, part);
-      else butterfly_planar<T, false, false><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), c, part);
+      if (qs) launch<butterfly_planar<T, false, true>>(g, b, 0, stream, t, s.C, s.P, split_len(s), c, part);
+      else launch<butterfly_planar<T, false, false>>(g, b, 0, stream, t, s.C, s.P, split_len(s), c, part);
     }
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess || !qs) return err;
     const int64_t NC = s.N * s.C;
-    merge_partials<A><<<static_cast<unsigned>((NC + 255) / 256), 256, 0, stream>>>(
-        part, NC, num_splits(s), static_cast<A*>(mean_q), static_cast<A*>(std_q));
+    launch<merge_splits<A>>(dim3(static_cast<unsigned>(NC)), dim3(kThreads), 0, stream, part, num_splits(s),
+                            static_cast<A*>(mean_q), static_cast<A*>(std_q));
     return cudaGetLastError();
   })
   return cudaErrorInvalidValue;
@@ -255,13 +244,15 @@ __global__ void butterfly_backward_interleaved(BwdPtrs t, int64_t C, int64_t P, 
   }
 }
 
+// The S split sums of every row, one block of kThreads per row: strided per thread in order, then block_sum's
+// fixed tree (deterministic, not serial in S).
 template <class A>
-__global__ void sum_splits(const A* __restrict__ part, int64_t rows, int64_t S, A* __restrict__ out) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= rows) return;
+__global__ void sum_splits(const A* __restrict__ part, int64_t S, A* __restrict__ out) {
+  const int64_t row = blockIdx.x;
   A acc = 0;
-  for (int64_t s = 0; s < S; ++s) acc += part[i * S + s];
-  out[i] = acc;
+  for (int64_t s = threadIdx.x; s < S; s += kThreads) acc += part[row * S + s];
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) out[row] = acc;
 }
 
 size_t butterfly_workspace_bytes(DType dtype, const Shape& s) {
@@ -284,16 +275,17 @@ cudaError_t butterfly_backward(DType dtype, const Tensor4& dp, const Tensor4& dq
     auto* part = static_cast<A*>(workspace);
     const dim3 g = grid_of(s), b = block_of(s);
     if (s.interleaved)
-      butterfly_backward_interleaved<T><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), channel_blocks(s), c, gm, bs, mq, part);
+      launch<butterfly_backward_interleaved<T>>(g, b, 0, stream, t, s.C, s.P, split_len(s), channel_blocks(s), c, gm,
+                                                bs, mq, part);
     else if (vectorizable(s, sizeof(T), {&dp, &dq, &x1, &x2, &dx1, &dx2}))
-      butterfly_backward_planar<T, true><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), c, gm, bs, mq, part);
+      launch<butterfly_backward_planar<T, true>>(g, b, 0, stream, t, s.C, s.P, split_len(s), c, gm, bs, mq, part);
     else
-      butterfly_backward_planar<T, false><<<g, b, 0, stream>>>(t, s.C, s.P, split_len(s), c, gm, bs, mq, part);
+      launch<butterfly_backward_planar<T, false>>(g, b, 0, stream, t, s.C, s.P, split_len(s), c, gm, bs, mq, part);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     const int64_t rows = 4 * s.N * s.C;
-    sum_splits<A><<<static_cast<unsigned>((rows + 255) / 256), 256, 0, stream>>>(part, rows, num_splits(s),
-                                                                                  static_cast<A*>(sums));
+    launch<sum_splits<A>>(dim3(static_cast<unsigned>(rows)), dim3(kThreads), 0, stream, part, num_splits(s),
+                          static_cast<A*>(sums));
     return cudaGetLastError();
   })
   return cudaErrorInvalidValue;

@@ -1,12 +1,13 @@
 // channel_stats, combination_coefficients and the channel_stats backward: split reductions over P (partials of
-// values shifted by the row's first element), a last stage merging the splits in order (and running the
-// coefficient MLP for combination_coefficients), and a one-pass backward.
+// values shifted by the row's first element), a second stage merging the splits of each row in a fixed tree
+// (merge_splits), for combination_coefficients a third running the coefficient MLP, and a one-pass backward.
 #include "common.cuh"
 
 namespace lk {
 namespace cuda {
 
-// part[(n*C + c)*S + s] = statistics of x[n, c, p] - x[n, c, 0] over split s.
+// part[(n*C + c)*S + s] = statistics of x[n, c, p] - x[n, c, 0] over split s; the shift x[n, c, 0] after the
+// partials (at part + N*C*S, one per row).
 template <class T, bool VEC>
 __global__ void stats_partial_planar(const T* __restrict__ x, int64_t C, int64_t P, int64_t split, int64_t sn, int64_t sc,
                                      int64_t sp, Stats<typename AccOf<T>::type>* __restrict__ part) {
@@ -37,7 +38,10 @@ __global__ void stats_partial_planar(const T* __restrict__ x, int64_t C, int64_t
     }
   }
   const Stats<A> r = block_merge(from_sums(cnt, sum, sq));
-  if (threadIdx.x == 0) part[nc * S + s] = r;
+  if (threadIdx.x == 0) {
+    part[nc * S + s] = r;
+    if (s == 0) reinterpret_cast<A*>(part + gridDim.x * S)[nc] = shift;
+  }
 }
 
 template <class T>
@@ -58,50 +62,33 @@ __global__ void stats_partial_interleaved(const T* __restrict__ x, int64_t C, in
       cnt += A(1);
     }
   const Stats<A> r = rows_merge(from_sums(cnt, sum, sq));
-  if (threadIdx.y == 0 && valid) part[(n * C + c) * S + s] = r;
+  if (threadIdx.y == 0 && valid) {
+    part[(n * C + c) * S + s] = r;
+    if (s == 0) reinterpret_cast<A*>(part + int64_t(gridDim.x / ncb) * C * S)[n * C + c] = shift;
+  }
 }
 
 template <class A> __device__ __forceinline__ A sigmoid(A z) { return A(1) / (A(1) + exp(-z)); }
 
-// One block per sample n: merge the splits of every channel in order (mean = shift + merged mean, unbiased std),
-// then, with MLP weights, the coefficient MLP on the block's statistics in shared memory.
-template <class T>
-__global__ void stats_finalize(const T* __restrict__ x, int64_t C, int64_t sn, int64_t sc, int64_t S,
-                               const Stats<typename AccOf<T>::type>* __restrict__ part,
-                               typename AccOf<T>::type* __restrict__ mean, typename AccOf<T>::type* __restrict__ stdv,
-                               MlpWeights w, typename AccOf<T>::type* __restrict__ cc) {
-  using A = typename AccOf<T>::type;
-  extern __shared__ unsigned char smem_raw[];
-  A* sm = reinterpret_cast<A*>(smem_raw);  // [2*C + 2*R] when the MLP runs
-  const int64_t n = blockIdx.x;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    Stats<A> r{A(0), A(0), A(0)};
-    for (int64_t s = 0; s < S; ++s) r = merge(r, part[(n * C + c) * S + s]);
-    const A m = to_acc(x[n * sn + c * sc]) + r.mean;
-    const A sd = sqrt(r.m2 / (r.n - A(1)));
-    mean[n * C + c] = m;
-    stdv[n * C + c] = sd;
-    if (cc) {
-      sm[c] = m;
-      sm[C + c] = sd;
-    }
-  }
-  if (!cc) return;
-  __syncthreads();
-  const int64_t R = w.R;
-  A* hidden = sm + 2 * C;  // [2*R]: mean branch, then std branch
+// The coefficient MLP, one block per sample n, on the merged statistics: hidden units (mean branch, then std
+// branch) one warp each, in dynamic shared memory [2*R]; then cc = 0.5 * (sigmoid(mean branch) + sigmoid(std branch)).
+template <class A>
+__global__ void coefficient_mlp(int64_t C, const A* __restrict__ mean, const A* __restrict__ stdv, MlpWeights w,
+                                A* __restrict__ cc) {
+  A* hidden = dynamic_shared<A>();
+  const int64_t n = blockIdx.x, R = w.R;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   for (int64_t j = warp; j < 2 * R; j += warps) {
     const bool std_branch = j >= R;
     const int64_t r = std_branch ? j - R : j;
     const A* w1 = static_cast<const A*>(std_branch ? w.w1s : w.w1m);
-    const A* u = sm + (std_branch ? C : 0);
+    const A* u = (std_branch ? stdv : mean) + n * C;
     A acc = 0;
     for (int64_t c = lane; c < C; c += 32) acc += w1[r * C + c] * u[c];
     acc = warp_sum(acc);
     if (lane == 0) {
       const A h = acc + static_cast<const A*>(std_branch ? w.b1s : w.b1m)[r];
-      hidden[j] = h > A(0) ? h : A(0);
+      hidden[j] = h <= A(0) ? A(0) : h;  // relu that keeps NaN (std at H*W = 1), as torch.relu
     }
   }
   __syncthreads();
@@ -124,26 +111,30 @@ cudaError_t launch_stats(const Tensor4& x, const Shape& s, void* mean, void* std
   const T* xp = static_cast<const T*>(x.data);
   auto* part = static_cast<Stats<A>*>(workspace);
   if (s.interleaved)
-    stats_partial_interleaved<T><<<grid_of(s), block_of(s), 0, stream>>>(xp, s.C, s.P, split_len(s), x.sn, x.sc, x.sp,
-                                                                        channel_blocks(s), part);
+    launch<stats_partial_interleaved<T>>(grid_of(s), block_of(s), 0, stream, xp, s.C, s.P, split_len(s), x.sn, x.sc,
+                                         x.sp, channel_blocks(s), part);
   else if (vectorizable(s, sizeof(T), {&x}))
-    stats_partial_planar<T, true><<<grid_of(s), block_of(s), 0, stream>>>(xp, s.C, s.P, split_len(s), x.sn, x.sc, x.sp, part);
+    launch<stats_partial_planar<T, true>>(grid_of(s), block_of(s), 0, stream, xp, s.C, s.P, split_len(s), x.sn, x.sc,
+                                          x.sp, part);
   else
-    stats_partial_planar<T, false><<<grid_of(s), block_of(s), 0, stream>>>(xp, s.C, s.P, split_len(s), x.sn, x.sc, x.sp, part);
+    launch<stats_partial_planar<T, false>>(grid_of(s), block_of(s), 0, stream, xp, s.C, s.P, split_len(s), x.sn,
+                                           x.sc, x.sp, part);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  const MlpWeights none{nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0};
-  const size_t smem = cc ? sizeof(A) * size_t(2 * s.C + 2 * w->R) : 0;
+  launch<merge_splits<A>>(dim3(static_cast<unsigned>(s.N * s.C)), dim3(kThreads), 0, stream, part, num_splits(s),
+                          static_cast<A*>(mean), static_cast<A*>(stdv));
+  err = cudaGetLastError();
+  if (err != cudaSuccess || !cc) return err;
+  const size_t smem = sizeof(A) * size_t(2 * w->R);
   if (smem > 48 * 1024) return cudaErrorInvalidConfiguration;
-  stats_finalize<T><<<static_cast<unsigned>(s.N), kThreads, smem, stream>>>(
-      xp, s.C, x.sn, x.sc, num_splits(s), part, static_cast<A*>(mean), static_cast<A*>(stdv), cc ? *w : none,
-      static_cast<A*>(cc));
+  launch<coefficient_mlp<A>>(dim3(static_cast<unsigned>(s.N)), dim3(kThreads), smem, stream, s.C,
+                             static_cast<const A*>(mean), static_cast<const A*>(stdv), *w, static_cast<A*>(cc));
   return cudaGetLastError();
 }
 
 size_t stats_workspace_bytes(DType dtype, const Shape& s) {
   const size_t acc = dtype == DType::F64 ? sizeof(double) : sizeof(float);
-  return 3 * acc * size_t(s.N * s.C * num_splits(s));
+  return acc * size_t(s.N * s.C) * size_t(3 * num_splits(s) + 1);  // [NC][S] statistics, then NC shifts
 }
 
 cudaError_t channel_stats(DType dtype, const Tensor4& x, const Shape& s, void* mean, void* stdv, void* workspace,
@@ -213,12 +204,14 @@ cudaError_t channel_stats_backward(DType dtype, const Tensor4& x, const Tensor4&
     const A* bp = static_cast<const A*>(b);
     const A* mp = static_cast<const A*>(mean);
     if (s.interleaved)
-      stats_backward_interleaved<T><<<grid_of(s), block_of(s), 0, stream>>>(xp, dp, s.C, s.P, split_len(s), channel_blocks(s), x,
-                                                                           dx, ap, bp, mp);
+      launch<stats_backward_interleaved<T>>(grid_of(s), block_of(s), 0, stream, xp, dp, s.C, s.P, split_len(s),
+                                            channel_blocks(s), x, dx, ap, bp, mp);
     else if (vectorizable(s, sizeof(T), {&x, &dx}))
-      stats_backward_planar<T, true><<<grid_of(s), block_of(s), 0, stream>>>(xp, dp, s.C, s.P, split_len(s), x, dx, ap, bp, mp);
+      launch<stats_backward_planar<T, true>>(grid_of(s), block_of(s), 0, stream, xp, dp, s.C, s.P, split_len(s), x, dx,
+                                             ap, bp, mp);
     else
-      stats_backward_planar<T, false><<<grid_of(s), block_of(s), 0, stream>>>(xp, dp, s.C, s.P, split_len(s), x, dx, ap, bp, mp);
+      launch<stats_backward_planar<T, false>>(grid_of(s), block_of(s), 0, stream, xp, dp, s.C, s.P, split_len(s), x,
+                                              dx, ap, bp, mp);
     return cudaGetLastError();
   })
   return cudaErrorInvalidValue;

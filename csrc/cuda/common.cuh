@@ -9,6 +9,7 @@
 #include <initializer_list>
 
 #include "kernels.h"
+#include "launch.cuh"
 
 namespace lk {
 namespace cuda {
@@ -88,6 +89,7 @@ template <class A> __device__ Stats<A> block_merge(Stats<A> s) {
   Stats<A> r{A(0), A(0), A(0)};
   if (threadIdx.x == 0)
     for (int w = 0; w < kThreads / 32; ++w) r = merge(r, Stats<A>{sh[0][w], sh[1][w], sh[2][w]});
+  __syncthreads();  // sh is free again: a second call may write it
   return r;  // valid in thread 0
 }
 
@@ -115,6 +117,7 @@ template <class A> __device__ Stats<A> rows_merge(Stats<A> s) {
   if (threadIdx.y == 0)
     for (int y = 0; y < kRowsP; ++y)
       r = merge(r, Stats<A>{sh[0][y][threadIdx.x], sh[1][y][threadIdx.x], sh[2][y][threadIdx.x]});
+  __syncthreads();  // sh is free again: a second call may write it
   return r;  // valid in row 0
 }
 
@@ -127,6 +130,23 @@ template <class A> __device__ A rows_sum(A v) {
     for (int y = 0; y < kRowsP; ++y) r += sh[y][threadIdx.x];
   __syncthreads();
   return r;  // valid in row 0
+}
+
+// The S split statistics of every (n, c) row merged, one block of kThreads per row: thread t merges splits t,
+// t + kThreads, ... in order, then block_merge combines the threads in its fixed tree, so the tail is
+// O(S / kThreads + log) deep and the result bitwise reproducible. part holds [NC][S] statistics whose means are
+// relative to the row's shift, then the NC shifts: mean = shift + merged mean, std unbiased (NaN for one pixel).
+template <class A>
+__global__ void merge_splits(const Stats<A>* __restrict__ part, int64_t S, A* __restrict__ mean,
+                             A* __restrict__ stdv) {
+  const int64_t row = blockIdx.x, NC = gridDim.x;
+  Stats<A> r{A(0), A(0), A(0)};
+  for (int64_t s = threadIdx.x; s < S; s += kThreads) r = merge(r, part[row * S + s]);
+  r = block_merge(r);
+  if (threadIdx.x == 0) {
+    mean[row] = reinterpret_cast<const A*>(part + NC * S)[row] + r.mean;
+    stdv[row] = sqrt(r.m2 / (r.n - A(1)));
+  }
 }
 
 // Pixels per split: the base length, grown (in whole multiples of it) so that the splits fit gridDim.y <= 65535.

@@ -1,0 +1,37 @@
+// Kernel launch and dynamic shared memory, written once for both compilers: nvcc (the GPU build: a plain
+// <<<grid, block, smem, stream>>> launch) and the host compiler of the CPU execution harness (csrc/cuda_emu),
+// which runs the same kernel with the launch checks of a GPU. Errors are read with cudaGetLastError() as usual.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+namespace lk {
+namespace cuda {
+
+#if defined(__CUDACC__)
+
+template <auto Kernel, class... Args>
+inline void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream, Args... args) {
+  Kernel<<<grid, block, dynamic_smem, stream>>>(args...);
+}
+
+// The block's dynamic shared memory (the launch's dynamic_smem bytes) as T*.
+template <class T> __device__ __forceinline__ T* dynamic_shared() {
+  extern __shared__ unsigned char lk_dynamic_smem[];
+  return reinterpret_cast<T*>(lk_dynamic_smem);
+}
+
+#else
+
+template <auto Kernel, class... Args>
+inline void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t, Args... args) {
+  lk_emu::launch(lk_emu::kernel_name<Kernel>(), grid, block, dynamic_smem, [&] { Kernel(args...); });
+}
+
+template <class T> inline T* dynamic_shared() { return reinterpret_cast<T*>(lk_emu::dynamic_shared()); }
+
+#endif
+
+}  // namespace cuda
+}  // namespace lk

@@ -1,0 +1,19 @@
+"""Deliberately defective Triton kernels proving the AOT resource check can fail (tests/test_triton_aot.py):
+one keeps 32768 floats live in a single warp (1024 per thread: far past 255 registers, so ptxas spills), one does
+not compile (tl.arange of a non-power-of-two length). Test area only."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def spilling_kernel(x_ptr, out_ptr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs)
+    y = tl.cumsum(x * x, axis=0)
+    tl.store(out_ptr + offs, y + tl.flip(x, 0))
+
+
+@triton.jit
+def non_compiling_kernel(x_ptr, BLOCK: tl.constexpr):
+    tl.store(x_ptr + tl.arange(0, BLOCK), 1.0)
