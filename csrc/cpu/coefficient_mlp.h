@@ -27,7 +27,8 @@ inline void mlp_branch(const A* u, const MlpWeights<A>& w, int64_t C, int64_t R,
   }
   for (int64_t c = 0; c < C; ++c) {
     double acc = w.b2[c];
-    for (int64_t r = 0; r < R; ++r) acc += double(w.w2[c * R + r]) * (h[r] > 0 ? h[r] : 0.0);
+    // relu written to keep a NaN (the std at H*W = 1), as torch's does
+    for (int64_t r = 0; r < R; ++r) acc += double(w.w2[c * R + r]) * (h[r] <= 0 ? 0.0 : h[r]);
     s[c] = 1.0 / (1.0 + std::exp(-acc));
   }
 }
@@ -70,7 +71,7 @@ void mlp_branch_backward(const A* grad_cc, const A* u, const MlpWeights<A>& w, i
     gw.b2[c] = A(gb);
     for (int64_t r = 0; r < R; ++r) {
       double acc = 0;
-      for (int64_t n = 0; n < N; ++n) acc += dz[n * C + c] * (hs[n * R + r] > 0 ? hs[n * R + r] : 0.0);
+      for (int64_t n = 0; n < N; ++n) acc += dz[n * C + c] * (hs[n * R + r] <= 0 ? 0.0 : hs[n * R + r]);
       gw.w2[c * R + r] = A(acc);
     }
   }
