@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -32,8 +31,9 @@ def table(results: list[DatasetScores]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", type=Path, default=Path(os.environ.get("LATTICE_WEIGHTS_DIR", "../shared/weights")),
-                   help="folder with LatticeNet_x{2,3,4}.pt (default: $LATTICE_WEIGHTS_DIR or ../shared/weights)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="folder with the published LatticeNet_x{2,3,4}.pt (default: LatticeNet.from_pretrained's "
+                        "search: $LATTICE_WEIGHTS_DIR, then the user cache folder)")
     p.add_argument("--photos", nargs="+", default=list(PHOTOS))
     p.add_argument("--scales", nargs="+", type=int, default=[2, 3, 4])
     p.add_argument("--tile", type=int, default=None, help="tile size in LR pixels (exact, whole-image statistics)")
@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
     results = []
     for s in a.scales:
-        net = lk.LatticeNet.from_checkpoint(a.weights / f"LatticeNet_x{s}.pt").eval()
+        net = (lk.LatticeNet.from_pretrained(s) if a.weights is None
+               else lk.LatticeNet.from_checkpoint(a.weights / f"LatticeNet_x{s}.pt")).eval()
         results.append(evaluate_images(net, {n: photo(n) for n in a.photos}, "scikit-image photos", tile=a.tile,
                                        progress=True))
     md = table(results)
