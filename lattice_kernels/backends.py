@@ -7,9 +7,11 @@ auto_backends.json (written by ``python -m bench.auto_table`` from a benchmark r
 ``cuda`` with a warning that the choice is unmeasured. Asking for a backend that is not available raises
 BackendUnavailableError saying how to get it. Nothing falls back silently.
 
-What is available is decided once, on first use (``availability()``), and ``resolve`` is a constant for
-torch.compile (``torch.compiler.assume_constant_result``): traced code never calls into the extension, the import
-system, the CUDA runtime or the file system, so ``torch.compile(fullgraph=True)`` works on every device.
+What is available is decided once, on first use (``availability()``; ``refresh()`` gathers it again), and
+``resolve`` is a constant for torch.compile (``torch.compiler.assume_constant_result``): traced code never calls into
+the extension, the import system, the CUDA runtime or the file system, so ``torch.compile(fullgraph=True)`` works on
+every device. A backend that cannot run, asked for inside a compiled function, stops the compilation: the
+BackendUnavailableError reaches the caller wrapped in torch._dynamo's InternalTorchDynamoError, message unchanged.
 """
 
 from __future__ import annotations
@@ -74,6 +76,16 @@ def availability() -> Availability:
     if _availability is None:
         _availability = _gather()
     return _availability
+
+
+def refresh() -> Availability:
+    """Gather the availability facts again (after a change of TRITON_INTERPRET, CUDA_VISIBLE_DEVICES or
+    auto_backends.json in this process) and drop torch.compile's graphs, which hold the old resolutions."""
+    global _availability
+    _availability = None
+    _warned.clear()
+    torch._dynamo.reset()
+    return availability()
 
 
 def _validate(name: object) -> str:

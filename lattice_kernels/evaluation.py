@@ -6,7 +6,7 @@ Super-resolution (the protocol of LatticeNet's paper, and of EDSR, RCAN, IMDN, B
   folder of pre-made LR images is given (the benchmark archives ship them);
 - the model's output is rounded to uint8;
 - PSNR and SSIM on the ITU-R BT.601 luma Y = 16 + 65.481 R + 128.553 G + 24.966 B (RGB in [0, 1]), s pixels shaved
-  at each border; SSIM with an 11x11 Gaussian window (sigma 1.5) over the valid region (train/metrics.py);
+  at each border; SSIM with an 11x11 Gaussian window (sigma 1.5) over the valid region (metrics.py);
 - grayscale images are replicated to RGB when read, as EDSR's and BasicSR's loaders do, and scored on the Y of the
   replicated image. The baseline is MATLAB-bicubic upscaling of the same LR image.
 
@@ -30,9 +30,9 @@ import numpy as np
 from torch import nn
 
 from . import inference
+from .image_files import IMAGE_SUFFIXES, DataError, list_images
 from .imresize import imresize
-from .train.data import IMAGE_SUFFIXES, DataError, list_images
-from .train.metrics import psnr, psnr_y, ssim, ssim_y
+from .metrics import psnr, psnr_y, ssim, ssim_y
 
 TASKS = ("sr", "denoise")
 

@@ -470,7 +470,7 @@ def output_format(path: str | os.PathLike, format: str | None = None) -> str:
 def write_image_file(path: str | os.PathLike, img: LoadedImage, format: str | None = None,
                      quality: int = 95) -> None:
     """Write `img` atomically as PNG (8- or 16-bit as the image, alpha and ICC profile kept) or JPEG (8-bit: a 16-bit
-    image is rounded to 8 bits; `quality` 1..95; no alpha channel, so an image with one is refused)."""
+    image is rounded to 8 bits; `quality` 1..100; no alpha channel, so an image with one is refused)."""
     from PIL import Image
 
     path = Path(path)

@@ -21,8 +21,8 @@ import numpy as np
 import lattice_kernels as lk
 from lattice_kernels.evaluation import add_noise, evaluate_folder, image_files, noise_rng
 from lattice_kernels.inference import read_image
+from lattice_kernels.metrics import psnr, ssim
 from lattice_kernels.train import TrainConfig, Trainer
-from lattice_kernels.train.metrics import psnr, ssim
 
 HERE = Path(__file__).parent
 H_FACTORS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)  # h = factor * sigma, the grid non-local means is tuned on

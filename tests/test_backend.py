@@ -144,3 +144,27 @@ def test_default_backend_change_retraces(forced_gpu_facts):
         assert compiled(torch.zeros(1)).item() == len("torch")
     with lk.use_backend("triton"):
         assert compiled(torch.zeros(1)).item() == len("triton")
+
+
+def test_refresh_gathers_the_facts_again(monkeypatch):
+    from lattice_kernels import backends
+
+    before = backends.availability()
+    monkeypatch.setenv("TRITON_INTERPRET", "0" if before.triton_interpreter else "1")
+    assert backends.availability() is before  # decided once
+    try:
+        assert backends.refresh().triton_interpreter != before.triton_interpreter
+    finally:
+        monkeypatch.undo()
+        backends.refresh()
+    assert backends.availability().triton_interpreter == before.triton_interpreter
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_unavailable_backend_inside_compile_keeps_its_message():
+    def fn(x):
+        return lk.ops.channel_stats(x, backend="cuda")[0]
+
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="backend 'cuda' is not available: .*LATTICE_KERNELS_CUDA=1"):
+        torch.compile(fn, fullgraph=True, backend="eager")(torch.randn(1, 4, 5, 5))

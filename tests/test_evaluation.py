@@ -18,8 +18,8 @@ from lattice_kernels.cli import evaluate as cli
 from lattice_kernels.evaluation import add_noise, crop_to_scale, evaluate_denoise, make_lr, noise_rng, to_gray
 from lattice_kernels.imresize import imresize
 from lattice_kernels.inference import ImageError
+from lattice_kernels.metrics import psnr, psnr_y, ssim, ssim_y
 from lattice_kernels.models import save_safetensors
-from lattice_kernels.train.metrics import psnr, psnr_y, ssim, ssim_y
 
 from .conftest import weights_dir
 from .images import crop, photo
@@ -234,7 +234,9 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 
 def _run(*argv: str) -> int:
-    return cli.main([*argv, "--quiet"])
+    """The command's run: user errors come out as the library's exceptions (main() turns each into one
+    `lattice-evaluate: error: ...` line and exit status 2, tested in tests/test_cli.py)."""
+    return cli.run(cli.build_parser().parse_args([*argv, "--quiet"]))
 
 
 def test_error_missing_folders_and_files(tiny_ckpt, hr_dir, tmp_path):

@@ -329,13 +329,22 @@ def test_export_command_writes_and_checks(tmp_path, capsys):
     assert check_onnx(out, lk.LatticeRestorer.from_checkpoint(tmp_path / "gray.safetensors"), x) <= 1e-5
 
 
-def test_export_command_bad_arguments(tmp_path):
+def test_export_command_bad_arguments(tmp_path, capsys):
     from lattice_kernels.cli import export as cli
 
+    def run(*argv):
+        return cli.run(cli.build_parser().parse_args(argv))
+
     with pytest.raises(FileNotFoundError, match="weights file not found"):
-        cli.main(["--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.onnx")])
+        run("--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.onnx"))
     torch.save({"conv.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="neither LatticeNet weights.*nor LatticeRestorer"):
-        cli.main(["--checkpoint", str(tmp_path / "other.pt"), "--out", str(tmp_path / "x.onnx")])
-    with pytest.raises(SystemExit):
+        run("--checkpoint", str(tmp_path / "other.pt"), "--out", str(tmp_path / "x.onnx"))
+    # main() reports a user error in one line, exit status 2
+    capsys.readouterr()
+    assert cli.main(["--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lattice-export: error: weights file not found") and err.count("\n") == 1, err
+    with pytest.raises(SystemExit) as e:
         cli.main(["--out", str(tmp_path / "x.onnx")])  # --checkpoint is required
+    assert e.value.code == 2

@@ -11,7 +11,7 @@ from PIL import Image
 
 import lattice_kernels as lk
 from lattice_kernels import inference
-from lattice_kernels.train.metrics import psnr_y, rgb_to_y, ssim_y
+from lattice_kernels.metrics import psnr_y, rgb_to_y, ssim_y
 
 from .conftest import weights_dir
 from .images import crop, photo

@@ -16,8 +16,8 @@ from typing import TextIO
 import torch
 
 from .. import BACKENDS
+from ..image_files import IMAGE_SUFFIXES
 from ..inference import LoadedImage
-from ..train.data import IMAGE_SUFFIXES
 
 TileCallback = Callable[[int, int], None]
 

@@ -1,8 +1,8 @@
 """Training: data, losses, the two-stage trainer, and the evaluation metrics."""
 
+from ..metrics import psnr_y, rgb_to_y, ssim_y
 from .data import DataError, DenoiseDataset, EpochSampler, SRDataset
 from .losses import ContrastiveLoss, PixelFeatures, VGG19Features
-from .metrics import psnr_y, rgb_to_y, ssim_y
 from .trainer import TrainConfig, Trainer, evaluate
 
 __all__ = ["ContrastiveLoss", "DataError", "DenoiseDataset", "EpochSampler", "PixelFeatures", "SRDataset",

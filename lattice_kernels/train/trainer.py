@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .._files import atomic_write
+from ..backends import BACKENDS
 from ..models import LatticeNet, LatticeRestorer, read_state_dict, save_safetensors
 from .data import DenoiseDataset, EpochSampler, SRDataset
 from .losses import VGG_WEIGHTS, ContrastiveLoss, PixelFeatures, VGG19Features
@@ -74,7 +75,8 @@ class TrainConfig:
     val_every: int = field(default=0, metadata={"help": "validate every N steps; 0: at the end only (with "
                                                         "val_data)"})
     tensorboard: bool = field(default=False, metadata={"help": "also log to TensorBoard (needs tensorboard)"})
-    backend: str | None = field(default=None, metadata={"help": "op backend: auto, cuda, triton, cpu or torch"})
+    backend: str | None = field(default=None, metadata={"help": "op backend (default: lattice_kernels' default)",
+                                                        "choices": BACKENDS})
     device: str | None = field(default=None, metadata={"help": "e.g. cpu, cuda, cuda:1 (default: the local GPU "
                                                                "if any, else cpu)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
@@ -133,6 +135,9 @@ class Trainer:
             raise ValueError("stage 2 needs stage1_checkpoint (the weights trained by stage 1)")
         if config.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {config.amp!r}")
+        if model is not None and config.val_data and config.task == "sr" and not hasattr(model, "scale"):
+            raise ValueError("validation (val_data) of a super-resolution model scores it at its `scale` attribute; "
+                             f"the given {type(model).__name__} has none: set model.scale or drop val_data")
 
     # ------------------------------------------------------------------ setup
     def _distributed(self) -> tuple[int, int]:
