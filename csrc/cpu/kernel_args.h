@@ -1,4 +1,5 @@
-// Torch-free argument blocks shared by the CPU kernels (*_kernels.h) and their bindings (channel_stats.cpp, butterfly.cpp, conv3x3.cpp).
+// Torch-free argument blocks shared by the CPU kernels (*_kernels.h) and their bindings (channel_stats.cpp,
+// butterfly.cpp, conv3x3.cpp). DType and View (../tensor_view.h) are the CUDA launchers' too.
 //
 // A 4-D tensor (N, C, H, W) is seen as (N, C, P) with P = H*W and element strides (sn, sc, sp). Every operand of one
 // call shares the same unit-stride axis: "planar" (sp == 1, NCHW-like) or "interleaved" (sc == 1, channels_last-like).
@@ -7,14 +8,9 @@
 #pragma once
 #include <cstdint>
 
+#include "../tensor_view.h"
+
 namespace lk {
-
-enum class DType : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
-
-struct View {
-  void* data = nullptr;
-  int64_t sn = 0, sc = 0, sp = 0;
-};
 
 struct Geometry {
   int64_t N = 0, C = 0, P = 0;

@@ -18,7 +18,7 @@ template <class A> __device__ __forceinline__ Coefs<A> coefs_at(const Coefficien
 }
 
 struct FwdPtrs {
-  Tensor4 x1, x2, p, q;
+  View x1, x2, p, q;
 };
 
 // q's statistics use the stored (rounded) q, shifted by q at the row's first pixel.
@@ -119,7 +119,7 @@ __global__ void butterfly_interleaved(FwdPtrs t, int64_t C, int64_t P, int64_t s
   }
 }
 
-cudaError_t butterfly(DType dtype, const Tensor4& x1, const Tensor4& x2, const Tensor4& p, const Tensor4& q,
+cudaError_t butterfly(DType dtype, const View& x1, const View& x2, const View& p, const View& q,
                       const Shape& s, const Coefficients& c, void* mean_q, void* std_q, void* workspace,
                       cudaStream_t stream) {
   const FwdPtrs t{x1, x2, p, q};
@@ -154,7 +154,7 @@ cudaError_t butterfly(DType dtype, const Tensor4& x1, const Tensor4& x2, const T
 // backward
 
 struct BwdPtrs {
-  Tensor4 dp, dq, x1, x2, dx1, dx2;
+  View dp, dq, x1, x2, dx1, dx2;
 };
 
 template <class A> struct QGrad {
@@ -189,7 +189,7 @@ __global__ void butterfly_backward_planar(BwdPtrs t, int64_t C, int64_t P, int64
   const int64_t nc = blockIdx.x, n = nc / C, c = nc % C, s = blockIdx.y, S = gridDim.y, NC = gridDim.x;
   const Coefs<A> k = coefs_at<A>(cp, nc);
   const QGrad<A> g = qgrad_at<A>(gm, bs, mq, nc);
-  auto row = [&](const Tensor4& v) { return static_cast<T*>(v.data) + n * v.sn + c * v.sc; };
+  auto row = [&](const View& v) { return static_cast<T*>(v.data) + n * v.sn + c * v.sc; };
   const T* dp = row(t.dp);
   const T* dq = row(t.dq);
   const T* x1 = row(t.x1);
@@ -231,7 +231,7 @@ __global__ void butterfly_backward_interleaved(BwdPtrs t, int64_t C, int64_t P, 
   const int64_t cc = valid ? c : 0;
   const Coefs<A> k = coefs_at<A>(cp, n * C + cc);
   const QGrad<A> g = qgrad_at<A>(gm, bs, mq, n * C + cc);
-  auto at = [&](const Tensor4& v, int64_t i) { return static_cast<T*>(v.data) + n * v.sn + cc * v.sc + i * v.sp; };
+  auto at = [&](const View& v, int64_t i) { return static_cast<T*>(v.data) + n * v.sn + cc * v.sc + i * v.sp; };
   A r[4] = {0, 0, 0, 0};
   const int64_t p0 = s * split, p1 = min(P, p0 + split);
   if (valid)
@@ -265,8 +265,8 @@ size_t butterfly_backward_workspace_bytes(DType dtype, const Shape& s) {
   return 4 * acc * size_t(s.N * s.C * num_splits(s));
 }
 
-cudaError_t butterfly_backward(DType dtype, const Tensor4& dp, const Tensor4& dq, const Tensor4& x1,
-                               const Tensor4& x2, const Tensor4& dx1, const Tensor4& dx2, const Shape& s,
+cudaError_t butterfly_backward(DType dtype, const View& dp, const View& dq, const View& x1,
+                               const View& x2, const View& dx1, const View& dx2, const Shape& s,
                                const Coefficients& c, const void* gm, const void* bs, const void* mq, void* sums,
                                void* workspace, cudaStream_t stream) {
   const BwdPtrs t{dp, dq, x1, x2, dx1, dx2};

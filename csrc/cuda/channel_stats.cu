@@ -105,7 +105,7 @@ __global__ void coefficient_mlp(int64_t C, const A* __restrict__ mean, const A* 
 }
 
 template <class T>
-cudaError_t launch_stats(const Tensor4& x, const Shape& s, void* mean, void* stdv, const MlpWeights* w, void* cc,
+cudaError_t launch_stats(const View& x, const Shape& s, void* mean, void* stdv, const MlpWeights* w, void* cc,
                          void* workspace, cudaStream_t stream) {
   using A = typename AccOf<T>::type;
   const T* xp = static_cast<const T*>(x.data);
@@ -137,13 +137,13 @@ size_t stats_workspace_bytes(DType dtype, const Shape& s) {
   return acc * size_t(s.N * s.C) * size_t(3 * num_splits(s) + 1);  // [NC][S] statistics, then NC shifts
 }
 
-cudaError_t channel_stats(DType dtype, const Tensor4& x, const Shape& s, void* mean, void* stdv, void* workspace,
+cudaError_t channel_stats(DType dtype, const View& x, const Shape& s, void* mean, void* stdv, void* workspace,
                           cudaStream_t stream) {
   LK_CUDA_DISPATCH(dtype, return launch_stats<T>(x, s, mean, stdv, nullptr, nullptr, workspace, stream);)
   return cudaErrorInvalidValue;
 }
 
-cudaError_t combination_coefficients(DType dtype, const Tensor4& x, const Shape& s, const MlpWeights& w, void* cc,
+cudaError_t combination_coefficients(DType dtype, const View& x, const Shape& s, const MlpWeights& w, void* cc,
                                      void* mean, void* stdv, void* workspace, cudaStream_t stream) {
   LK_CUDA_DISPATCH(dtype, return launch_stats<T>(x, s, mean, stdv, &w, cc, workspace, stream);)
   return cudaErrorInvalidValue;
@@ -153,8 +153,8 @@ cudaError_t combination_coefficients(DType dtype, const Tensor4& x, const Shape&
 // backward: dx = a + b * (x - mean)
 
 template <class T, bool VEC>
-__global__ void stats_backward_planar(const T* __restrict__ x, T* __restrict__ dx, int64_t C, int64_t P, int64_t split, Tensor4 xs,
-                                      Tensor4 ds, const typename AccOf<T>::type* __restrict__ a,
+__global__ void stats_backward_planar(const T* __restrict__ x, T* __restrict__ dx, int64_t C, int64_t P, int64_t split, View xs,
+                                      View ds, const typename AccOf<T>::type* __restrict__ a,
                                       const typename AccOf<T>::type* __restrict__ b,
                                       const typename AccOf<T>::type* __restrict__ mean) {
   using A = typename AccOf<T>::type;
@@ -180,7 +180,7 @@ __global__ void stats_backward_planar(const T* __restrict__ x, T* __restrict__ d
 
 template <class T>
 __global__ void stats_backward_interleaved(const T* __restrict__ x, T* __restrict__ dx, int64_t C, int64_t P, int64_t split,
-                                           int64_t ncb, Tensor4 xs, Tensor4 ds,
+                                           int64_t ncb, View xs, View ds,
                                            const typename AccOf<T>::type* __restrict__ a,
                                            const typename AccOf<T>::type* __restrict__ b,
                                            const typename AccOf<T>::type* __restrict__ mean) {
@@ -194,7 +194,7 @@ __global__ void stats_backward_interleaved(const T* __restrict__ x, T* __restric
   for (int64_t p = p0 + threadIdx.y; p < p1; p += kRowsP) db[p * ds.sp] = from_acc<T>(ca + cb * (to_acc(xb[p * xs.sp]) - m));
 }
 
-cudaError_t channel_stats_backward(DType dtype, const Tensor4& x, const Tensor4& dx, const Shape& s, const void* a,
+cudaError_t channel_stats_backward(DType dtype, const View& x, const View& dx, const Shape& s, const void* a,
                                    const void* b, const void* mean, cudaStream_t stream) {
   LK_CUDA_DISPATCH(dtype, {
     using A = typename AccOf<T>::type;

@@ -168,11 +168,11 @@ inline dim3 grid_of(const Shape& s) {
 inline dim3 block_of(const Shape& s) { return s.interleaved ? dim3(kLanesC, kRowsP) : dim3(kThreads); }
 
 // Whether every planar row of these operands can be read/written with 16-byte vectors.
-inline bool vectorizable(const Shape& s, int elem_bytes, std::initializer_list<const Tensor4*> ts) {
+inline bool vectorizable(const Shape& s, int elem_bytes, std::initializer_list<const View*> ts) {
   if (s.interleaved) return false;
   const int64_t n = 16 / elem_bytes;
   if (s.P % n || kSplitPlanar % n) return false;
-  for (const Tensor4* t : ts) {
+  for (const View* t : ts) {
     if (t->sp != 1 || t->sc % n || t->sn % n) return false;
     if (reinterpret_cast<uintptr_t>(t->data) % 16) return false;
   }

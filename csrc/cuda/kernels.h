@@ -11,15 +11,14 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../tensor_view.h"
+
 namespace lk {
 namespace cuda {
 
-enum class DType : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
-
-struct Tensor4 {
-  void* data;
-  int64_t sn, sc, sp;
-};
+// The operand types of the CPU kernels too (../tensor_view.h): DType, View (data, sn, sc, sp).
+using ::lk::DType;
+using ::lk::View;
 
 struct Shape {
   int64_t N, C, P;
@@ -32,7 +31,7 @@ size_t butterfly_workspace_bytes(DType dtype, const Shape& s);
 size_t butterfly_backward_workspace_bytes(DType dtype, const Shape& s);
 
 // mean, std: (N, C) in the statistics type.
-cudaError_t channel_stats(DType dtype, const Tensor4& x, const Shape& s, void* mean, void* std, void* workspace,
+cudaError_t channel_stats(DType dtype, const View& x, const Shape& s, void* mean, void* std, void* workspace,
                           cudaStream_t stream);
 
 // The same reduction, its last stage also running the coefficient MLP (w1: (R, C), b1: (R), w2: (C, R), b2: (C),
@@ -42,11 +41,11 @@ struct MlpWeights {
   const void* w1s; const void* b1s; const void* w2s; const void* b2s;
   int64_t R;
 };
-cudaError_t combination_coefficients(DType dtype, const Tensor4& x, const Shape& s, const MlpWeights& w, void* cc,
+cudaError_t combination_coefficients(DType dtype, const View& x, const Shape& s, const MlpWeights& w, void* cc,
                                      void* mean, void* std, void* workspace, cudaStream_t stream);
 
 // dx = a + b * (x - mean), per (n, c) a, b, mean in the statistics type.
-cudaError_t channel_stats_backward(DType dtype, const Tensor4& x, const Tensor4& dx, const Shape& s, const void* a,
+cudaError_t channel_stats_backward(DType dtype, const View& x, const View& dx, const Shape& s, const void* a,
                                    const void* b, const void* mean, cudaStream_t stream);
 
 struct Coefficients {
@@ -54,14 +53,14 @@ struct Coefficients {
 };
 
 // p = a1*x1 + a2*x2, q = b1*x1 + b2*x2; with mean_q != nullptr also the statistics of q (as stored).
-cudaError_t butterfly(DType dtype, const Tensor4& x1, const Tensor4& x2, const Tensor4& p, const Tensor4& q,
+cudaError_t butterfly(DType dtype, const View& x1, const View& x2, const View& p, const View& q,
                       const Shape& s, const Coefficients& c, void* mean_q, void* std_q, void* workspace,
                       cudaStream_t stream);
 
 // dq' = dq + gm + bs*(q - mq) (when gm != nullptr; q recomputed), dx1 = a1*dp + b1*dq', dx2 = a2*dp + b2*dq', and
 // sums[4][N*C] = per (n, c) sums of dp*x1, dp*x2, dq'*x1, dq'*x2 in the statistics type.
-cudaError_t butterfly_backward(DType dtype, const Tensor4& dp, const Tensor4& dq, const Tensor4& x1,
-                               const Tensor4& x2, const Tensor4& dx1, const Tensor4& dx2, const Shape& s,
+cudaError_t butterfly_backward(DType dtype, const View& dp, const View& dq, const View& x1,
+                               const View& x2, const View& dx1, const View& dx2, const Shape& s,
                                const Coefficients& c, const void* gm, const void* bs, const void* mq, void* sums,
                                void* workspace, cudaStream_t stream);
 

@@ -11,12 +11,6 @@
 namespace lk {
 namespace {
 
-cuda::DType cuda_dtype(const at::Tensor& t, const char* name) {
-  return static_cast<cuda::DType>(static_cast<int>(dtype_of(t, name)));
-}
-
-cuda::Tensor4 t4(const View& v) { return {v.data, v.sn, v.sc, v.sp}; }
-
 cuda::Shape shape_of(const at::Tensor& x, bool il) {
   return {x.size(0), x.size(1), x.size(2) * x.size(3), il};
 }
@@ -43,8 +37,8 @@ std::tuple<at::Tensor, at::Tensor> stats_impl(const at::Tensor& x) {
   const cuda::Shape s = shape_of(xt, il);
   const auto sopt = x.options().dtype(stats_type(x));
   at::Tensor mean = at::empty({s.N, s.C}, sopt), stdv = at::empty({s.N, s.C}, sopt);
-  at::Tensor ws = workspace(x, cuda::stats_workspace_bytes(cuda_dtype(x, "x"), s));
-  check_launch(cuda::channel_stats(cuda_dtype(x, "x"), t4(xv), s, mean.data_ptr(), stdv.data_ptr(), ws.data_ptr(),
+  at::Tensor ws = workspace(x, cuda::stats_workspace_bytes(dtype_of(x, "x"), s));
+  check_launch(cuda::channel_stats(dtype_of(x, "x"), xv, s, mean.data_ptr(), stdv.data_ptr(), ws.data_ptr(),
                                    c10::cuda::getCurrentCUDAStream().stream()),
                "channel_stats");
   return {mean, stdv};
@@ -61,7 +55,7 @@ at::Tensor stats_backward_impl(const at::Tensor& grad_mean, const at::Tensor& gr
   at::Tensor dx = new_like_layout(x, il);
   View dv;
   view_of(dx, il, dv);
-  check_launch(cuda::channel_stats_backward(cuda_dtype(x, "x"), t4(xv), t4(dv), s, a.data_ptr(), b.data_ptr(),
+  check_launch(cuda::channel_stats_backward(dtype_of(x, "x"), xv, dv, s, a.data_ptr(), b.data_ptr(),
                                             m.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()),
                "channel_stats_backward");
   return dx;
@@ -115,10 +109,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> combination_coefficients(
   const cuda::Shape s = shape_of(xt, il);
   const auto sopt = x.options().dtype(stats_type(x));
   at::Tensor cc = at::empty({s.N, s.C}, sopt), mean = at::empty({s.N, s.C}, sopt), stdv = at::empty({s.N, s.C}, sopt);
-  at::Tensor ws = workspace(x, cuda::stats_workspace_bytes(cuda_dtype(x, "x"), s));
+  at::Tensor ws = workspace(x, cuda::stats_workspace_bytes(dtype_of(x, "x"), s));
   const cuda::MlpWeights mw{w[0].data_ptr(), w[1].data_ptr(), w[2].data_ptr(), w[3].data_ptr(),
                             w[4].data_ptr(), w[5].data_ptr(), w[6].data_ptr(), w[7].data_ptr(), w[0].size(0)};
-  check_launch(cuda::combination_coefficients(cuda_dtype(x, "x"), t4(xv), s, mw, cc.data_ptr(), mean.data_ptr(),
+  check_launch(cuda::combination_coefficients(dtype_of(x, "x"), xv, s, mw, cc.data_ptr(), mean.data_ptr(),
                                               stdv.data_ptr(), ws.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()),
                "combination_coefficients");
   return {cc, mean, stdv};
@@ -172,8 +166,8 @@ std::tuple<at::Tensor, at::Tensor> butterfly_into(const at::Tensor& x1, const at
   const auto sopt = x1.options().dtype(stats_type(x1));
   at::Tensor mean = at::empty({q_stats ? s.N : 0, q_stats ? s.C : 0}, sopt);
   at::Tensor stdv = at::empty_like(mean);
-  at::Tensor ws = workspace(x1, q_stats ? cuda::butterfly_workspace_bytes(cuda_dtype(x1, "x1"), s) : 0);
-  check_launch(cuda::butterfly(cuda_dtype(x1, "x1"), t4(v1), t4(v2), t4(vp), t4(vq), s,
+  at::Tensor ws = workspace(x1, q_stats ? cuda::butterfly_workspace_bytes(dtype_of(x1, "x1"), s) : 0);
+  check_launch(cuda::butterfly(dtype_of(x1, "x1"), v1, v2, vp, vq, s,
                                {raw(a1), raw(a2), raw(b1), raw(b2)}, q_stats ? mean.data_ptr() : nullptr,
                                q_stats ? stdv.data_ptr() : nullptr, ws.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()),
                "butterfly");
@@ -253,8 +247,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   view_of(dx1, il, vd1);
   view_of(dx2, il, vd2);
   at::Tensor sums = at::empty({4, s.N, s.C}, sopt);
-  at::Tensor ws = workspace(x1, cuda::butterfly_backward_workspace_bytes(cuda_dtype(x1, "x1"), s));
-  check_launch(cuda::butterfly_backward(cuda_dtype(x1, "x1"), t4(vgp), t4(vgq), t4(v1), t4(v2), t4(vd1), t4(vd2), s,
+  at::Tensor ws = workspace(x1, cuda::butterfly_backward_workspace_bytes(dtype_of(x1, "x1"), s));
+  check_launch(cuda::butterfly_backward(dtype_of(x1, "x1"), vgp, vgq, v1, v2, vd1, vd2, s,
                                         {raw(a1), raw(a2), raw(b1), raw(b2)}, raw(gm), raw(bs), raw(mq),
                                         sums.data_ptr(), ws.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()),
                "butterfly_backward");

@@ -20,7 +20,7 @@
 namespace py = pybind11;
 using lk::cuda::DType;
 using lk::cuda::Shape;
-using lk::cuda::Tensor4;
+using lk::cuda::View;
 
 // Defined by the planted-defect sample kernels of the test area (tests/cuda_emu/samples.cu).
 cudaError_t lk_run_sample(const std::string& name, float* in, float* out, int64_t n, const std::vector<int64_t>& cfg);
@@ -67,7 +67,7 @@ class Arena {
 };
 
 // A tensor argument from Python: (array, element offset, sn, sc, sp).
-Tensor4 tensor(Arena& arena, const py::tuple& t, DType d) {
+View tensor(Arena& arena, const py::tuple& t, DType d) {
   const py::array a = t[0].cast<py::array>();
   unsigned char* base = arena.get(a);
   return {base + t[1].cast<int64_t>() * int64_t(elem_bytes(d)), t[2].cast<int64_t>(), t[3].cast<int64_t>(),
@@ -104,7 +104,7 @@ py::list launch_log() {
 py::list dry(const std::string& launcher, int dtype, const py::tuple& shape, bool q_stats, int64_t R) {
   const DType d = static_cast<DType>(dtype);
   const Shape s = shape_of(shape);
-  const Tensor4 t{reinterpret_cast<void*>(uintptr_t(1) << 32), s.C * s.P, s.interleaved ? 1 : s.P,
+  const View t{reinterpret_cast<void*>(uintptr_t(1) << 32), s.C * s.P, s.interleaved ? 1 : s.P,
                   s.interleaved ? s.C : 1};
   void* const p = reinterpret_cast<void*>(uintptr_t(1) << 33);
   lk_emu::take_log();
@@ -151,7 +151,7 @@ PYBIND11_MODULE(lk_cuda_emu, m) {
     Arena a;
     const DType d = static_cast<DType>(dtype);
     const Shape s = shape_of(shape);
-    const Tensor4 xt = tensor(a, x, d);
+    const View xt = tensor(a, x, d);
     check(lk::cuda::channel_stats(d, xt, s, a.get(mean), a.get(stdv), a.scratch(lk::cuda::stats_workspace_bytes(d, s)),
                                   nullptr),
           "channel_stats");
@@ -167,7 +167,7 @@ PYBIND11_MODULE(lk_cuda_emu, m) {
     if (weights.size() != 8) throw std::invalid_argument("lk_cuda_emu: 8 weight arrays");
     const lk::cuda::MlpWeights w{a.get(weights[0]), a.get(weights[1]), a.get(weights[2]), a.get(weights[3]),
                                  a.get(weights[4]), a.get(weights[5]), a.get(weights[6]), a.get(weights[7]), R};
-    const Tensor4 xt = tensor(a, x, d);
+    const View xt = tensor(a, x, d);
     check(lk::cuda::combination_coefficients(d, xt, s, w, a.get(cc), a.get(mean), a.get(stdv),
                                              a.scratch(lk::cuda::stats_workspace_bytes(d, s)), nullptr),
           "combination_coefficients");
@@ -178,7 +178,7 @@ PYBIND11_MODULE(lk_cuda_emu, m) {
                                      py::array ca, py::array cb, py::array mean) {
     Arena a;
     const DType d = static_cast<DType>(dtype);
-    const Tensor4 xt = tensor(a, x, d), dt = tensor(a, dx, d);
+    const View xt = tensor(a, x, d), dt = tensor(a, dx, d);
     check(lk::cuda::channel_stats_backward(d, xt, dt, shape_of(shape), a.get(ca), a.get(cb), a.get(mean), nullptr),
           "channel_stats_backward");
     a.copy_back();
@@ -190,7 +190,7 @@ PYBIND11_MODULE(lk_cuda_emu, m) {
     Arena a;
     const DType d = static_cast<DType>(dtype);
     const Shape s = shape_of(shape);
-    const Tensor4 t1 = tensor(a, x1, d), t2 = tensor(a, x2, d), tp = tensor(a, p, d), tq = tensor(a, q, d);
+    const View t1 = tensor(a, x1, d), t2 = tensor(a, x2, d), tp = tensor(a, p, d), tq = tensor(a, q, d);
     check(lk::cuda::butterfly(d, t1, t2, tp, tq, s, coefficients(a, coefs), plain(a, mean_q), plain(a, std_q),
                               a.scratch(mean_q ? lk::cuda::butterfly_workspace_bytes(d, s) : 0), nullptr),
           "butterfly");
@@ -204,7 +204,7 @@ PYBIND11_MODULE(lk_cuda_emu, m) {
     Arena a;
     const DType d = static_cast<DType>(dtype);
     const Shape s = shape_of(shape);
-    const Tensor4 tdp = tensor(a, dp, d), tdq = tensor(a, dq, d), t1 = tensor(a, x1, d), t2 = tensor(a, x2, d),
+    const View tdp = tensor(a, dp, d), tdq = tensor(a, dq, d), t1 = tensor(a, x1, d), t2 = tensor(a, x2, d),
                   td1 = tensor(a, dx1, d), td2 = tensor(a, dx2, d);
     check(lk::cuda::butterfly_backward(d, tdp, tdq, t1, t2, td1, td2, s, coefficients(a, coefs), plain(a, gm),
                                        plain(a, bs), plain(a, mq), a.get(sums),
