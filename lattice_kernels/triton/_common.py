@@ -57,17 +57,25 @@ def check_dtype(x: Tensor) -> None:
 
 
 @triton.jit
+def merge_range(part_ptr, row, mask, s_begin, s_end, S, NC, BLOCK: tl.constexpr):
+    """(count, mean, M2) of partials s_begin .. s_end - 1 of rows `row` of part[4, NC, S], merged in split order
+    (the mean still shifted)."""
+    cnt = tl.zeros([BLOCK], dtype=tl.float32)
+    mean = tl.zeros([BLOCK], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in range(s_begin, s_end):
+        pn = tl.load(part_ptr + row * S + s, mask=mask, other=0.0)
+        pm = tl.load(part_ptr + (NC + row) * S + s, mask=mask, other=0.0)
+        pv = tl.load(part_ptr + (2 * NC + row) * S + s, mask=mask, other=0.0)
+        cnt, mean, m2 = chan_merge(cnt, mean, m2, pn, pm, pv)
+    return cnt, mean, m2
+
+
+@triton.jit
 def merge_splits(part_ptr, row, cmask, S, NC, BLOCK_C: tl.constexpr):
     """Merge the S partials (count, mean, M2) of rows `row` of part[4, NC, S] in split order; the mean comes back
     with the row's shift (part[3]) added."""
-    cnt = tl.zeros([BLOCK_C], dtype=tl.float32)
-    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
-    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for s in range(0, S):
-        pn = tl.load(part_ptr + row * S + s, mask=cmask, other=0.0)
-        pm = tl.load(part_ptr + (NC + row) * S + s, mask=cmask, other=0.0)
-        pv = tl.load(part_ptr + (2 * NC + row) * S + s, mask=cmask, other=0.0)
-        cnt, mean, m2 = chan_merge(cnt, mean, m2, pn, pm, pv)
+    cnt, mean, m2 = merge_range(part_ptr, row, cmask, 0, S, S, NC, BLOCK_C)
     return cnt, mean + tl.load(part_ptr + (3 * NC + row) * S, mask=cmask, other=0.0), m2
 
 
@@ -147,17 +155,8 @@ def merge_partials_kernel(part_ptr, out_ptr, NC, S, S_OUT, BLOCK_R: tl.constexpr
     row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = row < NC
     g = tl.program_id(1)
-    cnt = tl.zeros([BLOCK_R], dtype=tl.float32)
-    mean = tl.zeros([BLOCK_R], dtype=tl.float32)
-    m2 = tl.zeros([BLOCK_R], dtype=tl.float32)
     row64 = row.to(tl.int64)
-    for i in range(0, GROUP):
-        s = g * GROUP + i + tl.zeros([BLOCK_R], dtype=tl.int32)  # a vector: the mask needs one
-        m = rmask & (s < S)
-        pn = tl.load(part_ptr + row64 * S + s, mask=m, other=0.0)
-        pm = tl.load(part_ptr + (NC + row64) * S + s, mask=m, other=0.0)
-        pv = tl.load(part_ptr + (2 * NC + row64) * S + s, mask=m, other=0.0)
-        cnt, mean, m2 = chan_merge(cnt, mean, m2, pn, pm, pv)
+    cnt, mean, m2 = merge_range(part_ptr, row64, rmask, g * GROUP, tl.minimum(S, g * GROUP + GROUP), S, NC, BLOCK_R)
     shift = tl.load(part_ptr + (3 * NC + row64) * S, mask=rmask, other=0.0)
     store_partials(out_ptr, row64, g, S_OUT, NC, rmask, cnt, mean, m2, shift)
 
