@@ -44,7 +44,7 @@ def _extension():
                *(f"{CSRC}/cpu/{op}.cpp" for op in ("channel_stats", "butterfly", "conv3x3")),
                f"{CSRC}/cpu/kernels_baseline.cpp"]
     if platform.machine() in ("x86_64", "AMD64"):
-        sources.append(f"{CSRC}/cpu/kernels_avx2.cpp")
+        sources += [f"{CSRC}/cpu/kernels_avx2.cpp", f"{CSRC}/cpu/kernels_avx512.cpp"]
         cxx.append("-DLK_HAVE_AVX2")
     if not _want_cuda():
         return CppExtension(

@@ -5,9 +5,13 @@
 #include <torch/library.h>
 
 #include <string>
+#include <vector>
 
 namespace lk {
 const char* cpu_isa_name();
+namespace cpu {
+std::vector<std::string> supported_isas();
+}
 }
 
 // Every op takes NCHW, channels_last or channel-sliced inputs and gives outputs in the input's memory format, so
@@ -56,6 +60,14 @@ namespace {
 
 PyObject* cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(lk::cpu_isa_name()); }
 
+PyObject* cpu_isas(PyObject*, PyObject*) {
+  const std::vector<std::string> names = lk::cpu::supported_isas();
+  PyObject* out = PyTuple_New(static_cast<Py_ssize_t>(names.size()));
+  for (size_t i = 0; i < names.size(); ++i)
+    PyTuple_SET_ITEM(out, static_cast<Py_ssize_t>(i), PyUnicode_FromString(names[i].c_str()));
+  return out;
+}
+
 PyObject* cuda_built(PyObject*, PyObject*) {
 #if defined(LK_WITH_CUDA)
   Py_RETURN_TRUE;
@@ -66,6 +78,7 @@ PyObject* cuda_built(PyObject*, PyObject*) {
 
 PyMethodDef methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS, "Instruction set of the CPU kernels chosen at load time."},
+    {"cpu_isas", cpu_isas, METH_NOARGS, "Instruction sets of this build that this CPU runs, most capable first."},
     {"cuda_built", cuda_built, METH_NOARGS, "Whether the CUDA kernels were compiled into this build."},
     {nullptr, nullptr, 0, nullptr}};
 

@@ -163,35 +163,39 @@ def test_module_keeps_conv2d_parameters_and_keys():
 
 
 CHECK = r"""
-import torch, lattice_kernels as lk
+import itertools, torch, lattice_kernels as lk
 from lattice_kernels._extension import C as _C
 from lattice_kernels.ops import reference as ref
 assert _C.cpu_isa() == ISA, _C.cpu_isa()
 g = torch.Generator().manual_seed(0)
 # 20x12 -> 5x3 tiles per image, 30 in all; LATTICE_KERNELS_WINOGRAD_TILES=7 makes work items of 7 tiles that cross
 # tile rows and images, and a partial last one (2 tiles); 1 makes one tile per item.
-for dtype in (torch.float32, torch.float64, torch.bfloat16):
-    for fmt in (torch.contiguous_format, torch.channels_last):
-        x = torch.randn(2, 8, 20, 12, generator=g).to(dtype).contiguous(memory_format=fmt)
-        w = (torch.randn(6, 8, 3, 3, generator=g) / 9).to(dtype)
-        b = torch.randn(6, generator=g).to(dtype)
-        y = lk.ops.conv3x3(x, w, b, negative_slope=0.05, backend="cpu")
-        want = ref.conv3x3(x.double(), w.double(), b.double(), 0.05)
-        eager = ref.conv3x3(x, w, b, 0.05)
-        err = ((y.double() - want).abs().max() / want.abs().max()).item()
-        eager_err = ((eager.double() - want).abs().max() / want.abs().max()).item()
-        tol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 2 * eager_err)
-        assert err <= tol, (dtype, fmt, err, tol)
+# 6 output channels are all scalar columns of the GEMM with AVX-512's 16 float lanes; 91 = 64 + 16 + 8 + 3 runs
+# every register block (4, 3, 2 and 1 full vectors, half a vector, scalars) of both vector widths.
+for dtype, fmt, cin, cout in itertools.product((torch.float32, torch.float64, torch.bfloat16),
+                                           (torch.contiguous_format, torch.channels_last), (8, 21), (6, 91)):
+    x = torch.randn(2, cin, 20, 12, generator=g).to(dtype).contiguous(memory_format=fmt)
+    w = (torch.randn(cout, cin, 3, 3, generator=g) / (3 * cin ** 0.5)).to(dtype)
+    b = torch.randn(cout, generator=g).to(dtype)
+    y = lk.ops.conv3x3(x, w, b, negative_slope=0.05, backend="cpu")
+    want = ref.conv3x3(x.double(), w.double(), b.double(), 0.05)
+    eager = ref.conv3x3(x, w, b, 0.05)
+    err = ((y.double() - want).abs().max() / want.abs().max()).item()
+    eager_err = ((eager.double() - want).abs().max() / want.abs().max()).item()
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 2 * eager_err)
+    assert err <= tol, (dtype, fmt, cin, cout, err, tol)
 print("ok")
 """
 
 
 @pytest.mark.skipif(_C is None, reason="the compiled extension did not load")
-@pytest.mark.parametrize(("isa", "group"), [("baseline", "7"), ("avx2", "7"), ("avx2", "1")],
-                         ids=["baseline-groups-of-7", "avx2-groups-of-7", "avx2-one-tile-groups"])
+@pytest.mark.parametrize(("isa", "group"), [("baseline", "7"), ("avx2", "7"), ("avx2", "1"), ("avx512", "7"),
+                                            ("avx512", "1")],
+                         ids=["baseline-groups-of-7", "avx2-groups-of-7", "avx2-one-tile-groups",
+                              "avx512-groups-of-7", "avx512-one-tile-groups"])
 def test_instruction_sets_and_tile_groups_match_reference(isa, group):
-    if isa == "avx2" and _C.cpu_isa() != "avx2":
-        pytest.skip("this CPU or build has no AVX2 kernels")
+    if isa not in _C.cpu_isas():
+        pytest.skip(f"this CPU or build has no {isa} kernels (it runs {', '.join(_C.cpu_isas())})")
     r = subprocess.run([sys.executable, "-c", f"ISA = {isa!r}\n" + CHECK], capture_output=True, text=True,
                        env={**os.environ, "LATTICE_KERNELS_CPU_ISA": isa,
                             "LATTICE_KERNELS_WINOGRAD_TILES": group}, timeout=600)

@@ -1,4 +1,4 @@
-"""The CPU kernels exist for the baseline target and for AVX2, and write large outputs with streaming stores; the
+"""The CPU kernels exist for the baseline target, AVX2 and AVX-512, and write large outputs with streaming stores; the
 suite runs what the CPU and the (small) test shapes pick, and this test runs the other paths in a subprocess
 (LATTICE_KERNELS_CPU_ISA forces the instruction set, LATTICE_KERNELS_STREAM_BYTES=0 streaming on every call)
 against the spec."""
@@ -50,15 +50,17 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize(("isa", "stream"), [("baseline", "0"), ("avx2", "0"), ("avx2", "-1")],
-                         ids=["baseline", "avx2-streaming", "avx2-plain-stores"])
+@pytest.mark.parametrize(("isa", "stream"), [("baseline", "0"), ("avx2", "0"), ("avx2", "-1"), ("avx512", "0"),
+                                             ("avx512", "-1")],
+                         ids=["baseline", "avx2-streaming", "avx2-plain-stores", "avx512-streaming",
+                              "avx512-plain-stores"])
 def test_each_instruction_set_matches_reference(isa, stream):
     if "cpu" not in lk.available_backends():
         pytest.skip("the compiled extension did not load")
     from lattice_kernels._extension import C as _C
 
-    if isa == "avx2" and _C.cpu_isa() != "avx2":
-        pytest.skip("this CPU or build has no AVX2 kernels")
+    if isa not in _C.cpu_isas():
+        pytest.skip(f"this CPU or build has no {isa} kernels (it runs {', '.join(_C.cpu_isas())})")
     r = subprocess.run([sys.executable, "-c", f"ISA = {isa!r}\n" + CHECK], capture_output=True, text=True,
                        env={**os.environ, "LATTICE_KERNELS_CPU_ISA": isa, "LATTICE_KERNELS_STREAM_BYTES": stream},
                        timeout=600)
@@ -72,4 +74,33 @@ def test_bad_isa_request_is_an_error():
                         "lk.ops.channel_stats(torch.randn(1, 2, 3, 3), backend='cpu')"],
                        capture_output=True, text=True, env={**os.environ, "LATTICE_KERNELS_CPU_ISA": "sse9"},
                        timeout=300)
-    assert r.returncode != 0 and "LATTICE_KERNELS_CPU_ISA must be 'baseline' or 'avx2'" in r.stderr
+    assert r.returncode != 0 and "LATTICE_KERNELS_CPU_ISA must be one of" in r.stderr and "got 'sse9'" in r.stderr
+
+
+def test_isa_the_cpu_lacks_is_an_error():
+    """Forcing an instruction set this CPU cannot run fails at the first call and says so (never a silent fallback,
+    never an illegal instruction)."""
+    if "cpu" not in lk.available_backends():
+        pytest.skip("the compiled extension did not load")
+    from lattice_kernels._extension import C as _C
+
+    built = ("avx512", "avx2", "baseline") if "avx2" in _C.cpu_isas() or _C.cpu_isa() != "baseline" else ("baseline",)
+    missing = [isa for isa in built if isa not in _C.cpu_isas()]
+    if not missing:
+        pytest.skip(f"this CPU runs every instruction set of this build ({', '.join(_C.cpu_isas())})")
+    r = subprocess.run([sys.executable, "-c", "import torch, lattice_kernels as lk; "
+                        "lk.ops.channel_stats(torch.randn(1, 2, 3, 3), backend='cpu')"],
+                       capture_output=True, text=True, env={**os.environ, "LATTICE_KERNELS_CPU_ISA": missing[0]},
+                       timeout=300)
+    assert r.returncode != 0 and f"this CPU lacks {missing[0]}" in r.stderr
+
+
+def test_cpu_isa_is_the_most_capable_supported():
+    if "cpu" not in lk.available_backends():
+        pytest.skip("the compiled extension did not load")
+    from lattice_kernels._extension import C as _C
+
+    if os.environ.get("LATTICE_KERNELS_CPU_ISA"):
+        pytest.skip("LATTICE_KERNELS_CPU_ISA is set for this run")
+    assert _C.cpu_isas()[-1] == "baseline"
+    assert _C.cpu_isa() == _C.cpu_isas()[0]

@@ -3,44 +3,65 @@
 
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 namespace lk {
 namespace cpu {
 
 namespace {
 
-KernelSet baseline_set() {
-  return {"baseline",         isa_baseline::stats_partials, isa_baseline::butterfly_forward,
-          isa_baseline::butterfly_backward, isa_baseline::stats_backward, isa_baseline::conv3x3_tiles};
+#define LK_KERNEL_SET(name, ns) \
+  KernelSet { name, ns::stats_partials, ns::butterfly_forward, ns::butterfly_backward, ns::stats_backward, \
+              ns::conv3x3_tiles }
+
+struct IsaChoice {
+  const char* name;
+  bool supported;
+  KernelSet set;
+};
+
+// The kernel sets of this build, from the most capable down; `supported` says whether this CPU runs them.
+std::vector<IsaChoice> isa_choices() {
+  std::vector<IsaChoice> out;
+#if defined(LK_HAVE_AVX2)
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+  out.push_back({"avx512", avx512, LK_KERNEL_SET("avx512", isa_avx512)});
+  out.push_back({"avx2", avx2, LK_KERNEL_SET("avx2", isa_avx2)});
+#endif
+  out.push_back({"baseline", true, LK_KERNEL_SET("baseline", isa_baseline)});
+  return out;
 }
+
+#undef LK_KERNEL_SET
 
 }  // namespace
 
-// The instruction set is chosen once: LATTICE_KERNELS_CPU_ISA=baseline|avx2 forces one (tests run both), otherwise
-// AVX2 when the CPU has AVX2, FMA and F16C.
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> out;
+  for (const IsaChoice& c : isa_choices())
+    if (c.supported) out.push_back(c.name);
+  return out;
+}
+
+// The instruction set is chosen once: LATTICE_KERNELS_CPU_ISA=avx512|avx2|baseline forces one (tests run each the
+// CPU has), otherwise the most capable one this CPU runs (AVX-512 F/VL/BW/DQ, else AVX2 with FMA and F16C).
 const KernelSet& kernels() {
   static const KernelSet chosen = [] {
     const char* env = std::getenv("LATTICE_KERNELS_CPU_ISA");
     const std::string want = env ? env : "";
-    if (want == "baseline") return baseline_set();
-#if defined(LK_HAVE_AVX2)
-    __builtin_cpu_init();
-    const bool has_avx2 =
-        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    const KernelSet avx2{"avx2",
-                         isa_avx2::stats_partials,
-                         isa_avx2::butterfly_forward,
-                         isa_avx2::butterfly_backward,
-                         isa_avx2::stats_backward,
-                         isa_avx2::conv3x3_tiles};
-    TORCH_CHECK(want.empty() || want == "avx2", "LATTICE_KERNELS_CPU_ISA must be 'baseline' or 'avx2', got '", want,
-                "'");
-    TORCH_CHECK(want != "avx2" || has_avx2, "LATTICE_KERNELS_CPU_ISA=avx2 but this CPU lacks AVX2/FMA/F16C");
-    if (has_avx2) return avx2;
-#else
-    TORCH_CHECK(want.empty(), "LATTICE_KERNELS_CPU_ISA=", want, " but this build has only the baseline kernels");
-#endif
-    return baseline_set();
+    const std::vector<IsaChoice> choices = isa_choices();
+    std::string names;
+    for (const IsaChoice& c : choices) names += std::string(names.empty() ? "'" : ", '") + c.name + "'";
+    for (const IsaChoice& c : choices) {
+      if (!want.empty() && want != c.name) continue;
+      TORCH_CHECK(c.supported, "LATTICE_KERNELS_CPU_ISA=", want, " but this CPU lacks ", c.name,
+                  "; unset it or pick one of the instruction sets this CPU has");
+      if (c.supported) return c.set;
+    }
+    TORCH_CHECK(false, "LATTICE_KERNELS_CPU_ISA must be one of ", names, " (this build), got '", want, "'");
   }();
   return chosen;
 }

@@ -14,6 +14,7 @@ namespace cpu {
 
 // The kernels of the instruction set chosen once for this process (LATTICE_KERNELS_CPU_ISA, else the CPU's best).
 const KernelSet& kernels();
+std::vector<std::string> supported_isas();
 
 // Whether a call writing n_outputs tensors like `like` uses streaming stores (LATTICE_KERNELS_STREAM_BYTES).
 bool stream_outputs(const at::Tensor& like, int64_t n_outputs);

@@ -126,7 +126,8 @@ static inline void output_tile(const Conv3x3Args& a, typename Tr::S* yn, int64_t
 }
 
 // m[r][co] = sum_ci v[r][ci] u[ci][co] for rows [0, RP) and the NV vectors of columns from co: RP x NV vector
-// accumulators (at most 4 x 3 = 12, plus 3 weight vectors and a broadcast: the 16 registers of AVX2).
+// accumulators, NV weight vectors and a broadcast must fit the registers (16 with AVX2, 32 with AVX-512; see
+// GemmBlocks).
 template <class A, class V, int W, int RP, int NV>
 static inline void gemm_tile(const A* __restrict__ v, const A* __restrict__ u, A* __restrict__ m, int64_t Cin,
                              int64_t Cout, int64_t co) {
@@ -137,7 +138,7 @@ static inline void gemm_tile(const A* __restrict__ v, const A* __restrict__ u, A
     V b[NV];
     for (int j = 0; j < NV; ++j) b[j] = load_raw<V>(u + ci * Cout + co + j * W);
     for (int r = 0; r < RP; ++r) {
-      const V x = V{} + v[r * Cin + ci];
+      const V x = splat<V>(v[r * Cin + ci]);
       for (int j = 0; j < NV; ++j) acc[r][j] += x * b[j];
     }
   }
@@ -145,31 +146,43 @@ static inline void gemm_tile(const A* __restrict__ v, const A* __restrict__ u, A
     for (int j = 0; j < NV; ++j) store_raw(m + r * Cout + co + j * W, acc[r][j]);
 }
 
-template <class A, class V, int W, int NV>
+// All rows of the NV column vectors from co, RP rows at a time, then the remaining rows in one tile.
+template <class A, class V, int W, int NV, int RP>
 static inline void gemm_columns(const A* v, const A* u, A* m, int64_t rows, int64_t Cin, int64_t Cout, int64_t co) {
   int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) gemm_tile<A, V, W, 4, NV>(v + r * Cin, u, m + r * Cout, Cin, Cout, co);
-  switch (rows - r) {
-    case 3: gemm_tile<A, V, W, 3, NV>(v + r * Cin, u, m + r * Cout, Cin, Cout, co); break;
-    case 2: gemm_tile<A, V, W, 2, NV>(v + r * Cin, u, m + r * Cout, Cin, Cout, co); break;
-    case 1: gemm_tile<A, V, W, 1, NV>(v + r * Cin, u, m + r * Cout, Cin, Cout, co); break;
-    default: break;
-  }
+  for (; r + RP <= rows; r += RP) gemm_tile<A, V, W, RP, NV>(v + r * Cin, u, m + r * Cout, Cin, Cout, co);
+  with_count<RP - 1>(rows - r, [&](auto rp) {
+    gemm_tile<A, V, W, decltype(rp)::value, NV>(v + r * Cin, u, m + r * Cout, Cin, Cout, co);
+  });
 }
+
+// Register blocks (rows x column vectors) of the GEMM by the number of column vectors left: with AVX2's 16 vector
+// registers 4 x 3 (12 accumulators); with AVX-512's 32, 6 x 4 (24), 8 x 3 (24), 12 x 2 (24) or 12 x 1.
+#if LK_VEC_BYTES == 64
+constexpr int kGemmMaxVectors = 4;
+template <int NV> constexpr int gemm_rows() { return NV == 4 ? 6 : NV == 3 ? 8 : 12; }
+#else
+constexpr int kGemmMaxVectors = 3;
+template <int NV> constexpr int gemm_rows() { return 4; }
+#endif
 
 // m (rows x Cout) = v (rows x Cin) u (Cin x Cout), all row-major and contiguous.
 template <class A, class V, int W>
 static inline void gemm(const A* v, const A* u, A* m, int64_t rows, int64_t Cin, int64_t Cout) {
+  constexpr int NV = kGemmMaxVectors;
   int64_t co = 0;
-  for (; co + 3 * W <= Cout; co += 3 * W) gemm_columns<A, V, W, 3>(v, u, m, rows, Cin, Cout, co);
-  if (co + 2 * W <= Cout) {
-    gemm_columns<A, V, W, 2>(v, u, m, rows, Cin, Cout, co);
-    co += 2 * W;
-  } else if (co + W <= Cout) {
-    gemm_columns<A, V, W, 1>(v, u, m, rows, Cin, Cout, co);
-    co += W;
+  for (; co + NV * W <= Cout; co += NV * W) gemm_columns<A, V, W, NV, gemm_rows<NV>()>(v, u, m, rows, Cin, Cout, co);
+  with_count<NV - 1>((Cout - co) / W, [&](auto nv) {
+    constexpr int n = decltype(nv)::value;
+    gemm_columns<A, V, W, n, gemm_rows<n>()>(v, u, m, rows, Cin, Cout, co);
+  });
+  co += (Cout - co) / W * W;
+  using VH = std::conditional_t<std::is_same_v<A, float>, vf_half, vd_half>;
+  if (co + W / 2 <= Cout) {  // half a vector of columns
+    gemm_columns<A, VH, W / 2, 1, gemm_rows<1>()>(v, u, m, rows, Cin, Cout, co);
+    co += W / 2;
   }
-  for (; co < Cout; ++co)  // columns past the last full vector
+  for (; co < Cout; ++co)  // columns past the last half vector
     for (int64_t r = 0; r < rows; ++r) {
       A acc = 0;
       for (int64_t ci = 0; ci < Cin; ++ci) acc += v[r * Cin + ci] * u[ci * Cout + co];

@@ -7,12 +7,14 @@
 // instantiated under another target could leak into the other objects); the interleaved layouts get a scratch of
 // 4*C accumulators from the binding.
 //
-// Inner loops use GCC vector types of 32 bytes (8 floats or 4 doubles; two SSE registers on the baseline target),
+// Inner loops use GCC vector types of LK_VEC_BYTES bytes: 32 (8 floats or 4 doubles; two SSE registers on the
+// baseline target) or, in the AVX-512 build, 64 (16 floats or 8 doubles),
 // sums keep kAcc independent vector accumulators to hide the add latency, and every reduction has a fixed order:
 // the result never depends on the thread count.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernel_args.h"
 
@@ -23,11 +25,17 @@
 namespace lk {
 namespace LK_ISA_NS {
 
-typedef float vf __attribute__((vector_size(32)));
-typedef double vd __attribute__((vector_size(32)));
-typedef uint32_t vu __attribute__((vector_size(32)));
-typedef int32_t vi __attribute__((vector_size(32)));
-typedef uint16_t vh __attribute__((vector_size(16)));
+#ifndef LK_VEC_BYTES
+#define LK_VEC_BYTES 32
+#endif
+typedef float vf __attribute__((vector_size(LK_VEC_BYTES)));
+typedef double vd __attribute__((vector_size(LK_VEC_BYTES)));
+typedef uint32_t vu __attribute__((vector_size(LK_VEC_BYTES)));
+typedef int32_t vi __attribute__((vector_size(LK_VEC_BYTES)));
+typedef uint16_t vh __attribute__((vector_size(LK_VEC_BYTES / 2)));
+// Half-width vectors, for the channels past the last full vector of the convolution's GEMM.
+typedef float vf_half __attribute__((vector_size(LK_VEC_BYTES / 2)));
+typedef double vd_half __attribute__((vector_size(LK_VEC_BYTES / 2)));
 
 constexpr int kAcc = 4;
 
@@ -108,19 +116,31 @@ static inline vh float_to_bf16(vf f) {
 // Storage type S, accumulation type A and its vector V (W lanes); ld/st convert S <-> A (rounding once).
 template <DType D> struct Traits;
 // Non-temporal ("streaming") stores of one vector, for outputs too large to stay in cache: they skip the read for
-// ownership of the destination line. Only the AVX2 build has them; they need an aligned address (else a plain store).
+// ownership of the destination line. Only the AVX2 and AVX-512 builds have them; they need an address aligned to the
+// vector size (else a plain store).
 #if defined(LK_STREAM_STORES)
-static inline bool aligned32(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 31) == 0; }
+static inline bool aligned_to(const void* p, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0; }
+#if LK_VEC_BYTES == 64
 static inline void stream(float* p, vf v) {
-  if (aligned32(p)) _mm256_stream_ps(p, bitcast<__m256>(v)); else store_raw(p, v);
+  if (aligned_to(p, 64)) _mm512_stream_ps(p, bitcast<__m512>(v)); else store_raw(p, v);
 }
 static inline void stream(double* p, vd v) {
-  if (aligned32(p)) _mm256_stream_pd(p, bitcast<__m256d>(v)); else store_raw(p, v);
+  if (aligned_to(p, 64)) _mm512_stream_pd(p, bitcast<__m512d>(v)); else store_raw(p, v);
 }
 static inline void stream(uint16_t* p, vh v) {
-  if ((reinterpret_cast<uintptr_t>(p) & 15) == 0) _mm_stream_si128(reinterpret_cast<__m128i*>(p), bitcast<__m128i>(v));
-  else store_raw(p, v);
+  if (aligned_to(p, 32)) _mm256_stream_si256(reinterpret_cast<__m256i*>(p), bitcast<__m256i>(v)); else store_raw(p, v);
 }
+#else
+static inline void stream(float* p, vf v) {
+  if (aligned_to(p, 32)) _mm256_stream_ps(p, bitcast<__m256>(v)); else store_raw(p, v);
+}
+static inline void stream(double* p, vd v) {
+  if (aligned_to(p, 32)) _mm256_stream_pd(p, bitcast<__m256d>(v)); else store_raw(p, v);
+}
+static inline void stream(uint16_t* p, vh v) {
+  if (aligned_to(p, 16)) _mm_stream_si128(reinterpret_cast<__m128i*>(p), bitcast<__m128i>(v)); else store_raw(p, v);
+}
+#endif
 static inline void stream_fence() { _mm_sfence(); }
 #else
 template <class P, class V> static inline void stream(P* p, V v) { store_raw(p, v); }
@@ -129,7 +149,7 @@ static inline void stream_fence() {}
 
 template <> struct Traits<DType::F32> {
   using S = float; using A = float; using V = vf;
-  static constexpr int W = 8;
+  static constexpr int W = LK_VEC_BYTES / 4;
   static inline A ld(S v) { return v; }
   static inline S st(A v) { return v; }
   static inline V vld(const S* p) { return load_raw<V>(p); }
@@ -139,7 +159,7 @@ template <> struct Traits<DType::F32> {
 };
 template <> struct Traits<DType::F64> {
   using S = double; using A = double; using V = vd;
-  static constexpr int W = 4;
+  static constexpr int W = LK_VEC_BYTES / 8;
   static inline A ld(S v) { return v; }
   static inline S st(A v) { return v; }
   static inline V vld(const S* p) { return load_raw<V>(p); }
@@ -149,7 +169,7 @@ template <> struct Traits<DType::F64> {
 };
 template <> struct Traits<DType::F16> {
   using S = uint16_t; using A = float; using V = vf;
-  static constexpr int W = 8;
+  static constexpr int W = LK_VEC_BYTES / 4;
   static inline A ld(S v) { return half_to_float(v); }
   static inline S st(A v) { return float_to_half(v); }
   static inline V vld(const S* p) { return half_to_float(load_raw<vh>(p)); }
@@ -159,7 +179,7 @@ template <> struct Traits<DType::F16> {
 };
 template <> struct Traits<DType::BF16> {
   using S = uint16_t; using A = float; using V = vf;
-  static constexpr int W = 8;
+  static constexpr int W = LK_VEC_BYTES / 4;
   static inline A ld(S v) { return bf16_to_float(v); }
   static inline S st(A v) { return float_to_bf16(v); }
   static inline V vld(const S* p) { return bf16_to_float(load_raw<vh>(p)); }
@@ -173,7 +193,9 @@ template <class Tr> static inline void put(typename Tr::S* p, typename Tr::V v, 
   if (nt) Tr::vst_nt(p, v); else Tr::vst(p, v);
 }
 
-template <class V, class A> static inline V splat(A a) { return V{} + a; }
+// Every lane a. (a - 0 is a for every a, signed zeros included, so it folds to a broadcast load; `V{} + a` cannot
+// fold, and costs a scalar add and a register broadcast on the FMA ports in the convolution's GEMM.)
+template <class V, class A> static inline V splat(A a) { return a - V{}; }
 
 // Sum of the lanes of one vector, pairwise in a fixed order.
 template <class A, class V, int W> static inline A hsum(V v) {
@@ -273,6 +295,14 @@ template <class Tr, class Src> static inline void span_stats(const Src& x, int64
   m2 = v > 0.0 ? v : 0.0;
 }
 
+// f(std::integral_constant<int, n>) for a run-time 1 <= n <= N (nothing for n = 0): a loop remainder handled by
+// the kernel instantiated for exactly that many vectors or rows.
+template <int N, class F> static inline void with_count(int64_t n, F f) {
+  if constexpr (N > 0) {
+    if (n == N) f(std::integral_constant<int, N>{}); else with_count<N - 1>(n, f);
+  }
+}
+
 // Per-channel loops of the interleaved layout: fv(c) over c = 0, W, 2W, ... then fs(c) over the scalar tail.
 template <int W, class FV, class FS> static inline void over_channels(int64_t C, FV fv, FS fs) {
   int64_t c = 0;
@@ -325,8 +355,8 @@ static inline void pixels_dev(const Src& x, int64_t L, int64_t c0, const typenam
 }
 
 // Statistics of L pixels of C interleaved channels, per channel into mean[C], m2[C]. The first pass takes up to
-// 8 vectors (64 float channels: a whole pixel for the usual C = 64) at a time so that it walks memory in order;
-// the second, 4 at a time (12 live vector registers).
+// 8 vectors (a whole pixel for the usual C = 64) at a time so that it walks memory in order; the second, 4 at a
+// time (12 live vector registers).
 template <class Tr, class Src>
 static inline void pixels_stats(const Src& x, int64_t L, int64_t C, double* __restrict__ mean,
                                 double* __restrict__ m2, typename Tr::A* __restrict__ mt) {
@@ -334,10 +364,11 @@ static inline void pixels_stats(const Src& x, int64_t L, int64_t C, double* __re
   constexpr int W = Tr::W;
   int64_t c = 0;
   for (; c + 8 * W <= C; c += 8 * W) pixels_sum<Tr, 8>(x, L, c, mt);
-  for (; c + W <= C; c += W) pixels_sum<Tr, 1>(x, L, c, mt);
+  with_count<7>((C - c) / W, [&](auto nb) { pixels_sum<Tr, decltype(nb)::value>(x, L, c, mt); });
   c = 0;
   for (; c + 4 * W <= C; c += 4 * W) pixels_dev<Tr, 4>(x, L, c, mt, mean, m2);
-  for (; c + W <= C; c += W) pixels_dev<Tr, 1>(x, L, c, mt, mean, m2);
+  with_count<3>((C - c) / W, [&](auto nb) { pixels_dev<Tr, decltype(nb)::value>(x, L, c, mt, mean, m2); });
+  c = C / W * W;
   for (; c < C; ++c) {
     A s = 0;
     for (int64_t p = 0; p < L; ++p) s += x.ld(p, c);

@@ -24,6 +24,7 @@ struct KernelSet {
 LK_DECLARE_KERNELS(isa_baseline)
 #if defined(LK_HAVE_AVX2)
 LK_DECLARE_KERNELS(isa_avx2)
+LK_DECLARE_KERNELS(isa_avx512)
 #endif
 #undef LK_DECLARE_KERNELS
 

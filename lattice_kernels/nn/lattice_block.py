@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..contract import memory_format_of
 from .combination_coefficient import CombinationCoefficient
 from .conv import ResidualBlock
 
@@ -49,9 +50,9 @@ class LatticeBlock(nn.Module):
     State-dict keys as published (conv_block{0,1}.{0,2,4}, fea_ca1, x_ca1, fea_ca2, x_ca2, compress).
 
     The non-conv work runs the fused plan: the statistics of x, f and g once each, butterfly 1 returning q1's
-    statistics from its own pass, butterfly 2 writing p3 and q3 straight into the compress conv's input. The 3x3
-    convs (with their LeakyReLU) are ops.conv3x3: the library's Winograd convolution on the cpu backend, torch's
-    convolution on the others."""
+    statistics from its own pass; butterfly 2 and the compress conv are one 1x1 conv over g and q1 with per-sample
+    folded weights (fold_compress), so p3 and q3 are never formed. The 3x3 convs (with their LeakyReLU) are
+    ops.conv3x3: the library's Winograd convolution on the cpu backend, torch's convolution on the others."""
 
     def __init__(self, channels: int = 64, diff: int = 16, reduction: int = 16,
                  placement: str | tuple[str, ...] = "cross", backend: str | None = None):
@@ -102,8 +103,44 @@ class LatticeBlock(nn.Module):
         g = self.conv_block1(p1)
         g, q1 = _common_dtype(g, q1)
         coefs2 = self._coefficients(2, (self._stats(g, "g", needed), s_q1))
-        (pq,) = ops.butterfly_stacked(g, q1, **coefs2, backend=self.backend)
-        return self.compress(pq)
+        return fold_compress(g, q1, coefs2, self.compress.weight, self.compress.bias)
+
+
+def fold_compress(x1: Tensor, x2: Tensor, coefs: dict[str, Tensor], weight: Tensor, bias: Tensor | None) -> Tensor:
+    """compress(cat(p, q)) for the butterfly p = a1*x1 + a2*x2, q = b1*x1 + b2*x2, without forming p and q.
+
+    x1, x2: (N, C, H, W); coefs: some of alpha1, alpha2, beta1, beta2, each (N, C) (absent ones are 1); weight
+    (Cout, 2C, 1, 1) = [W_p, W_q], bias (Cout,). Since W_p p + W_q q = (W_p diag(a1) + W_q diag(b1)) x1 +
+    (W_p diag(a2) + W_q diag(b2)) x2, the result is two batched matrix products with per-sample weights (N, Cout, C):
+    one pass over x1 and x2 instead of a butterfly pass, a 2C-channel buffer and a conv over it. The weights are
+    folded in the coefficients' dtype (float32 for half inputs) and rounded once to x1's dtype. Output in x1's
+    memory format."""
+    n, c, h, w = x1.shape
+    fold_dtype = torch.float64 if x1.dtype == torch.float64 else torch.float32
+    wp, wq = weight.reshape(weight.shape[0], 2, c).to(fold_dtype).unbind(1)
+
+    def folded(a: str, b: str) -> Tensor:
+        ca, cb = coefs.get(a), coefs.get(b)
+        left = wp.expand(n, *wp.shape) if ca is None else wp * ca[:, None, :]
+        right = wq.expand(n, *wq.shape) if cb is None else wq * cb[:, None, :]
+        return (left + right).to(x1.dtype)
+
+    w1, w2 = folded("alpha1", "beta1"), folded("alpha2", "beta2")
+    if memory_format_of(x1) == torch.channels_last:  # (N, H*W, C) views; out (N, H*W, Cout)
+        rows = [t.permute(0, 2, 3, 1).reshape(n, h * w, c) for t in (x1, x2)]
+        out = _bmm2(rows[0], w1.transpose(1, 2), rows[1], w2.transpose(1, 2), bias)
+        return out.view(n, h, w, -1).permute(0, 3, 1, 2)
+    cols = [t.reshape(n, c, h * w) for t in (x1, x2)]  # (N, C, H*W); out (N, Cout, H*W)
+    return _bmm2(w1, cols[0], w2, cols[1], None if bias is None else bias[:, None]).view(n, -1, h, w)
+
+
+def _bmm2(a1: Tensor, b1: Tensor, a2: Tensor, b2: Tensor, start: Tensor | None) -> Tensor:
+    """start + a1 @ b1 + a2 @ b2 (batched; start broadcast), the second product accumulated in place (not under
+    autocast, whose casts in-place ops skip)."""
+    out = torch.bmm(a1, b1) if start is None else torch.baddbmm(start.to(a1.dtype), a1, b1)
+    if torch.is_autocast_enabled(a1.device.type):
+        return torch.baddbmm(out, a2, b2)
+    return out.baddbmm_(a2, b2)
 
 
 def _common_dtype(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
