@@ -26,13 +26,38 @@ int64_t winograd_group() {
 
 // U[6i + j][ci][co] = (G w[co][ci] G^T)[i][j] (G: rows p^k / prod_{l != j} (p - p_l) for the points of
 // conv3x3_kernels.h, and (0, 0, 1) for infinity), computed in double and rounded once to the accumulation type.
+// One thread, no ATen ops but the allocations: ~0.2 M multiply-adds for a 64->48 conv, which took 0.2-0.3 ms as
+// ATen matmuls and copies (27 calls per LatticeNet forward) and far longer when another process holds a core and
+// their parallel regions wait for it.
+template <class A> void winograd_weights_into(const double* w, int64_t Cout, int64_t Cin, A* u) {
+  static constexpr double G[6][3] = {{1.0, 0.0, 0.0},
+                                     {-1.0 / 3, 1.0 / 3, -1.0 / 3},
+                                     {1.0 / 3, 1.0 / 3, 1.0 / 3},
+                                     {-16.0 / 15, -8.0 / 15, -4.0 / 15},
+                                     {1.0 / 15, -2.0 / 15, 4.0 / 15},
+                                     {0.0, 0.0, 1.0}};
+  for (int64_t co = 0; co < Cout; ++co)
+    for (int64_t ci = 0; ci < Cin; ++ci) {
+      const double* k = w + (co * Cin + ci) * 9;
+      double t[6][3];  // G w
+      for (int i = 0; i < 6; ++i)
+        for (int b = 0; b < 3; ++b) t[i][b] = G[i][0] * k[b] + G[i][1] * k[3 + b] + G[i][2] * k[6 + b];
+      for (int i = 0; i < 6; ++i)
+        for (int j = 0; j < 6; ++j)
+          u[((6 * i + j) * Cin + ci) * Cout + co] =
+              static_cast<A>(t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2]);
+    }
+}
+
 at::Tensor winograd_weights(const at::Tensor& w, at::ScalarType acc) {
-  const at::Tensor g = at::tensor({1.0, 0.0, 0.0, -1.0 / 3, 1.0 / 3, -1.0 / 3, 1.0 / 3, 1.0 / 3, 1.0 / 3,
-                                   -16.0 / 15, -8.0 / 15, -4.0 / 15, 1.0 / 15, -2.0 / 15, 4.0 / 15, 0.0, 0.0, 1.0},
-                                  at::TensorOptions().dtype(at::kDouble))
-                           .view({6, 3});
-  const at::Tensor u = at::matmul(at::matmul(g, w.to(at::kDouble)), g.t());  // (Cout, Cin, 6, 6)
-  return u.permute({2, 3, 1, 0}).reshape({36, w.size(1), w.size(0)}).to(acc).contiguous();
+  const at::Tensor wd = w.to(at::kDouble).contiguous();
+  const int64_t Cout = w.size(0), Cin = w.size(1);
+  at::Tensor u = at::empty({36, Cin, Cout}, w.options().dtype(acc));
+  if (acc == at::kDouble)
+    winograd_weights_into(wd.data_ptr<double>(), Cout, Cin, u.data_ptr<double>());
+  else
+    winograd_weights_into(wd.data_ptr<double>(), Cout, Cin, u.data_ptr<float>());
+  return u;
 }
 
 at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
