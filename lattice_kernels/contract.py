@@ -167,8 +167,8 @@ def register_conv3x3(ns: str = NS) -> None:
 
     def backward(ctx, grad):
         x, weight, y = ctx.saved_tensors
-        if ctx.negative_slope is not None:
-            grad = torch.where(y > 0, grad, grad * ctx.negative_slope)
+        if ctx.negative_slope is not None:  # grad where y > 0, else grad * slope: one pass (aten's, vectorized)
+            grad = torch.ops.aten.leaky_relu_backward(grad, y, ctx.negative_slope, True)
         need = ctx.needs_input_grad
         gx = None
         if need[0]:  # the input gradient is itself a 3x3 conv (flipped, transposed weights): the same kernel
