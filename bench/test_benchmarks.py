@@ -1,15 +1,22 @@
 """pytest-benchmark versions of the op micro-benchmarks, for regression tracking (not part of `make test`):
 
     pytest bench/test_benchmarks.py --benchmark-autosave          # then --benchmark-compare
+
+and the tests of the benchmarks' own machinery (the interleaved rounds of bench/rounds.py, the op cases' rows,
+the README headline with spreads), fast: pytest bench/test_benchmarks.py -k "not test_op"
 """
 
 from __future__ import annotations
+
+import statistics
 
 import pytest
 import torch
 
 import lattice_kernels as lk
-from bench.ops_bench import make_cases
+from bench import rounds
+from bench.ops_bench import bench_op, make_cases
+from bench.readme_table import full_report, headline
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SHAPE = (1, 64, 180, 320)
@@ -36,3 +43,122 @@ def test_op(benchmark, op, backend, with_backward):
 
     benchmark.group = f"{op} {'fwd+bwd' if with_backward else 'fwd'}"
     benchmark(call)
+
+
+def test_rotated_order_starts_one_later_each_round():
+    names = ["a", "b", "c"]
+    assert [rounds.rotated(names, r) for r in range(4)] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"],
+                                                            ["a", "b", "c"]]
+
+
+class FakeClock:
+    """A clock that each call advances by the call's known cost (ms), so that samples are exact."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_run_rounds_calls_in_rotated_order_with_a_global_call_index():
+    clock, log = FakeClock(), []
+    cost = {"a": 1.0, "b": 2.0, "c": 4.0}
+
+    def make(name):
+        def call(i):
+            log.append((name, i))
+            clock.now += cost[name] * 1e-3
+        return call
+
+    samples = rounds.run_rounds({n: make(n) for n in cost}, 3, warmup=1, clock=clock)
+    # warm-up: each once in order; then round r in rotated(names, r); i counts every call
+    assert log == [("a", 0), ("b", 1), ("c", 2), ("a", 3), ("b", 4), ("c", 5), ("b", 6), ("c", 7), ("a", 8),
+                   ("c", 9), ("a", 10), ("b", 11)]
+    assert samples == {n: pytest.approx([c] * 3) for n, c in cost.items()}
+
+
+def test_run_rounds_reps_give_ms_per_call_and_sync_brackets_each_sample():
+    clock, events = FakeClock(), []
+
+    def call(i):
+        events.append("call")
+        clock.now += 3e-3
+
+    samples = rounds.run_rounds({"x": call}, 2, warmup=0, reps=4, clock=clock, sync=lambda: events.append("sync"))
+    assert samples == {"x": pytest.approx([3.0, 3.0])}
+    assert events == ["sync", *(["sync", *["call"] * 4, "sync"] * 2)]
+
+
+def test_run_rounds_rejects_no_rounds_and_no_callables():
+    with pytest.raises(ValueError, match="at least one round"):
+        rounds.run_rounds({"a": lambda i: None}, 0)
+    with pytest.raises(ValueError, match="at least one round"):
+        rounds.run_rounds({}, 3)
+
+
+def test_paired_ratios_are_per_round_and_cancel_a_slow_phase():
+    # round 2 is a slow phase for everything (x3); the per-round ratio is unaffected, the ratio of medians is not
+    samples = {"eager": [10.0, 10.0, 30.0, 10.0, 12.0], "cpu": [5.0, 4.0, 15.0, 5.0, 4.0]}
+    assert rounds.per_round_ratios(samples, "eager", "cpu") == [2.0, 2.5, 2.0, 2.0, 3.0]
+    assert rounds.ratio_summary([2.0, 2.5, 2.0, 2.0, 3.0]) == (2.0, [2.0, 3.0])
+    fields = rounds.speedup_fields(samples, "cpu", {"vs_eager": "eager", "vs_compile": "compile"})
+    assert fields == {"vs_eager": 2.0, "vs_eager_range": [2.0, 3.0]}  # no compile samples: no vs_compile
+    assert rounds.speedup_fields(samples, "eager", {"vs_eager": "eager"}) == {"vs_eager": 1.0,
+                                                                                "vs_eager_range": [1.0, 1.0]}
+    with pytest.raises(ValueError, match="same rounds"):
+        rounds.per_round_ratios({"a": [1.0, 2.0], "b": [1.0]}, "a", "b")
+
+
+def test_time_fields_median_and_deciles():
+    t = rounds.time_fields([float(v) for v in range(1, 12)])  # 1..11
+    assert t["median_ms"] == 6.0 and t["runs"] == 11
+    assert t["p10_ms"] == pytest.approx(1.2) and t["p90_ms"] == pytest.approx(10.8)  # quantiles, 'exclusive'
+
+
+def test_bench_op_rows_are_paired_over_the_same_rounds():
+    shape = (1, 8, 6, 10)
+    case = next(c for c in make_cases(shape, torch.float32, torch.device("cpu")) if c.name == "butterfly")
+    rows = bench_op(case, ["eager", "torch"], shape, torch.float32, torch.device("cpu"), True, rounds=4, warmup=1)
+    assert [r["backend"] for r in rows] == ["eager", "torch"]
+    eager, lib = rows
+    assert len(eager["samples_ms"]) == len(lib["samples_ms"]) == 4 and eager["runs"] == 4
+    per_round = [e / t for e, t in zip(eager["samples_ms"], lib["samples_ms"])]
+    assert lib["vs_eager"] == pytest.approx(statistics.median(per_round))
+    assert lib["vs_eager_range"] == [min(per_round), max(per_round)]
+    assert eager["vs_eager"] == 1.0 and "vs_compile" not in lib
+    assert lib["median_ms"] == pytest.approx(statistics.median(lib["samples_ms"]))
+
+
+def _new_run() -> dict:
+    env = {"device": "Test CPU (2 threads)", "date": "2026-11-29 20:00 UTC", "torch": "2.13.0", "triton": None,
+           "cpu_isa": "avx2", "copy_bandwidth_GBps": 20.0, "malloc": "tuned"}
+
+    def model(case, backend, ms, ve, vc, mem):
+        return {"kind": "model", "case": case, "backend": backend, "median_ms": ms, "p10_ms": ms - 1,
+                "p90_ms": ms + 1, "runs": 8, "vs_eager": ve[0], "vs_eager_range": ve[1], "vs_compile": vc[0],
+                "vs_compile_range": vc[1], "peak_mem_MB": mem, "peak_mem_vs_eager": mem / 1000}
+
+    deploy = {"kind": "deploy", "device": "cpu", "dtype": "float32", "shape": [8, 3, 128, 128], "rounds": 6,
+              "threads": 2, "baseline": "cpu", "case": "LatticeNet x4 infer batch 8 of LR 128x128 float32 cpu, "
+              "deployment runtimes", "median_ms": {"cpu": 700.0, "onnxruntime": 910.0},
+              "ratio_to_library": {"cpu": 1.0, "onnxruntime": 1.3}, "ratio_range": {"cpu": [1.0, 1.0],
+                                                                                     "onnxruntime": [1.2, 1.45]},
+              "max_abs_diff_vs_eager": {"cpu": 1e-4, "onnxruntime": 3e-5}}
+    rows = [model("LatticeNet x4 infer LR 320x180", "cpu", 300.0, (2.1, [1.9, 2.3]), (1.4, [1.3, 1.5]), 500.0),
+            model("LatticeNet x4 train step b16 LR 48", "cpu", 850.0, (1.5, [1.45, 1.62]), (1.25, [1.2, 1.3]), 600.0),
+            deploy]
+    return {"environment": env, "rows": rows, "ratio_spread": rounds.SPREAD}
+
+
+def test_headline_shows_each_ratio_with_its_spread():
+    text = headline(_new_run())
+    assert "| LatticeNet x4 infer LR 320x180 (8 rounds) | 300.0 ms | 2.10x (1.90-2.30) | 1.40x (1.30-1.50) | - | - |" \
+        in text
+    assert ("| LatticeNet x4 train step b16 LR 48 (8 rounds) | 850.0 ms, 600 MiB (0.60x eager's) | 1.50x (1.45-1.62) "
+            "| 1.25x (1.20-1.30) | - | - |") in text
+    assert ("| LatticeNet x4 infer batch 8 of LR 128x128 float32 cpu (6 rounds) | 700.0 ms | - | - | 1.30x (1.20-1.45) "
+            "| - |") in text
+    assert rounds.SPREAD in text
+    report = full_report(_new_run())
+    assert "| 300.0 (299.0-301.0) | 500 | 0.50x | 2.10x (1.90-2.30) | 1.40x (1.30-1.50) |" in report
