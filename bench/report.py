@@ -174,8 +174,7 @@ def _plot_ops(op_rows: list[dict], path_prefix: Path, title: str, plt) -> list[P
     ranged = any("vs_eager_range" in r for r in op_rows)
     for what, key, xlabel, fmt, skip_eager in (
             ("time", "median_ms", "median time (ms; lower is better)", "{:.3g}", False),
-            ("speedup", "vs_eager", "speedup over eager (x; higher is better; dashed: eager"
-             + ("; whisker: range of the per-round ratios)" if ranged else ")"), "{:.2f}x", True)):
+            ("speedup", "vs_eager", "speedup over eager (x; higher is better; dashed: eager)", "{:.2f}x", True)):
         shown = [b for b in backends if not (skip_eager and b == "eager")]
         panel_h = 0.13 * len(configs) * len(shown) + 0.6
         fig, axes = plt.subplots(rows_n, cols, figsize=(FIG_WIDTH_IN, panel_h * rows_n + 0.9), squeeze=False)
@@ -194,7 +193,8 @@ def _plot_ops(op_rows: list[dict], path_prefix: Path, title: str, plt) -> list[P
                 ax.set_xlabel(xlabel, fontsize=8)
         for j in range(len(ops), rows_n * cols):
             axes[j // cols][j % cols].axis("off")
-        _title_and_legend(fig, f"{title}: ops, {what}", shown)
+        note = " (interleaved rounds; whiskers: range of the per-round ratios)" if ranged and skip_eager else ""
+        _title_and_legend(fig, f"{title}: ops, {what}{note}", shown)
         p = path_prefix.with_name(path_prefix.name + f"-ops-{what}.png")
         fig.savefig(p, dpi=DPI)
         plt.close(fig)
@@ -238,7 +238,7 @@ def _plot_models(model_rows: list[dict], path_prefix: Path, title: str, plt) -> 
     _grouped_barh(axes[0], cases, backends, speed, lambda v: f"{v:.2f}x", ref_line=1.0,
                   spread=speed_range if ranged else None)
     axes[0].set_xlabel("speedup over the eager plain model (x; higher is better"
-                       + ("; whisker: range of the per-round ratios)" if ranged else ")"), fontsize=8)
+                       + ("; whiskers: range over rounds)" if ranged else ")"), fontsize=8)
     _grouped_barh(axes[1], cases, backends, mem, lambda v: f"{v:.0f}")
     axes[1].set_xlabel("peak memory (MiB)", fontsize=8)
     axes[0].set_yticklabels([labels[c] for c in cases], fontsize=8)
