@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .report import ratio_text
+from .report import ratio_cell, ratio_text
 
 
 def _fmt(v, spec):
@@ -51,7 +51,7 @@ def model_table(rows: list[dict]) -> str:
                  "vs compiled plain |", "|---|---|---|---|---|---|---|"]
         for r in models:
             lines.append(f"| {r['case']} | {r['backend']} | {r['median_ms']:.1f} ({r['p10_ms']:.1f}-{r['p90_ms']:.1f}) "
-                         f"| {_fmt(r.get('peak_mem_MB'), '.0f')} | {_fmt(r.get('peak_mem_vs_eager'), '.2f')}x | "
+                         f"| {_fmt(r.get('peak_mem_MB'), '.0f')} | {ratio_cell(r.get('peak_mem_vs_eager'))} | "
                          f"{ratio_text(r, 'vs_eager')} | {ratio_text(r, 'vs_compile')} |")
         return "\n".join(lines)
     lines = ["| case | backend | median ms | peak MiB | vs eager plain | vs compiled plain |",
@@ -125,10 +125,6 @@ def full_report(run: dict) -> str:
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def _ranged(value: float | None, rng: list[float] | None) -> str:
-    return _fmt(value, ".2f") + "x" + (f" ({rng[0]:.2f}-{rng[1]:.2f})" if rng else "")
-
-
 def _is_default_deploy(r: dict) -> bool:
     """The deployment case the LR 320x180 inference row quotes: batch 1, LR 320x180 (older runs: the only one)."""
     return r.get("shape", [1, 3, 180, 320]) == [1, 3, 180, 320] and not r.get("tile")
@@ -148,7 +144,7 @@ def headline(run: dict) -> str:
     deploy = next((r for r in deploys if _is_default_deploy(r)), None)
 
     def runtimes(d: dict | None) -> list[str]:
-        return [_ranged(d["ratio_to_library"].get(n), d["ratio_range"].get(n) if spread else None)
+        return [ratio_cell(d["ratio_to_library"].get(n), d["ratio_range"].get(n) if spread else None)
                 if d and n in d["ratio_to_library"] else "-" for n in ("onnxruntime", "openvino")]
 
     if spread:  # the inference rows are the model cases, measured in interleaved rounds
@@ -157,12 +153,12 @@ def headline(run: dict) -> str:
         for r in infer:
             d = deploy if "channels_last" not in r["case"] and "LR 320x180" in r["case"] else None
             lines.append(f"| {r['case']} ({r['runs']} rounds) | {r['median_ms']:.1f} ms | "
-                         f"{_ranged(r.get('vs_eager'), r.get('vs_eager_range'))} | "
-                         f"{_ranged(r.get('vs_compile'), r.get('vs_compile_range'))} | " + " | ".join(runtimes(d))
+                         f"{ratio_text(r, 'vs_eager')} | "
+                         f"{ratio_text(r, 'vs_compile')} | " + " | ".join(runtimes(d))
                          + " |")
         for d in (d for d in deploys if not _is_default_deploy(d)):
             base, ratio, rng = d["baseline"], d["ratio_to_library"], d["ratio_range"]
-            plain = [_ranged(ratio[n], rng[n]) if n in ratio else "-" for n in ("eager", "compile")]
+            plain = [ratio_cell(ratio[n], rng[n]) if n in ratio else "-" for n in ("eager", "compile")]
             lines.append(f"| {d['case'].removesuffix(', deployment runtimes')} ({d['rounds']} rounds) | "
                          f"{d['median_ms'][base]:.1f} ms | {' | '.join(plain)} | {' | '.join(runtimes(d))} |")
     for r in (r for r in rows if r.get("kind") == "interleaved"):
@@ -177,8 +173,8 @@ def headline(run: dict) -> str:
             mem += f" ({r['peak_mem_vs_eager']:.2f}x eager's)"
         rounds = f" ({r['runs']} rounds)" if spread else ""
         lines.append(f"| {r['case']}{rounds} | {r['median_ms']:.1f} ms, {mem} | "
-                     f"{_ranged(r.get('vs_eager'), r.get('vs_eager_range'))} | "
-                     f"{_ranged(r.get('vs_compile'), r.get('vs_compile_range'))} | - | - |")
+                     f"{ratio_text(r, 'vs_eager')} | "
+                     f"{ratio_text(r, 'vs_compile')} | - | - |")
     lines += ["", "Ratios are the other's time over this library's (> 1: the library is faster); the ONNX Runtime and "
               "OpenVINO ratios are from the deployment case's own interleaved rounds (NCHW input)."
               + (f" Each ratio is the median of the per-round ratios of backends alternating in rounds in one "

@@ -63,12 +63,16 @@ def add_copy_fraction(row: dict, copy_gbps: float | None) -> None:
         row["pct_copy_bw"] = 100 * row["GBps"] / copy_gbps
 
 
-def ratio_text(row: dict, field: str) -> str:
-    """'1.23x (1.10-1.31)': a ratio with its spread over rounds (field_range), '-' when absent."""
-    v, rng = row.get(field), row.get(f"{field}_range")
-    if v is None:
+def ratio_cell(value: float | None, rng: list[float] | None = None) -> str:
+    """'1.23x', or '1.23x (1.10-1.31)' with its spread over rounds; '-' without a value."""
+    if value is None:
         return "-"
-    return f"{v:.2f}x" + (f" ({rng[0]:.2f}-{rng[1]:.2f})" if rng else "")
+    return f"{value:.2f}x" + (f" ({rng[0]:.2f}-{rng[1]:.2f})" if rng else "")
+
+
+def ratio_text(row: dict, field: str) -> str:
+    """ratio_cell of row[field] with its spread row[field + '_range'] (when the row has one)."""
+    return ratio_cell(row.get(field), row.get(f"{field}_range"))
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
