@@ -98,18 +98,19 @@ def _openvino(path: Path, x: torch.Tensor, threads: int):
     return call
 
 
-def _library_call(model, x: torch.Tensor, tile: int | None):
+def _library_call(model, x: torch.Tensor, tile: int | None, stats: str):
     """The library's call on x: the fused model itself, or lattice_kernels.inference.run in tiles of `tile` input
-    pixels with the whole-image statistics (stats="global", the exact result; the inference API's default)."""
+    pixels with `stats` ("global": the whole-image statistics, the exact result, the inference API's default;
+    "tile": each tile's own, one pass, blended overlaps, approximate)."""
     if tile is None:
         return lambda i: model(x)
-    return lambda i: inference.run(model, x, scale=4, tile=tile, stats="global")
+    return lambda i: inference.run(model, x, scale=4, tile=tile, stats=stats)
 
 
 def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
     """case: shape (N, 3, H, W), rounds, warmup (default 2), tile (the library's tile size; None: the whole input),
-    plain: which of "eager" and "compile" (the plain model; CPU only for compile) are timed too (default both;
-    an untimed eager runs once, for the reference output)."""
+    stats (of the tiles, default "global"; see _library_call), plain: which of "eager" and "compile" (the plain
+    model; compile on CPU only) are timed too (default both; an untimed eager runs once, for the reference output)."""
     shape, rounds, tile = case["shape"], case["rounds"], case.get("tile")
     threads = torch.get_num_threads()
     dev = torch.device(device)
@@ -117,7 +118,8 @@ def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
     models = _plain_and_library(lib, device, dtype)
     x = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255).to(device, dtype)
     plain = case.get("plain", ["eager", "compile"])
-    calls = {b: _library_call(models[b], x, tile) for b in lib}
+    stats = case.get("stats", "global")
+    calls = {b: _library_call(models[b], x, tile, stats) for b in lib}
     if "eager" in plain:
         calls["eager"] = lambda i: models["eager"](x)
     if "compile" in plain and device == "cpu":
@@ -179,10 +181,12 @@ def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
            "ratio_to_library": ratio, "ratio_range": spread, "max_abs_diff_vs_eager": max_diff,
            "samples_ms": samples, "skipped": skipped, "versions": versions}
     if tile is not None:
-        out.update(tile=tile, library=f"lattice_kernels.inference.run(tile={tile}, stats='global'): tiles of "
-                                      f"{tile} input pixels (plus the receptive halo), whole-image statistics, "
-                                      "the same output as untiled",
-                   runtimes_input="the whole frame, untiled")
+        how = ("plus the receptive halo, whole-image statistics gathered in passes over the tiles, the same output "
+               "as untiled" if stats == "global" else "overlapping, each with its own statistics, the overlaps "
+               "blended (approximate)")
+        out.update(tile=tile, stats=stats, runtimes_input="the whole frame, untiled",
+                   library=f"lattice_kernels.inference.run(tile={tile}, stats='{stats}'): tiles of {tile} input "
+                           f"pixels {how}")
     if not_timed:
         out["not_timed"] = not_timed
     return out

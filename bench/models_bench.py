@@ -157,6 +157,7 @@ def deploy_case_label(res: dict, device: str) -> str:
     n, _, h, w = res["shape"]
     batch = f"batch {n} of " if n > 1 else ""
     tiled = f" tiled {res['tile']}" if res.get("tile") else ""
+    tiled += f" (stats {res['stats']})" if res.get("stats", "global") != "global" else ""
     return f"LatticeNet x4 infer {batch}LR {w}x{h}{tiled} {res.get('dtype', '')} {device}, deployment runtimes"
 
 

@@ -139,3 +139,5 @@ def test_deploy_case_labels_name_batch_and_tiling():
         "LatticeNet x4 infer batch 8 of LR 128x128 float32 cpu, deployment runtimes"
     assert deploy_case_label({**base, "shape": [1, 3, 720, 1280], "tile": 512}, "cpu") == \
         "LatticeNet x4 infer LR 1280x720 tiled 512 float32 cpu, deployment runtimes"
+    assert deploy_case_label({**base, "shape": [1, 3, 720, 1280], "tile": 512, "stats": "tile"}, "cpu") == \
+        "LatticeNet x4 infer LR 1280x720 tiled 512 (stats tile) float32 cpu, deployment runtimes"
