@@ -141,3 +141,34 @@ def test_deploy_case_labels_name_batch_and_tiling():
         "LatticeNet x4 infer LR 1280x720 tiled 512 float32 cpu, deployment runtimes"
     assert deploy_case_label({**base, "shape": [1, 3, 720, 1280], "tile": 512, "stats": "tile"}, "cpu") == \
         "LatticeNet x4 infer LR 1280x720 tiled 512 (stats tile) float32 cpu, deployment runtimes"
+
+
+def test_model_case_rows_are_paired_over_one_process_rounds():
+    from bench.models_bench import Case, case_rows_interleaved
+
+    case = Case("block 1x32x12x16 fwd", "block", "infer", (1, 32, 12, 16))
+    rows = case_rows_interleaved(case, ["eager", "cpu"], torch.device("cpu"), rounds=3)
+    eager, lib = rows
+    assert (eager["backend"], lib["backend"]) == ("eager", "cpu") and lib["runs"] == 3
+    per_round = [e / t for e, t in zip(eager["samples_ms"], lib["samples_ms"])]
+    assert lib["vs_eager"] == pytest.approx(statistics.median(per_round))
+    assert lib["vs_eager_range"] == pytest.approx([min(per_round), max(per_round)])
+    assert "vs_compile" not in lib  # no compiled plain model in this run
+
+
+def test_deploy_tiled_case_is_exact_and_its_ratios_paired(tmp_path):
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    from bench.deploy import run_one
+
+    res = run_one("cpu", {"shape": [1, 3, 20, 24], "rounds": 2, "warmup": 1, "tile": 12, "plain": []}, torch.float32,
+                  tmp_path)
+    assert "eager" not in res["samples_ms"] and "compile" not in res["samples_ms"]
+    assert res["baseline"] == "cpu" and res["tile"] == 12 and "stats='global'" in res["library"]
+    # tiles with the whole-image statistics reproduce the untiled plain model up to float rounding (0..255 scale;
+    # this case measured 1.1e-4, the untiled fused model the same order: Winograd)
+    assert res["max_abs_diff_vs_eager"]["cpu"] < 1e-3  # the suite's rule for the fused model against the plain
+    ort = [a / b for a, b in zip(res["samples_ms"]["onnxruntime"], res["samples_ms"]["cpu"])]
+    assert res["ratio_to_library"]["onnxruntime"] == pytest.approx(statistics.median(ort))
+    assert res["ratio_range"]["onnxruntime"] == pytest.approx([min(ort), max(ort)])
+    assert res["ratio_to_library"]["cpu"] == 1.0
