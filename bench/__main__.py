@@ -14,6 +14,7 @@ import torch
 
 from . import ops_bench, report
 from .common import library_backends
+from .rounds import SPREAD
 from .timing import copy_bandwidth_gbps
 
 DEFAULT_SHAPES = {"cpu": ["1x64x180x320", "16x64x48x48"],
@@ -38,7 +39,8 @@ def parse_args(argv=None):
                    help="memory formats of the op inputs (nhwc = channels_last)")
     p.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
-    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=None,
+                   help="interleaved rounds per op case and per block case (default 15 on CPU, 50 on GPU, 5 quick)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results",
                    help="folder for JSON and PNG (default bench/results)")
     p.add_argument("--name", default=None, help="file name stem (default: the device's name)")
@@ -82,6 +84,7 @@ def main(argv=None) -> int:
     # On GPU the torch.compile peer is max-autotune-no-cudagraphs (the default mode is left out to save time).
     baselines = ["eager", "compile-max"] if dev == "cuda" else ["eager", "compile"]
     layouts = args.layouts or DEFAULT_LAYOUTS[dev]
+    backends = baselines + lib
     import time
 
     deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
@@ -103,17 +106,19 @@ def main(argv=None) -> int:
                     if case.name not in op_names:
                         continue
                     for pass_ in args.passes:
-                        for backend in baselines + lib:
-                            if deadline and time.monotonic() > deadline:
-                                skipped.append(f"{case.name} {pass_} {shape} {layout} {dtype} {backend}")
-                                continue
-                            row = ops_bench.bench_op(case, backend, shape, dtype, device, pass_ == "fwd+bwd",
-                                                     repeats, warmup, layout)
+                        if deadline and time.monotonic() > deadline:
+                            skipped.append(f"{case.name} {pass_} {shape} {layout} {dtype} ({', '.join(backends)})")
+                            continue
+                        group = ops_bench.bench_op(case, backends, shape, dtype, device, pass_ == "fwd+bwd",
+                                                   repeats, warmup, layout)
+                        for row in group:
                             row["kind"] = "op"
-                            rows.append(row)
+                            report.add_copy_fraction(row, copy_gbps)
                             print(f"  {case.name:26s} {pass_:7s} {'x'.join(map(str, shape)):14s} {layout} "
-                                  f"{row['dtype']:8s} {backend:12s} {row['median_ms']:9.3f} ms", flush=True)
-    report.add_ratios([r for r in rows if r["kind"] == "op"], ("op", "shape", "layout", "dtype", "pass"), copy_gbps)
+                                  f"{row['dtype']:8s} {row['backend']:12s} {row['median_ms']:9.3f} ms  "
+                                  f"{report.ratio_text(row, 'vs_eager')} vs eager, "
+                                  f"{report.ratio_text(row, 'vs_compile')} vs compile", flush=True)
+                        rows.extend(group)
 
     if args.models is None or args.models:
         from . import models_bench
@@ -131,14 +136,18 @@ def main(argv=None) -> int:
             ("backend", "backend", ""), ("median ms", "median_ms", "{:.3f}"), ("p10", "p10_ms", "{:.3f}"),
             ("p90", "p90_ms", "{:.3f}"), ("GB/s", "GBps", "{:.1f}"), ("% copy", "pct_copy_bw", "{:.0f}%"),
             ("GFLOP/s", "GFLOPs", "{:.0f}"),
-            ("vs eager", "vs_eager", "{:.2f}x"), ("vs compile", "vs_compile", "{:.2f}x")]))
+            ("vs eager", "vs_eager", "{:.2f}x"), ("range", "vs_eager_range", report.RANGE),
+            ("vs compile", "vs_compile", "{:.2f}x"), ("range", "vs_compile_range", report.RANGE)]))
     model_rows = [r for r in rows if r["kind"] == "model"]
     if model_rows:
         print()
         print(report.format_table(model_rows, [
             ("case", "case", ""), ("backend", "backend", ""), ("median ms", "median_ms", "{:.1f}"),
             ("p10", "p10_ms", "{:.1f}"), ("p90", "p90_ms", "{:.1f}"), ("peak MiB", "peak_mem_MB", "{:.0f}"),
-            ("vs eager", "vs_eager", "{:.2f}x"), ("vs compile", "vs_compile", "{:.2f}x")]))
+            ("mem / eager", "peak_mem_vs_eager", "{:.2f}x"),
+            ("vs eager", "vs_eager", "{:.2f}x"), ("range", "vs_eager_range", report.RANGE),
+            ("vs compile", "vs_compile", "{:.2f}x"), ("range", "vs_compile_range", report.RANGE)]))
+        print(f"# times: median (p10, p90) over interleaved rounds in one process; ratios: median and {SPREAD}")
         for note in sorted({r["memory_method"] for r in model_rows if r.get("memory_method")}):
             print(f"# peak memory: {note}")
 
@@ -146,7 +155,8 @@ def main(argv=None) -> int:
     path = args.out / f"{stem}.json"
     if skipped:
         print(f"\n# {len(skipped)} measurements skipped (--max-minutes {args.max_minutes}): first {skipped[0]}")
-    report.write_json(path, {"environment": env, "rows": rows, "argv": sys.argv[1:], "skipped": skipped})
+    report.write_json(path, {"environment": env, "rows": rows, "argv": sys.argv[1:], "skipped": skipped,
+                             "ratio_spread": SPREAD})
     print(f"\n# wrote {path}")
     if not args.no_plots:
         for p in report.plot(rows, args.out / stem, env["device"]):

@@ -1,18 +1,25 @@
 """The deployment runtimes as anchors, measured side by side in one process in interleaved rounds (one call of each
 per round, in a rotated order, so that a slow phase of a shared machine hits every runtime alike).
 
-CPU (LatticeNet x4 inference, LR 320x180, float32): this library's ``cpu`` backend; torch eager and torch.compile of
-the plain model (lattice_kernels/models/reference.py); the plain model exported to ONNX (lattice_kernels.export_onnx,
-static shape) run by ONNX Runtime (all graph optimisations, intra-op threads = torch's) and by OpenVINO (CPU, f32,
-latency hint, the same threads). GPU (LR 256x256, float32 and float16): the library's ``cuda`` and ``triton``
-backends and torch eager against the exported model in ONNX Runtime's CUDA execution provider (inputs and outputs
-bound on the GPU), skipped with the reason when there is no CUDA device or no CUDA provider.
+CPU (LatticeNet x4 inference, float32; cases: LR 320x180, a batch of 8 at LR 128x128, LR 1280x720 tiled): this
+library's ``cpu`` backend; torch eager and torch.compile of the plain model (lattice_kernels/models/reference.py);
+the plain model exported to ONNX (lattice_kernels.export_onnx, static shape: the case's) run by ONNX Runtime (all
+graph optimisations, intra-op threads = torch's) and by OpenVINO (CPU, f32, latency hint, the same threads). In the
+tiled case the library runs lattice_kernels.inference.run in tiles with the whole-image statistics (the exact
+result), the runtimes the whole frame untiled (they fit in memory here); the plain model there, and torch.compile
+of it at batch 8, are left out of the timed rounds for time (eager runs once, for the reference output).
+GPU (LR 256x256, float32 and float16): the library's ``cuda`` and ``triton`` backends and torch eager against the
+exported model in ONNX Runtime's CUDA execution provider (inputs and outputs bound on the GPU),
+skipped with the reason when there is no CUDA device or no CUDA provider.
 
 Reported per runtime: the median time, its time as a ratio to this library's (median and range of the per-round
 ratios: > 1 is slower than the library) and the max |difference| of its output from the eager plain model's.
 
-    python -m bench.deploy '{"device": "cpu", "shape": [1, 3, 180, 320], "rounds": 10}'
-(run by models_bench; prints one JSON line per dtype)."""
+    python -m bench.deploy '{"device": "cpu", "cases": [{"shape": [1, 3, 180, 320], "rounds": 10},
+                                                        {"shape": [1, 3, 720, 1280], "rounds": 2, "tile": 512,
+                                                         "plain": []}]}'
+    python -m bench.deploy '{"device": "cpu", "shape": [1, 3, 180, 320], "rounds": 10}'     # one case
+(run by models_bench; prints one JSON line per case and dtype)."""
 
 from __future__ import annotations
 
@@ -21,14 +28,16 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 import lattice_kernels as lk
+from lattice_kernels import inference
 from lattice_kernels.export import export_onnx
 from lattice_kernels.models.reference import PlainLatticeNet
+
+from .rounds import per_round_ratios, ratio_summary, run_rounds
 
 
 def _plain_and_library(backends: list[str], device: str, dtype: torch.dtype):
@@ -89,22 +98,43 @@ def _openvino(path: Path, x: torch.Tensor, threads: int):
     return call
 
 
-def run_one(device: str, shape: list[int], dtype: torch.dtype, rounds: int, tmp: Path) -> dict:
+def _library_call(model, x: torch.Tensor, tile: int | None, stats: str):
+    """The library's call on x: the fused model itself, or lattice_kernels.inference.run in tiles of `tile` input
+    pixels with `stats` ("global": the whole-image statistics, the exact result, the inference API's default;
+    "tile": each tile's own, one pass, blended overlaps, approximate)."""
+    if tile is None:
+        return lambda i: model(x)
+    return lambda i: inference.run(model, x, scale=4, tile=tile, stats=stats)
+
+
+def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
+    """case: shape (N, 3, H, W), rounds, warmup (default 2), tile (the library's tile size; None: the whole input),
+    stats (of the tiles, default "global"; see _library_call), plain: which of "eager" and "compile" (the plain
+    model; compile on CPU only) are timed too (default both; an untimed eager runs once, for the reference output)."""
+    shape, rounds, tile = case["shape"], case["rounds"], case.get("tile")
     threads = torch.get_num_threads()
     dev = torch.device(device)
     lib = [b for b in (["cpu"] if device == "cpu" else ["cuda", "triton"]) if b in lk.available_backends()]
     models = _plain_and_library(lib, device, dtype)
     x = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255).to(device, dtype)
-    calls = {name: (lambda m=m: m(x)) for name, m in models.items()}
-    if device == "cpu":
+    plain = case.get("plain", ["eager", "compile"])
+    stats = case.get("stats", "global")
+    calls = {b: _library_call(models[b], x, tile, stats) for b in lib}
+    if "eager" in plain:
+        calls["eager"] = lambda i: models["eager"](x)
+    if "compile" in plain and device == "cpu":
+        torch._dynamo.reset()  # compiled for this case's shape alone (no automatic dynamic shapes)
         compiled = torch.compile(models["eager"])
-        calls["compile"] = lambda: compiled(x)
+        calls["compile"] = lambda i: compiled(x)
+    left_out = [n for n in ("eager", "compile") if n not in plain]
+    not_timed = {", ".join(left_out): "not timed in this case (make bench's time budget)"
+                 + ("; eager ran once, for the reference output" if "eager" in left_out else "")} if left_out else {}
     skipped = {}
     if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxscript") is None:
         skipped["onnx export"] = "onnx/onnxscript not installed (pip install 'lattice_kernels[deploy]')"
     else:
-        path = export_onnx(models["eager"].cpu(), x.cpu(), tmp / f"plain_x4_{dtype}.onnx".replace("torch.", ""),
-                           dynamic_batch=False, dynamic_hw=False, dtype=dtype)
+        path = export_onnx(models["eager"].cpu(), x.cpu(), tmp / f"plain_x4_{'x'.join(map(str, shape))}_{dtype}.onnx"
+                           .replace("torch.", ""), dynamic_batch=False, dynamic_hw=False, dtype=dtype)
         models["eager"].to(device)
         if importlib.util.find_spec("onnxruntime") is None:
             skipped["onnxruntime"] = "onnxruntime not installed (pip install 'lattice_kernels[deploy]')"
@@ -115,52 +145,51 @@ def run_one(device: str, shape: list[int], dtype: torch.dtype, rounds: int, tmp:
                 skipped["onnxruntime-cuda"] = ("onnxruntime has no CUDA execution provider here (pip install "
                                                "onnxruntime-gpu)")
             else:
-                calls["onnxruntime-cuda" if device == "cuda" else "onnxruntime"] = _onnxruntime(
-                    path, x, threads, device == "cuda")
+                run = _onnxruntime(path, x, threads, device == "cuda")
+                calls["onnxruntime-cuda" if device == "cuda" else "onnxruntime"] = lambda i, run=run: run()
         if device == "cpu":
             if importlib.util.find_spec("openvino") is None:
                 skipped["openvino"] = "openvino not installed (pip install 'lattice_kernels[deploy]')"
             else:
-                calls["openvino"] = _openvino(path, x, threads)
+                run = _openvino(path, x, threads)
+                calls["openvino"] = lambda i, run=run: run()
 
     def sync():
         if device == "cuda":
             torch.cuda.synchronize(dev)
 
-    reps = 1 if device == "cpu" else 10  # GPU: several calls per sample, a ms-scale call is too short alone
+    warmup = case.get("warmup", 2)
     with torch.no_grad():
-        outputs = {}
-        for name, call in calls.items():  # warm-up (compilation, graph optimisation) and the outputs compared
-            for _ in range(2):
-                outputs[name] = call()
-        sync()
-        ref = outputs["eager"].float().cpu()
+        # the outputs compared (each call's own, before the timed rounds; its first call is also a warm-up)
+        outputs = {n: call(0) for n, call in calls.items()}
+        ref = (outputs["eager"] if "eager" in outputs else models["eager"](x)).float().cpu()
         max_diff = {n: (o.float().cpu() - ref).abs().max().item() for n, o in outputs.items()}
-        names = list(calls)
-        samples: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(rounds):
-            for n in names[r % len(names):] + names[: r % len(names)]:
-                # a pause first, so that the worker threads of the previous runtime (ONNX Runtime's, OpenVINO's,
-                # OpenMP's), which spin for a while after a call, have gone to sleep and take no core from this one
-                time.sleep(0.2 if device == "cpu" else 0.0)
-                sync()
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    calls[n]()
-                sync()
-                samples[n].append((time.perf_counter() - t0) * 1e3 / reps)
+        del outputs
+        # a pause before each sample, so that the worker threads of the previous runtime (ONNX Runtime's,
+        # OpenVINO's, OpenMP's), which spin for a while after a call, have gone to sleep and take no core from this
+        # one; GPU: several calls per sample, a ms-scale call is too short alone
+        samples = run_rounds(calls, rounds, warmup=max(0, warmup - 1), reps=1 if device == "cpu" else 10,
+                             pause_s=0.2 if device == "cpu" else 0.0, sync=sync)
     base = lib[0] if lib else "eager"
     ratio, spread = {}, {}
-    for n in names:
-        per_round = [a / b for a, b in zip(samples[n], samples[base])]
-        ratio[n] = statistics.median(per_round)
-        spread[n] = [min(per_round), max(per_round)]
+    for n in samples:
+        ratio[n], spread[n] = ratio_summary(per_round_ratios(samples, n, base))
     versions = {m: str(getattr(__import__(m), "__version__", None)).split("-")[0] for m in ("onnxruntime", "openvino")
                 if importlib.util.find_spec(m) is not None}
-    return {"device": device, "shape": shape, "dtype": str(dtype).replace("torch.", ""), "rounds": rounds,
-            "threads": threads, "baseline": base, "median_ms": {n: statistics.median(s) for n, s in samples.items()},
-            "ratio_to_library": ratio, "ratio_range": spread, "max_abs_diff_vs_eager": max_diff,
-            "samples_ms": samples, "skipped": skipped, "versions": versions}
+    out = {"device": device, "shape": shape, "dtype": str(dtype).replace("torch.", ""), "rounds": rounds,
+           "threads": threads, "baseline": base, "median_ms": {n: statistics.median(s) for n, s in samples.items()},
+           "ratio_to_library": ratio, "ratio_range": spread, "max_abs_diff_vs_eager": max_diff,
+           "samples_ms": samples, "skipped": skipped, "versions": versions}
+    if tile is not None:
+        how = ("plus the receptive halo, whole-image statistics gathered in passes over the tiles, the same output "
+               "as untiled" if stats == "global" else "overlapping, each with its own statistics, the overlaps "
+               "blended (approximate)")
+        out.update(tile=tile, stats=stats, runtimes_input="the whole frame, untiled",
+                   library=f"lattice_kernels.inference.run(tile={tile}, stats='{stats}'): tiles of {tile} input "
+                           f"pixels {how}")
+    if not_timed:
+        out["not_timed"] = not_timed
+    return out
 
 
 def main() -> None:
@@ -170,12 +199,13 @@ def main() -> None:
         print(json.dumps({"device": "cuda", "skipped": {"all": "no CUDA device (torch.cuda.is_available() is "
                                                                "False)"}}))
         return
-    shape = cfg.get("shape", [1, 3, 180, 320] if device == "cpu" else [1, 3, 256, 256])
+    cases = cfg.get("cases") or [{"shape": cfg.get("shape", [1, 3, 180, 320] if device == "cpu" else [1, 3, 256, 256]),
+                                  "rounds": cfg.get("rounds", 10)}]
     dtypes = cfg.get("dtypes", ["float32"] if device == "cpu" else ["float32", "float16"])
     with tempfile.TemporaryDirectory() as tmp:
-        for d in dtypes:
-            print(json.dumps(run_one(device, shape, getattr(torch, d), cfg.get("rounds", 10), Path(tmp))),
-                  flush=True)
+        for case in cases:
+            for d in dtypes:
+                print(json.dumps(run_one(device, case, getattr(torch, d), Path(tmp))), flush=True)
 
 
 if __name__ == "__main__":

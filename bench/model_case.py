@@ -1,9 +1,11 @@
-"""One model benchmark case in a fresh process (run by models_bench): prints one JSON line."""
+"""A model benchmark case: its model, input and call (shared with bench/interleaved.py, which times the backends in
+rounds), and, run as a module, its peak memory in a fresh process (run by models_bench): prints one JSON line."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -75,11 +77,10 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def main() -> None:
-    cfg = json.loads(sys.argv[1])
-    case, device = cfg["case"], torch.device(cfg["device"])
-    model, x = build(cfg)
-    rss_before = _proc_status_mib("VmRSS")
+def make_call(case: dict, model: nn.Module, x: torch.Tensor, device: torch.device) -> Callable[[int], None]:
+    """call(i): one inference (no_grad) or one training step (forward, L1 loss to a fixed target for LatticeNet
+    (then Adam) or the mean square of the output for a block (its input gradient included)) of `model` on x;
+    float16/bfloat16 cases run under autocast. i is unused (the same input every call)."""
     dtype = getattr(torch, case["dtype"])
     amp = dtype != torch.float32
 
@@ -92,30 +93,40 @@ def main() -> None:
         def call(i):
             with torch.no_grad(), autocast():
                 model(x)
-    else:
-        model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=1e-4) if case["model"] == "latticenet" else None
-        target = None
-        if case["model"] == "latticenet":
-            n, c, h, w = x.shape
-            target = torch.rand((n, c, 4 * h, 4 * w), device=device) * 255
-        xg = x.detach().requires_grad_(case["model"] != "latticenet")
+        return call
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-4) if case["model"] == "latticenet" else None
+    target = None
+    if case["model"] == "latticenet":
+        n, c, h, w = x.shape
+        target = torch.rand((n, c, 4 * h, 4 * w), device=device) * 255
+    xg = x.detach().requires_grad_(case["model"] != "latticenet")
 
-        def call(i):
-            with autocast():
-                y = model(xg)
-                loss = (y.float() - target).abs().mean() if target is not None else y.float().square().mean()
-            loss.backward()
-            if opt is not None:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            else:
-                model.zero_grad(set_to_none=True)
-                xg.grad = None
+    def step(i):
+        with autocast():
+            y = model(xg)
+            loss = (y.float() - target).abs().mean() if target is not None else y.float().square().mean()
+        loss.backward()
+        if opt is not None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        else:
+            model.zero_grad(set_to_none=True)
+            xg.grad = None
+    return step
 
+
+def main() -> None:
+    """Peak memory of one (case, backend) in this fresh process: warm-up (compilation), then cfg["repeats"] calls
+    with the peak reset before them. Prints one JSON line (its times are its own, not used for any ratio)."""
+    cfg = json.loads(sys.argv[1])
+    case, device = cfg["case"], torch.device(cfg["device"])
+    model, x = build(cfg)
+    rss_before = _proc_status_mib("VmRSS")
+    call = make_call(case, model, x, device)
     warmup = 2 if case["model"] == "latticenet" else 3
-    for i in range(warmup):  # compilation and autotuning happen here, outside the timed region
+    for i in range(warmup):  # compilation and autotuning happen here, outside the measured calls
         call(i)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -128,8 +139,8 @@ def main() -> None:
         method = "GPU: CUDA max_memory_allocated during the timed calls minus what was allocated before them"
     else:
         peak = _proc_status_mib("VmHWM") - rss_before
-        method = ("CPU: peak resident memory during the timed calls (VmHWM, reset after warm-up) minus the "
-                  "resident memory before the first call (model and inputs), each case in its own process")
+        method = ("CPU: peak resident memory during the measured calls (VmHWM, reset after warm-up) minus the "
+                  "resident memory before the first call (model and inputs), each (case, backend) in its own process")
     print(json.dumps({**t.as_dict(), "peak_mem_MB": peak, "memory_method": method}))
 
 

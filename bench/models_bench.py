@@ -1,7 +1,11 @@
 """Model benchmarks: a whole LatticeBlock (and its convolutions alone, for scale), LatticeNet x4 inference and a
-training step, plain model (eager, torch.compile) against the fused model (eager, torch.compile). Each case runs
-in a fresh process so that its peak memory is its own: CUDA max_memory_allocated on GPU; on CPU the peak resident
-set during the timed calls (VmHWM, reset after warm-up) minus the resident set before the first call."""
+training step, plain model (eager, torch.compile) against the fused model (eager, torch.compile).
+
+Times and ratios: per case, every backend in one process, in interleaved rounds (bench/interleaved.py,
+bench/rounds.py); each ratio is the median of the per-round ratios, with their range. Peak memory: per
+(case, backend) in a fresh process of its own, so that it is that backend's alone (bench/model_case.py): CUDA
+max_memory_allocated on GPU; on CPU the peak resident set during the measured calls (VmHWM, reset after warm-up)
+minus the resident set before the first call. Those processes provide no time and no time ratio."""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ import sys
 from dataclasses import asdict, dataclass
 
 import torch
+
+from . import report
+from .rounds import speedup_fields, time_fields
 
 
 @dataclass
@@ -22,13 +29,10 @@ class Case:
     dtype: str = "float32"
     layout: str = "nchw"
     cudagraphs: bool = False
-    rounds: int = 1      # runs per backend, interleaved; the lower median is kept (see run)
+    rounds: int | None = None  # interleaved rounds; None: the run's repeats (block cases) or a third of them
 
 
-# The issue's headline ratio, also measured side by side in one process (bench/interleaved.py).
-INTERLEAVED = [{"case": f"LatticeNet x4 infer LR 320x180{suffix}, interleaved in one process",
-                "shape": [1, 3, 180, 320], "layout": layout, "rounds": 12}
-               for suffix, layout in (("", "nchw"), (" channels_last", "nhwc"))]
+MEMORY_REPEATS = 2  # calls measured in each memory process (after its warm-up)
 
 
 def cases_for(device: str, quick: bool) -> list[Case]:
@@ -38,12 +42,11 @@ def cases_for(device: str, quick: bool) -> list[Case]:
            Case("lattice_block 1x64x180x320 fwd+bwd", "block", "train", (1, 64, 180, 320)),
            Case("lattice_block 1x64x180x320 fwd+bwd", "block_convs", "train", (1, 64, 180, 320))]
     if device == "cpu":
-        # The issue's headline cases run twice per backend (interleaved, lower median kept); the rest once, which
-        # keeps make bench under 10 minutes.
-        out += [Case("LatticeNet x4 infer LR 320x180", "latticenet", "infer", (1, 3, 180, 320), rounds=2),
+        # The issue's headline cases: 12 rounds of inference (~1.7 s each), 8 of the training step (~4 s each).
+        out += [Case("LatticeNet x4 infer LR 320x180", "latticenet", "infer", (1, 3, 180, 320), rounds=12),
                 Case("LatticeNet x4 infer LR 320x180 channels_last", "latticenet", "infer", (1, 3, 180, 320),
-                     layout="nhwc", rounds=2),
-                Case("LatticeNet x4 train step b16 LR 48", "latticenet", "train", (16, 3, 48, 48))]
+                     layout="nhwc", rounds=12),
+                Case("LatticeNet x4 train step b16 LR 48", "latticenet", "train", (16, 3, 48, 48), rounds=8)]
     else:  # in order of priority (see --max-minutes): the figures users compare first
         out += [Case("LatticeNet x4 infer LR 256x256 bfloat16", "latticenet", "infer", (1, 3, 256, 256), "bfloat16"),
                 Case("LatticeNet x4 train step b16 LR 48", "latticenet", "train", (16, 3, 48, 48)),
@@ -77,10 +80,8 @@ def backends_for(device: str, case: Case, lib: list[str]) -> list[str]:
 
 def run(device: torch.device, names: list[str] | None, quick: bool, repeats: int,
         lib: list[str] | None = None, deadline: float | None = None, skipped: list[str] | None = None) -> list[dict]:
-    """Each (case, backend) runs in its own process, case.rounds times with the backends interleaved (eager,
-    compile, ..., eager, compile, ...), and the run with the lower median is kept: the shared CPU of a VM has
-    phases of seconds where everything runs up to ~1.8x slower (seen in plain sgemm), and a phase that hits one
-    backend's only run would decide its ratio."""
+    """One row per (case, backend): times and paired ratios from the case's interleaved process, peak memory from
+    the backend's own process; then the deployment runtimes (CPU, not --quick)."""
     import time
 
     from .common import library_backends
@@ -91,33 +92,24 @@ def run(device: torch.device, names: list[str] | None, quick: bool, repeats: int
         if names and not any(n in case.name for n in names):
             continue
         label = case.name + (" (convs only)" if case.model == "block_convs" else "")
-        best: dict[str, dict] = {}
-        for _ in range(1 if quick else case.rounds):
-            for backend in backends_for(device.type, case, lib):
-                if deadline and time.monotonic() > deadline:
-                    if skipped is not None and backend not in best:
-                        skipped.append(f"{case.name} {backend}")
-                    continue
-                row = _run_case(case, backend, device, repeats)
-                prev = best.get(backend)
-                medians = [*(prev["round_medians_ms"] if prev else []), row["median_ms"]]
-                if prev is None or row["median_ms"] < prev["median_ms"]:
-                    best[backend] = row
-                best[backend]["round_medians_ms"] = medians
-                print(f"  {label:58s} {backend:14s} {row['median_ms']:10.1f} ms  peak {row['peak_mem_MB']:8.0f} MiB",
-                      flush=True)
-        for backend, row in best.items():
-            row.update(kind="model", case=label, backend=backend)
-            rows.append(row)
-    _ratios(rows)
-    for cfg in INTERLEAVED if device.type == "cpu" and not quick else []:
-        if names and not any(n in cfg["case"] for n in names):
-            continue
+        backends = backends_for(device.type, case, lib)
         if deadline and time.monotonic() > deadline:
             if skipped is not None:
-                skipped.append(cfg["case"])
+                skipped.append(f"{label} ({', '.join(backends)})")
             continue
-        rows.append(_run_interleaved(cfg, lib))
+        rounds = 3 if quick else case.rounds or (repeats if case.model != "latticenet" else max(3, repeats // 3))
+        case_rows = case_rows_interleaved(case, backends, device, rounds)
+        for row in case_rows:
+            row.update(_run_memory(case, row["backend"], device))
+            print(f"  {label:58s} {row['backend']:14s} {row['median_ms']:10.1f} ms  "
+                  f"{report.ratio_text(row, 'vs_eager')} vs eager, {report.ratio_text(row, 'vs_compile')} vs "
+                  f"compile; peak {row['peak_mem_MB']:8.0f} MiB", flush=True)
+            row.update(kind="model", case=label)
+        eager_mem = next((r["peak_mem_MB"] for r in case_rows if r["backend"] == "eager"), None)
+        for row in case_rows:
+            if eager_mem and eager_mem > 0:
+                row["peak_mem_vs_eager"] = row["peak_mem_MB"] / eager_mem
+        rows.extend(case_rows)
     if not quick and not (names and not any(n in DEPLOY_CASE for n in names)):
         if deadline and time.monotonic() > deadline:
             if skipped is not None:
@@ -127,25 +119,58 @@ def run(device: torch.device, names: list[str] | None, quick: bool, repeats: int
     return rows
 
 
-# The deployment runtimes against the library (bench/deploy.py): CPU at LR 320x180 float32; GPU (make gpu-check's
-# benchmark stage) at LR 256x256 float32 and float16.
+def case_rows_interleaved(case: Case, backends: list[str], device: torch.device, rounds: int) -> list[dict]:
+    """Every backend of `case` timed in `rounds` interleaved rounds in one fresh process (bench/interleaved.py):
+    one row per backend with the median time (p10, p90) and vs_eager / vs_compile (the plain model's eager and
+    compiled time over this backend's, median and range of the per-round ratios; a fused compiled model is compared
+    with the compiled plain one as every other backend is)."""
+    cfg = {"case": asdict(case), "backends": backends, "device": device.type, "rounds": rounds,
+           "warmup": 2 if case.model == "latticenet" else 3}
+    r = subprocess.run([sys.executable, "-m", "bench.interleaved", json.dumps(cfg)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"model benchmark {case.name} ({', '.join(backends)}) failed:\n{r.stderr[-4000:]}")
+    samples = json.loads(r.stdout.strip().splitlines()[-1])["samples_ms"]
+    comp = "compile-max" if "compile-max" in samples else "compile"
+    return [{"backend": b, **time_fields(samples[b]), "timing": f"{rounds} interleaved rounds in one process",
+             "samples_ms": samples[b], **speedup_fields(samples, b, {"vs_eager": "eager", "vs_compile": comp})}
+            for b in backends]
+
+
+# The deployment runtimes against the library (bench/deploy.py): CPU float32 at LR 320x180, a batch of 8 at LR
+# 128x128 (without torch.compile: its compilation alone would take ~1 min) and LR 1280x720 (the library tiled with
+# the exact whole-image statistics, ~30 s a call on the 2-core VMs; the runtimes on the whole frame, ~8 s; no plain
+# model), which add ~3-4 minutes to make bench; GPU (make gpu-check's benchmark stage) at LR 256x256 float32 and
+# float16.
 DEPLOY_CASE = "deployment runtimes"
-DEPLOY = {"cpu": {"device": "cpu", "shape": [1, 3, 180, 320], "rounds": 10},
-          "cuda": {"device": "cuda", "shape": [1, 3, 256, 256], "rounds": 20, "dtypes": ["float32", "float16"]}}
+DEPLOY = {"cpu": {"device": "cpu", "cases": [
+              {"shape": [1, 3, 180, 320], "rounds": 10},
+              {"shape": [8, 3, 128, 128], "rounds": 6, "plain": ["eager"]},
+              {"shape": [1, 3, 720, 1280], "rounds": 2, "warmup": 1, "tile": 512, "plain": []}]},
+          "cuda": {"device": "cuda", "cases": [{"shape": [1, 3, 256, 256], "rounds": 20}],
+                   "dtypes": ["float32", "float16"]}}
 
 
-def run_deploy(device: str, rounds: int | None = None) -> list[dict]:
-    """One row (kind "deploy") per dtype; a row with only "skipped" when the case cannot run here."""
-    cfg = {**DEPLOY[device], **({"rounds": rounds} if rounds else {})}
+def deploy_case_label(res: dict, device: str) -> str:
+    """'LatticeNet x4 infer [batch N of ]LR WxH[ tiled T] DTYPE DEVICE, deployment runtimes'."""
+    if "shape" not in res:
+        return f"LatticeNet x4 infer {device}, deployment runtimes"
+    n, _, h, w = res["shape"]
+    batch = f"batch {n} of " if n > 1 else ""
+    tiled = f" tiled {res['tile']}" if res.get("tile") else ""
+    tiled += f" (stats {res['stats']})" if res.get("stats", "global") != "global" else ""
+    return f"LatticeNet x4 infer {batch}LR {w}x{h}{tiled} {res.get('dtype', '')} {device}, deployment runtimes"
+
+
+def run_deploy(device: str, cases: list[dict] | None = None) -> list[dict]:
+    """One row (kind "deploy") per case and dtype; a row with only "skipped" when the case cannot run here."""
+    cfg = {**DEPLOY[device], **({"cases": cases} if cases else {})}
     r = subprocess.run([sys.executable, "-m", "bench.deploy", json.dumps(cfg)], capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"deployment benchmark failed:\n{r.stderr[-4000:]}")
     rows = []
     for line in r.stdout.strip().splitlines():
         res = json.loads(line)
-        h, w = cfg["shape"][2:]
-        res.update(kind="deploy", case=f"LatticeNet x4 infer LR {w}x{h} {res.get('dtype', '')} "
-                                       f"{device}, deployment runtimes".replace("  ", " "))
+        res.update(kind="deploy", case=deploy_case_label(res, device))
         for what, why in res.get("skipped", {}).items():
             print(f"  {res['case']}: {what} skipped: {why}", flush=True)
         if res.get("ratio_to_library"):
@@ -157,43 +182,11 @@ def run_deploy(device: str, rounds: int | None = None) -> list[dict]:
     return rows
 
 
-def _run_interleaved(case: dict, lib: list[str]) -> dict:
-    backends = ["eager", "compile", *lib, *(f"compile+{b}" for b in lib)]
-    cfg = {**case, "backends": backends}
-    r = subprocess.run([sys.executable, "-m", "bench.interleaved", json.dumps(cfg)], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"interleaved benchmark failed:\n{r.stderr[-4000:]}")
-    res = json.loads(r.stdout.strip().splitlines()[-1])
-    med, pr = res["median_ms"], res["paired_ratio"]
-    print(f"  {cfg['case']} ({cfg['rounds']} rounds): "
-          + ", ".join(f"{b} {med[b]:.1f} ms" for b in backends), flush=True)
-    for b in backends[2:]:
-        plain = "compile" if b.startswith("compile") else "eager"
-        print(f"    {b} vs {plain} plain (median of per-round ratios): {pr[f'{plain}/{b}']:.2f}x", flush=True)
-    return {"kind": "interleaved", "case": cfg["case"], "rounds": cfg["rounds"], "median_ms": med,
-            "paired_ratio": pr, "samples_ms": res["samples_ms"]}
-
-
-def _run_case(case: Case, backend: str, device: torch.device, repeats: int) -> dict:
-    cfg = {"case": asdict(case), "backend": backend, "device": device.type,
-           "repeats": max(3, repeats // 3) if case.model == "latticenet" else repeats}
+def _run_memory(case: Case, backend: str, device: torch.device) -> dict:
+    """peak_mem_MB and memory_method of (case, backend), measured in a fresh process of its own."""
+    cfg = {"case": asdict(case), "backend": backend, "device": device.type, "repeats": MEMORY_REPEATS}
     r = subprocess.run([sys.executable, "-m", "bench.model_case", json.dumps(cfg)], capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"model benchmark {case.name} / {backend} failed:\n{r.stderr[-4000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def _ratios(rows: list[dict]) -> None:
-    """vs_eager and vs_compile against the plain model's eager and torch.compile rows of the same case; fused
-    compiled rows are compared with the plain compiled row. (The "(convs only)" rows are reported as measured; a
-    difference of two such medians is too noisy on a shared CPU to stand for the block's non-conv work.)"""
-    by_case: dict[str, dict[str, dict]] = {}
-    for r in rows:
-        by_case.setdefault(r["case"], {})[r["backend"]] = r
-    for group in by_case.values():
-        eager, comp = group.get("eager"), group.get("compile-max") or group.get("compile")
-        for r in group.values():
-            if eager:
-                r["vs_eager"] = eager["median_ms"] / r["median_ms"]
-            if comp:
-                r["vs_compile"] = comp["median_ms"] / r["median_ms"]
+        raise RuntimeError(f"memory run of {case.name} / {backend} failed:\n{r.stderr[-4000:]}")
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"peak_mem_MB": res["peak_mem_MB"], "memory_method": res["memory_method"]}

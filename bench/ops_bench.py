@@ -1,5 +1,6 @@
 """Op micro-benchmarks: each op forward and forward+backward, per backend, against the eager spec and
-torch.compile of the spec, with bytes moved over the measured copy bandwidth as the floor."""
+torch.compile of the spec, all backends of a case timed in interleaved rounds in one process (bench/rounds.py),
+with bytes moved over the measured copy bandwidth as the floor."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 import lattice_kernels as lk
 from lattice_kernels.ops import reference as ref
 
-from .timing import measure, rotation_count
+from .rounds import run_rounds, speedup_fields, time_fields
+from .timing import rotation_count
 
 OPS = ("channel_stats", "combination_coefficients", "butterfly", "butterfly_q_stats", "conv3x3")
 
@@ -86,9 +88,26 @@ def _grads_for(outputs, seed):
     return [torch.randn(o.shape, generator=g).to(device=o.device, dtype=o.dtype) for o in outputs]
 
 
-def bench_op(case: OpCase, backend: str, shape, dtype, device: torch.device, with_backward: bool, repeats: int,
-             warmup: int, layout: str = "nchw") -> dict:
+def _callable(case: OpCase, backend: str) -> Callable[..., tuple]:
     """backend: 'eager' (the spec), 'compile' / 'compile-max' (torch.compile of the spec), or a library backend."""
+    if backend == "eager":
+        return case.spec
+    if backend in ("compile", "compile-max"):
+        mode = "max-autotune-no-cudagraphs" if backend == "compile-max" else None
+        return torch.compile(case.spec, mode=mode, dynamic=False)
+
+    def fn(*a):
+        return case.run(backend, *a)
+
+    return fn
+
+
+def bench_op(case: OpCase, backends: list[str], shape, dtype, device: torch.device, with_backward: bool,
+             rounds: int, warmup: int, layout: str = "nchw") -> list[dict]:
+    """One row per backend for one (op case, shape, dtype, layout, pass): every backend's callable built once in
+    this process, warmed (compilation happens there), then timed in `rounds` interleaved rounds (bench/rounds.py)
+    over rotating input sets shared by all backends, consecutive calls never on the same set. Per row: the median
+    time with p10/p90, and vs_eager / vs_compile as the median of the per-round speedups with their range."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     numel = 1
     for s in shape:
@@ -97,40 +116,47 @@ def bench_op(case: OpCase, backend: str, shape, dtype, device: torch.device, wit
     nbytes = passes * numel * itemsize
     rot = rotation_count(nbytes, device)
     sets = [case.make_inputs(i) for i in range(rot)]
-    if backend == "eager":
-        fn = case.spec
-    elif backend in ("compile", "compile-max"):
-        mode = "max-autotune-no-cudagraphs" if backend == "compile-max" else None
-        torch._dynamo.reset()
-        fn = torch.compile(case.spec, mode=mode, dynamic=False)
-    else:
-        def fn(*a, _b=backend):
-            return case.run(_b, *a)
+    if any(b.startswith("compile") for b in backends):
+        torch._dynamo.reset()  # a fresh cache per group: the spec's code object would hit dynamo's recompile limit
+    fns = {b: _callable(case, b) for b in backends}
+    grads: dict[tuple, list[list[torch.Tensor]]] = {}  # by output shapes and dtypes, shared by the backends
+
+    def make_call(fn):
+        if not with_backward:
+            def call(i):
+                with torch.no_grad():
+                    fn(*sets[i % rot])
+            return call
+
+        def call(i):
+            inputs = sets[i % rot]
+            outs = [o for o in fn(*inputs) if o.requires_grad]
+            key = tuple((tuple(o.shape), o.dtype) for o in outs)
+            if key not in grads:
+                grads[key] = [_grads_for(outs, k) for k in range(rot)]
+            torch.autograd.backward(outs, grads[key][i % rot])
+            for t in inputs:
+                t.grad = None
+        return call
 
     if with_backward:
         sets = [tuple(t.detach().requires_grad_(t.is_floating_point()) for t in s) for s in sets]
-        probe = [o for o in fn(*sets[0]) if o.requires_grad]
-        grads = [_grads_for(probe, i) for i in range(rot)]
-
-        def call(i):
-            outs = [o for o in fn(*sets[i]) if o.requires_grad]
-            torch.autograd.backward(outs, grads[i])
-            for t in sets[i]:
-                t.grad = None
-    else:
-        def call(i):
-            with torch.no_grad():
-                fn(*sets[i])
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t = measure(call, device, repeats=repeats, warmup=warmup, rotations=rot)
-    row = {"op": case.name, "shape": list(shape), "layout": layout, "dtype": str(dtype).replace("torch.", ""),
-           "device": device.type,
-           "pass": "fwd+bwd" if with_backward else "fwd", "backend": backend, "bytes": nbytes, **t.as_dict(),
-           "GBps": nbytes / (t.median_ms * 1e-3) / 1e9, "rotations": rot}
-    if case.flops_fwd:  # backward of a conv: the input and weight gradients, two more convs' worth
-        row["GFLOPs"] = case.flops_fwd * (3 if with_backward else 1) / (t.median_ms * 1e-3) / 1e9
-    if device.type == "cuda":
-        row["peak_mem_MB"] = torch.cuda.max_memory_allocated() / 2**20
-    return row
+    calls = {b: make_call(fn) for b, fn in fns.items()}
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    # GPU: 10 calls per sample, so that the synchronisation around a sample is small against a us-scale op
+    samples = run_rounds(calls, rounds, warmup=warmup, reps=10 if device.type == "cuda" else 1, sync=sync)
+    comp = "compile-max" if "compile-max" in backends else ("compile" if "compile" in backends else None)
+    rows = []
+    for b in backends:
+        t = time_fields(samples[b])
+        row = {"op": case.name, "shape": list(shape), "layout": layout, "dtype": str(dtype).replace("torch.", ""),
+               "device": device.type, "pass": "fwd+bwd" if with_backward else "fwd", "backend": b, "bytes": nbytes,
+               **t, "GBps": nbytes / (t["median_ms"] * 1e-3) / 1e9, "rotations": rot,
+               "timing": f"{rounds} interleaved rounds", "samples_ms": samples[b],
+               **speedup_fields(samples, b, {"vs_eager": "eager", "vs_compile": comp})}
+        if comp:
+            row["compile_baseline"] = comp
+        if case.flops_fwd:  # backward of a conv: the input and weight gradients, two more convs' worth
+            row["GFLOPs"] = case.flops_fwd * (3 if with_backward else 1) / (t["median_ms"] * 1e-3) / 1e9
+        rows.append(row)
+    return rows

@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .report import ratio_cell, ratio_text
+
 
 def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
@@ -37,19 +39,26 @@ def op_table(rows: list[dict]) -> str:
         for b in lib:
             r = group.get(b, {})
             rate = (_fmt(r["GFLOPs"], ".0f") + " GFLOP/s") if "GFLOPs" in r else _fmt(r.get("pct_copy_bw"), ".0f") + "%"
-            cells += [_fmt(r.get("median_ms"), ".3f"), rate,
-                      _fmt(r.get("vs_eager"), ".2f") + "x", _fmt(r.get("vs_compile"), ".2f") + "x"]
+            cells += [_fmt(r.get("median_ms"), ".3f"), rate, ratio_text(r, "vs_eager"), ratio_text(r, "vs_compile")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def model_table(rows: list[dict]) -> str:
     models = [r for r in rows if r.get("kind") == "model"]
+    if any("peak_mem_vs_eager" in r for r in models):  # runs with interleaved model cases
+        lines = ["| case | backend | median ms (p10-p90) | peak MiB | peak / eager's | vs eager plain | "
+                 "vs compiled plain |", "|---|---|---|---|---|---|---|"]
+        for r in models:
+            lines.append(f"| {r['case']} | {r['backend']} | {r['median_ms']:.1f} ({r['p10_ms']:.1f}-{r['p90_ms']:.1f}) "
+                         f"| {_fmt(r.get('peak_mem_MB'), '.0f')} | {ratio_cell(r.get('peak_mem_vs_eager'))} | "
+                         f"{ratio_text(r, 'vs_eager')} | {ratio_text(r, 'vs_compile')} |")
+        return "\n".join(lines)
     lines = ["| case | backend | median ms | peak MiB | vs eager plain | vs compiled plain |",
              "|---|---|---|---|---|---|"]
     for r in models:
         lines.append(f"| {r['case']} | {r['backend']} | {r['median_ms']:.1f} | {_fmt(r.get('peak_mem_MB'), '.0f')} | "
-                     f"{_fmt(r.get('vs_eager'), '.2f')}x | {_fmt(r.get('vs_compile'), '.2f')}x |")
+                     f"{ratio_text(r, 'vs_eager')} | {ratio_text(r, 'vs_compile')} |")
     return "\n".join(lines)
 
 
@@ -76,9 +85,12 @@ def deploy_table(rows: list[dict]) -> str:
             lines += [*([""] if lines else []), f"{r['case']}: skipped ({why})"]
             continue
         versions = ", ".join(f"{k} {v}" for k, v in r.get("versions", {}).items())
+        how = "".join(f"; {what}: {r[key]}" for what, key in (("library", "library"), ("runtimes", "runtimes_input"))
+                      if key in r)
+        how += "".join(f"; {k}: {v}" for k, v in r.get("not_timed", {}).items())
         lines += [*([""] if lines else []),
                   f"{r['case']} ({r['rounds']} interleaved rounds in one process, {r['threads']} threads"
-                  + (f"; {versions}" if versions else "") + "):", "",
+                  + (f"; {versions}" if versions else "") + how + "):", "",
                   f"| runtime | median ms | time / {r['baseline']} (median) | range over rounds | "
                   "max abs diff from eager (0..255) |", "|---|---|---|---|---|"]
         for n, ms in r["median_ms"].items():
@@ -97,33 +109,77 @@ def environment_line(run: dict) -> str:
             f"{env.get('malloc', 'default').split(' ')[0]}.")
 
 
+def spread_line(run: dict) -> str:
+    """How a run's ratios were measured, for runs that record it (key "ratio_spread"; older runs: '')."""
+    if not run.get("ratio_spread"):
+        return ""
+    return ("Every time is the median of interleaved rounds in one process (the compared backends alternating, in a "
+            "rotated order); every ratio is the median of the per-round ratios, in parentheses the "
+            f"{run['ratio_spread']}. Peak memory: each (case, backend) in its own process.")
+
+
 def full_report(run: dict) -> str:
     """Every table of a recorded run (the content of bench/results/<device>.md)."""
-    parts = [environment_line(run), op_table(run["rows"]), model_table(run["rows"]),
+    parts = [environment_line(run), spread_line(run), op_table(run["rows"]), model_table(run["rows"]),
              interleaved_table(run["rows"]), deploy_table(run["rows"])]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
+def _is_default_deploy(r: dict) -> bool:
+    """The deployment case the LR 320x180 inference row quotes: batch 1, LR 320x180 (older runs: the only one)."""
+    return r.get("shape", [1, 3, 180, 320]) == [1, 3, 180, 320] and not r.get("tile")
+
+
 def headline(run: dict) -> str:
-    """The README's short table: LatticeNet x4 inference (interleaved in one process) against eager and
-    torch.compile of the plain model and against the deployment runtimes, and the training step."""
+    """The README's short table: LatticeNet x4 inference against eager and torch.compile of the plain model and
+    against the deployment runtimes, and the training step; each ratio with its spread over rounds where the run
+    records one (runs with "ratio_spread"; older runs quote the recorded interleaved rows without it)."""
     rows = run["rows"]
+    spread = bool(run.get("ratio_spread"))
     lines = [environment_line(run), "", "| case | this library | vs eager | vs torch.compile | vs ONNX Runtime | "
              "vs OpenVINO |", "|---|---|---|---|---|---|"]
-    # The deployment case (the plain model exported to ONNX) runs from an NCHW float32 input on CPU.
-    deploy = next((r for r in rows if r.get("kind") == "deploy" and r.get("ratio_to_library")
-                   and r.get("dtype", "float32") == "float32" and r.get("device", "cpu") == "cpu"), None)
+    # The deployment cases (the plain model exported to ONNX) run from an NCHW float32 input on CPU.
+    deploys = [r for r in rows if r.get("kind") == "deploy" and r.get("ratio_to_library")
+               and r.get("dtype", "float32") == "float32" and r.get("device", "cpu") == "cpu"]
+    deploy = next((r for r in deploys if _is_default_deploy(r)), None)
+
+    def runtimes(d: dict | None) -> list[str]:
+        return [ratio_cell(d["ratio_to_library"].get(n), d["ratio_range"].get(n) if spread else None)
+                if d and n in d["ratio_to_library"] else "-" for n in ("onnxruntime", "openvino")]
+
+    if spread:  # the inference rows are the model cases, measured in interleaved rounds
+        infer = [r for r in rows if r.get("kind") == "model" and r.get("backend") == "cpu"
+                 and r["case"].startswith("LatticeNet") and "infer" in r["case"]]
+        for r in infer:
+            d = deploy if "channels_last" not in r["case"] and "LR 320x180" in r["case"] else None
+            lines.append(f"| {r['case']} ({r['runs']} rounds) | {r['median_ms']:.1f} ms | "
+                         f"{ratio_text(r, 'vs_eager')} | "
+                         f"{ratio_text(r, 'vs_compile')} | " + " | ".join(runtimes(d))
+                         + " |")
+        for d in (d for d in deploys if not _is_default_deploy(d)):
+            base, ratio, rng = d["baseline"], d["ratio_to_library"], d["ratio_range"]
+            plain = [ratio_cell(ratio[n], rng[n]) if n in ratio else "-" for n in ("eager", "compile")]
+            lines.append(f"| {d['case'].removesuffix(', deployment runtimes')} ({d['rounds']} rounds) | "
+                         f"{d['median_ms'][base]:.1f} ms | {' | '.join(plain)} | {' | '.join(runtimes(d))} |")
     for r in (r for r in rows if r.get("kind") == "interleaved"):
         med, pr = r["median_ms"], r["paired_ratio"]
-        d = deploy if deploy is not None and "channels_last" not in r["case"] else None
-        ort, ov = ((_fmt(d["ratio_to_library"].get(n), ".2f") + "x") if d else "-" for n in ("onnxruntime", "openvino"))
+        d = deploy if "channels_last" not in r["case"] else None
         lines.append(f"| {r['case']} ({r['rounds']} rounds) | {med['cpu']:.1f} ms | "
-                     f"{_fmt(pr.get('eager/cpu'), '.2f')}x | {_fmt(pr.get('compile/cpu'), '.2f')}x | {ort} | {ov} |")
+                     f"{_fmt(pr.get('eager/cpu'), '.2f')}x | {_fmt(pr.get('compile/cpu'), '.2f')}x | "
+                     + " | ".join(runtimes(d)) + " |")
     for r in (r for r in rows if r.get("kind") == "model" and r.get("backend") == "cpu" and "train" in r["case"]):
-        lines.append(f"| {r['case']} | {r['median_ms']:.1f} ms, {_fmt(r.get('peak_mem_MB'), '.0f')} MiB | "
-                     f"{_fmt(r.get('vs_eager'), '.2f')}x | {_fmt(r.get('vs_compile'), '.2f')}x | - | - |")
+        mem = _fmt(r.get("peak_mem_MB"), ".0f") + " MiB"
+        if r.get("peak_mem_vs_eager") is not None:
+            mem += f" ({r['peak_mem_vs_eager']:.2f}x eager's)"
+        rounds = f" ({r['runs']} rounds)" if spread else ""
+        lines.append(f"| {r['case']}{rounds} | {r['median_ms']:.1f} ms, {mem} | "
+                     f"{ratio_text(r, 'vs_eager')} | "
+                     f"{ratio_text(r, 'vs_compile')} | - | - |")
     lines += ["", "Ratios are the other's time over this library's (> 1: the library is faster); the ONNX Runtime and "
-              "OpenVINO ratios are from the deployment case's own interleaved rounds (NCHW input)."]
+              "OpenVINO ratios are from the deployment case's own interleaved rounds (NCHW input)."
+              + (f" Each ratio is the median of the per-round ratios of backends alternating in rounds in one "
+                 f"process, in parentheses the {run['ratio_spread']}; peak memory is each backend's in its own "
+                 "process." if spread else "")]
     return "\n".join(lines)
 
 

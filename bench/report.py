@@ -54,22 +54,25 @@ def environment(device: torch.device) -> dict:
     return env
 
 
-def add_ratios(rows: list[dict], key_fields: tuple[str, ...], copy_gbps: float | None = None) -> None:
-    """vs_eager / vs_compile: the baseline's median over this row's median, same key (op, shape, dtype, pass...)."""
-    by_key: dict[tuple, dict[str, dict]] = {}
-    for r in rows:
-        by_key.setdefault(tuple(str(r.get(k)) for k in key_fields), {})[r["backend"]] = r
-    for group in by_key.values():
-        eager = group.get("eager")
-        comp = group.get("compile-max") or group.get("compile")
-        for r in group.values():
-            if eager:
-                r["vs_eager"] = eager["median_ms"] / r["median_ms"]
-            if comp:
-                r["vs_compile"] = comp["median_ms"] / r["median_ms"]
-                r["compile_baseline"] = comp["backend"]
-            if copy_gbps and "GBps" in r:
-                r["pct_copy_bw"] = 100 * r["GBps"] / copy_gbps
+RANGE = "{0[0]:.2f}-{0[1]:.2f}x"  # format_table's format of a [min, max] ratio range
+
+
+def add_copy_fraction(row: dict, copy_gbps: float | None) -> None:
+    """pct_copy_bw: the row's bytes per second as a percentage of the measured copy bandwidth."""
+    if copy_gbps and "GBps" in row:
+        row["pct_copy_bw"] = 100 * row["GBps"] / copy_gbps
+
+
+def ratio_cell(value: float | None, rng: list[float] | None = None) -> str:
+    """'1.23x', or '1.23x (1.10-1.31)' with its spread over rounds; '-' without a value."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}x" + (f" ({rng[0]:.2f}-{rng[1]:.2f})" if rng else "")
+
+
+def ratio_text(row: dict, field: str) -> str:
+    """ratio_cell of row[field] with its spread row[field + '_range'] (when the row has one)."""
+    return ratio_cell(row.get(field), row.get(f"{field}_range"))
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
@@ -116,21 +119,27 @@ def _ordered(backends) -> list[str]:
 
 
 def _grouped_barh(ax, groups: list[str], backends: list[str], value, label, *,
-                  ref_line: float | None = None) -> None:
-    """Horizontal bars: one block per group (top to bottom), one bar per backend in it, each annotated."""
+                  ref_line: float | None = None, spread=None) -> None:
+    """Horizontal bars: one block per group (top to bottom), one bar per backend in it, each annotated;
+    spread(group, backend) -> [lo, hi] or None draws a whisker (the range over rounds of a ratio)."""
     height = 0.8 / max(1, len(backends))
     finite = [v for g in groups for b in backends if (v := value(g, b)) is not None and v == v]
+    if spread is not None:
+        finite += [rng[1] for g in groups for b in backends if (rng := spread(g, b))]
     vmax = max(finite) if finite else 1.0
     for bi, b in enumerate(backends):
-        ys, vals = [], []
+        ys, vals, errs = [], [], []
         for gi, g in enumerate(groups):
             v = value(g, b)
             if v is not None and v == v:
                 ys.append(gi + (bi - (len(backends) - 1) / 2) * height)
                 vals.append(v)
-        ax.barh(ys, vals, height * 0.92, color=_color(b), label=b)
-        for y, v in zip(ys, vals):
-            ax.text(v + 0.01 * vmax, y, label(v), va="center", fontsize=7)
+                errs.append((spread and spread(g, b)) or [v, v])
+        xerr = [[v - e[0] for v, e in zip(vals, errs)], [e[1] - v for v, e in zip(vals, errs)]]
+        ax.barh(ys, vals, height * 0.92, color=_color(b), label=b,
+                **({"xerr": xerr, "error_kw": {"elinewidth": 0.6, "capsize": 1.5}} if spread else {}))
+        for y, v, e in zip(ys, vals, errs):
+            ax.text(max(v, e[1]) + 0.01 * vmax, y, label(v), va="center", fontsize=7)
     ax.set_yticks(range(len(groups)))
     ax.set_yticklabels(groups, fontsize=8)
     ax.set_ylim(len(groups) - 0.5, -0.5)
@@ -166,6 +175,7 @@ def _plot_ops(op_rows: list[dict], path_prefix: Path, title: str, plt) -> list[P
     written = []
     cols, left_configs = 2, None
     rows_n = -(-len(ops) // cols)
+    ranged = any("vs_eager_range" in r for r in op_rows)
     for what, key, xlabel, fmt, skip_eager in (
             ("time", "median_ms", "median time (ms; lower is better)", "{:.3g}", False),
             ("speedup", "vs_eager", "speedup over eager (x; higher is better; dashed: eager)", "{:.2f}x", True)):
@@ -176,7 +186,9 @@ def _plot_ops(op_rows: list[dict], path_prefix: Path, title: str, plt) -> list[P
             ax = axes[i // cols][i % cols]
             op_configs = [c for c in configs if any((op, c, b) in by_key for b in shown)]
             _grouped_barh(ax, op_configs, shown, lambda g, b, op=op, key=key: by_key.get((op, g, b), {}).get(key),
-                          fmt.format, ref_line=1.0 if skip_eager else None)
+                          fmt.format, ref_line=1.0 if skip_eager else None,
+                          spread=(lambda g, b, op=op, key=key: by_key.get((op, g, b), {}).get(f"{key}_range"))
+                          if ranged and skip_eager else None)
             ax.set_title(op, fontsize=10, fontweight="bold")
             if i % cols and op_configs == left_configs:  # the same rows as the panel on its left
                 ax.set_yticklabels([])
@@ -185,7 +197,8 @@ def _plot_ops(op_rows: list[dict], path_prefix: Path, title: str, plt) -> list[P
                 ax.set_xlabel(xlabel, fontsize=8)
         for j in range(len(ops), rows_n * cols):
             axes[j // cols][j % cols].axis("off")
-        _title_and_legend(fig, f"{title}: ops, {what}", shown)
+        note = " (interleaved rounds; whiskers: range of the per-round ratios)" if ranged and skip_eager else ""
+        _title_and_legend(fig, f"{title}: ops, {what}{note}", shown)
         p = path_prefix.with_name(path_prefix.name + f"-ops-{what}.png")
         fig.savefig(p, dpi=DPI)
         plt.close(fig)
@@ -221,8 +234,15 @@ def _plot_models(model_rows: list[dict], path_prefix: Path, title: str, plt) -> 
         r = by_key.get((g, b))
         return None if r is None else r.get("peak_mem_MB")
 
-    _grouped_barh(axes[0], cases, backends, speed, lambda v: f"{v:.2f}x", ref_line=1.0)
-    axes[0].set_xlabel("speedup over the eager plain model (x; higher is better)", fontsize=8)
+    def speed_range(g, b):
+        r = by_key.get((g, b))
+        return None if r is None else r.get("vs_eager_range")
+
+    ranged = any("vs_eager_range" in r for r in model_rows)
+    _grouped_barh(axes[0], cases, backends, speed, lambda v: f"{v:.2f}x", ref_line=1.0,
+                  spread=speed_range if ranged else None)
+    axes[0].set_xlabel("speedup over the eager plain model (x; higher is better"
+                       + ("; whiskers: range over rounds)" if ranged else ")"), fontsize=8)
     _grouped_barh(axes[1], cases, backends, mem, lambda v: f"{v:.0f}")
     axes[1].set_xlabel("peak memory (MiB)", fontsize=8)
     axes[0].set_yticklabels([labels[c] for c in cases], fontsize=8)

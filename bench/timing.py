@@ -1,7 +1,8 @@
 """Timers. CPU: a warmed, repeated wall-clock timer with rotating inputs (so data that would fit in the last-level
 cache comes from memory, as it does inside a network). GPU: triton.testing.do_bench when triton is importable
 (it flushes L2 between runs), else CUDA events around repeated calls. Compilation and autotuning happen in the
-warm-up calls, never inside a timed region."""
+warm-up calls, never inside a timed region. Every compared time of the benchmarks is taken in interleaved rounds
+(bench/rounds.py); these timers serve single measurements (the copy bandwidth, the model cases' memory runs)."""
 
 from __future__ import annotations
 
@@ -42,13 +43,19 @@ def last_level_cache_bytes() -> int:
 
 
 def rotation_count(bytes_per_call: int, device: torch.device) -> int:
-    """How many input sets to cycle so that consecutive calls never find their inputs in the CPU's caches."""
-    if device.type != "cpu":
+    """How many input sets to cycle so that consecutive calls never find their inputs in the caches (the CPU's
+    last-level cache; a GPU's L2, 50 MiB when unknown)."""
+    if device.type == "cuda":
+        cache = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 50 << 20
+    elif device.type == "cpu":
+        cache = last_level_cache_bytes()
+    else:
         return 1
-    return max(1, min(8, -(-2 * last_level_cache_bytes() // max(1, bytes_per_call))))
+    return max(1, min(8, -(-2 * cache // max(1, bytes_per_call))))
 
 
-def _summary(samples_ms: Sequence[float]) -> Timing:
+def summarize(samples_ms: Sequence[float]) -> Timing:
+    """Median, p10 and p90 (statistics.quantiles, n=10) of samples in ms."""
     s = sorted(samples_ms)
     q = statistics.quantiles(s, n=10) if len(s) >= 2 else [s[0]] * 9
     return Timing(statistics.median(s), q[0], q[-1], len(s))
@@ -70,7 +77,7 @@ def time_cpu(fn: Callable[[int], object], *, repeats: int, warmup: int, rotation
         i += 1
         if i >= 50 * repeats:
             break
-    return _summary(samples)
+    return summarize(samples)
 
 
 def time_gpu(fn: Callable[[int], object], *, repeats: int, warmup: int) -> Timing:
@@ -93,7 +100,7 @@ def time_gpu(fn: Callable[[int], object], *, repeats: int, warmup: int) -> Timin
         b.record()
         b.synchronize()
         samples.append(a.elapsed_time(b))
-    return _summary(samples)
+    return summarize(samples)
 
 
 def measure(fn: Callable[[int], object], device: torch.device, *, repeats: int, warmup: int,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.readme_table import HEADLINE_END, full_report, headline
+from bench.rounds import SPREAD
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -34,3 +35,37 @@ def test_full_report_matches_the_recorded_json(results):
     assert results.with_suffix(".md").read_text() == full_report(json.loads(results.read_text())), (
         f"{results.with_suffix('.md').name} differs from {results.name}: run "
         f"`python -m bench.readme_table {results.relative_to(ROOT)} --write`")
+
+
+def _new_run() -> dict:
+    env = {"device": "Test CPU (2 threads)", "date": "2026-11-29 20:00 UTC", "torch": "2.13.0", "triton": None,
+           "cpu_isa": "avx2", "copy_bandwidth_GBps": 20.0, "malloc": "tuned"}
+
+    def model(case, backend, ms, ve, vc, mem):
+        return {"kind": "model", "case": case, "backend": backend, "median_ms": ms, "p10_ms": ms - 1,
+                "p90_ms": ms + 1, "runs": 8, "vs_eager": ve[0], "vs_eager_range": ve[1], "vs_compile": vc[0],
+                "vs_compile_range": vc[1], "peak_mem_MB": mem, "peak_mem_vs_eager": mem / 1000}
+
+    deploy = {"kind": "deploy", "device": "cpu", "dtype": "float32", "shape": [8, 3, 128, 128], "rounds": 6,
+              "threads": 2, "baseline": "cpu", "case": "LatticeNet x4 infer batch 8 of LR 128x128 float32 cpu, "
+              "deployment runtimes", "median_ms": {"cpu": 700.0, "onnxruntime": 910.0},
+              "ratio_to_library": {"cpu": 1.0, "onnxruntime": 1.3}, "ratio_range": {"cpu": [1.0, 1.0],
+                                                                                     "onnxruntime": [1.2, 1.45]},
+              "max_abs_diff_vs_eager": {"cpu": 1e-4, "onnxruntime": 3e-5}}
+    rows = [model("LatticeNet x4 infer LR 320x180", "cpu", 300.0, (2.1, [1.9, 2.3]), (1.4, [1.3, 1.5]), 500.0),
+            model("LatticeNet x4 train step b16 LR 48", "cpu", 850.0, (1.5, [1.45, 1.62]), (1.25, [1.2, 1.3]), 600.0),
+            deploy]
+    return {"environment": env, "rows": rows, "ratio_spread": SPREAD}
+
+
+def test_headline_shows_each_ratio_with_its_spread():
+    text = headline(_new_run())
+    assert "| LatticeNet x4 infer LR 320x180 (8 rounds) | 300.0 ms | 2.10x (1.90-2.30) | 1.40x (1.30-1.50) | - | - |" \
+        in text
+    assert ("| LatticeNet x4 train step b16 LR 48 (8 rounds) | 850.0 ms, 600 MiB (0.60x eager's) | 1.50x (1.45-1.62) "
+            "| 1.25x (1.20-1.30) | - | - |") in text
+    assert ("| LatticeNet x4 infer batch 8 of LR 128x128 float32 cpu (6 rounds) | 700.0 ms | - | - | 1.30x (1.20-1.45) "
+            "| - |") in text
+    assert SPREAD in text
+    report = full_report(_new_run())
+    assert "| 300.0 (299.0-301.0) | 500 | 0.50x | 2.10x (1.90-2.30) | 1.40x (1.30-1.50) |" in report
