@@ -102,7 +102,7 @@ at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& weight, const c10::opt
                          negative_slope.value_or(0.0),
                          group};
   const int64_t items = (N * TH * TW + group - 1) / group;
-  const size_t scratch_bytes = static_cast<size_t>(36 * group * (Cin + Cout)) * at::elementSize(acc);
+  const size_t scratch_bytes = static_cast<size_t>(conv3x3_scratch_elements(group, Cin, Cout)) * at::elementSize(acc);
   at::parallel_for(0, items, 1, [&](int64_t b0, int64_t e0) {
     std::vector<double> s((scratch_bytes + sizeof(double) - 1) / sizeof(double));  // aligned for float and double
     kernels().conv3x3_tiles(args, b0, e0, s.data());

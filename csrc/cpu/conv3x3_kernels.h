@@ -72,10 +72,10 @@ template <class T, class A> static inline void store_acc(A* p, T v) {
 }
 
 // Input transform of the channels [c, c + lanes(T)) of one tile whose top-left input pixel is (h0, w0), into
-// v[k][t][c] (plane stride `plane`); pixels outside the image are the conv's zero padding.
+// v[k][t][c] (plane stride `ps` elements); pixels outside the image are the conv's zero padding.
 template <class Tr, bool IL, class T>
 static inline void input_tile(const Conv3x3Args& a, const typename Tr::S* xn, int64_t h0, int64_t w0, int64_t c,
-                              typename Tr::A* v, int64_t t, int64_t plane) {
+                              typename Tr::A* v, int64_t t, int64_t ps) {
   using A = typename Tr::A;
   T tmp[6][6];
   for (int j = 0; j < 6; ++j) {
@@ -93,7 +93,7 @@ static inline void input_tile(const Conv3x3Args& a, const typename Tr::S* xn, in
   for (int i = 0; i < 6; ++i) {
     T o[6];
     winograd_in_1d<T, A>(tmp[i], o);
-    for (int j = 0; j < 6; ++j) store_acc<T, A>(v + ((6 * i + j) * plane + t) * a.Cin + c, o[j]);
+    for (int j = 0; j < 6; ++j) store_acc<T, A>(v + (6 * i + j) * ps + t * a.Cin + c, o[j]);
   }
 }
 
@@ -101,12 +101,12 @@ static inline void input_tile(const Conv3x3Args& a, const typename Tr::S* xn, in
 // m[k][t][c], with the bias and the activation; pixels past the image edge are not written.
 template <class Tr, bool IL, class T>
 static inline void output_tile(const Conv3x3Args& a, typename Tr::S* yn, int64_t h0, int64_t w0, int64_t c,
-                               const typename Tr::A* m, int64_t t, int64_t plane) {
+                               const typename Tr::A* m, int64_t t, int64_t ps) {
   using A = typename Tr::A;
   T u[4][6];
   for (int j = 0; j < 6; ++j) {
     T col[6], o[4];
-    for (int i = 0; i < 6; ++i) col[i] = load_acc<T, A>(m + ((6 * i + j) * plane + t) * a.Cout + c);
+    for (int i = 0; i < 6; ++i) col[i] = load_acc<T, A>(m + (6 * i + j) * ps + t * a.Cout + c);
     winograd_out_1d<T, A>(col, o);
     for (int i = 0; i < 4; ++i) u[i][j] = o[i];
   }
@@ -199,25 +199,26 @@ static void conv3x3_tiles_t(const Conv3x3Args& a, int64_t begin, int64_t end, vo
   const S* x = static_cast<const S*>(a.x.data);
   S* y = static_cast<S*>(a.y.data);
   const A* u = static_cast<const A*>(a.u);
-  const int64_t plane = a.group, total = a.N * a.TH * a.TW;
+  const int64_t total = a.N * a.TH * a.TW;
+  const int64_t vs = conv3x3_plane_stride(a.group, a.Cin), ms = conv3x3_plane_stride(a.group, a.Cout);
   A* v = static_cast<A*>(scratch);
-  A* m = v + 36 * plane * a.Cin;
+  A* m = v + 36 * vs;
   for (int64_t item = begin; item < end; ++item) {
     const int64_t first = item * a.group, count = total - first < a.group ? total - first : a.group;
     for (int64_t t = 0; t < count; ++t) {
       const int64_t tile = first + t, n = tile / (a.TH * a.TW), ti = tile / a.TW % a.TH, tj = tile % a.TW;
       int64_t c = 0;
       for (; c + Tr::W <= a.Cin; c += Tr::W)
-        input_tile<Tr, IL, V>(a, x + n * a.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, plane);
-      for (; c < a.Cin; ++c) input_tile<Tr, IL, A>(a, x + n * a.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, plane);
+        input_tile<Tr, IL, V>(a, x + n * a.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, vs);
+      for (; c < a.Cin; ++c) input_tile<Tr, IL, A>(a, x + n * a.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, vs);
     }
     for (int k = 0; k < 36; ++k)
-      gemm<A, V, Tr::W>(v + k * plane * a.Cin, u + k * a.Cin * a.Cout, m + k * plane * a.Cout, count, a.Cin, a.Cout);
+      gemm<A, V, Tr::W>(v + k * vs, u + k * a.Cin * a.Cout, m + k * ms, count, a.Cin, a.Cout);
     for (int64_t t = 0; t < count; ++t) {
       const int64_t tile = first + t, n = tile / (a.TH * a.TW), ti = tile / a.TW % a.TH, tj = tile % a.TW;
       int64_t c = 0;
-      for (; c + Tr::W <= a.Cout; c += Tr::W) output_tile<Tr, IL, V>(a, y + n * a.y.sn, 4 * ti, 4 * tj, c, m, t, plane);
-      for (; c < a.Cout; ++c) output_tile<Tr, IL, A>(a, y + n * a.y.sn, 4 * ti, 4 * tj, c, m, t, plane);
+      for (; c + Tr::W <= a.Cout; c += Tr::W) output_tile<Tr, IL, V>(a, y + n * a.y.sn, 4 * ti, 4 * tj, c, m, t, ms);
+      for (; c < a.Cout; ++c) output_tile<Tr, IL, A>(a, y + n * a.y.sn, 4 * ti, 4 * tj, c, m, t, ms);
     }
   }
 }
