@@ -1,7 +1,8 @@
 """The deployment runtimes as anchors, measured side by side in one process in interleaved rounds (one call of each
 per round, in a rotated order, so that a slow phase of a shared machine hits every runtime alike).
 
-CPU (LatticeNet x4 inference, float32; cases: LR 320x180, a batch of 8 at LR 128x128, LR 1280x720 tiled): this
+CPU (LatticeNet x4 inference, float32; cases: LR 320x180, a batch of 8 at LR 128x128, LR 1280x720 with the library
+tiled and untiled): this
 library's ``cpu`` backend; torch eager and torch.compile of the plain model (lattice_kernels/models/reference.py);
 the plain model exported to ONNX (lattice_kernels.export_onnx, static shape: the case's) run by ONNX Runtime (all
 graph optimisations, intra-op threads = torch's) and by OpenVINO (CPU, f32, latency hint, the same threads). In the

@@ -117,30 +117,33 @@ def fold_compress(x1: Tensor, x2: Tensor, coefs: dict[str, Tensor], weight: Tens
     memory format."""
     n, c, h, w = x1.shape
     fold_dtype = torch.float64 if x1.dtype == torch.float64 else torch.float32
-    wp, wq = weight.reshape(weight.shape[0], 2, c).to(fold_dtype).unbind(1)
+    wp, wq = weight.reshape(weight.shape[0], 2, c).to(fold_dtype).permute(1, 2, 0)  # each (C, Cout)
 
-    def folded(a: str, b: str) -> Tensor:
+    def folded(a: str, b: str) -> Tensor:  # (N, C, Cout): diag(a) W_p^T + diag(b) W_q^T
         ca, cb = coefs.get(a), coefs.get(b)
-        left = wp.expand(n, *wp.shape) if ca is None else wp * ca[:, None, :]
-        right = wq.expand(n, *wq.shape) if cb is None else wq * cb[:, None, :]
-        return (left + right).to(x1.dtype)
+        left = wp.expand(n, *wp.shape) if ca is None else wp * ca[:, :, None]
+        right = wq.expand(n, *wq.shape) if cb is None else wq * cb[:, :, None]
+        return (left + right).to(x1.dtype).contiguous()  # row-major: ~2x faster in bmm than a transposed view
 
     w1, w2 = folded("alpha1", "beta1"), folded("alpha2", "beta2")
     if memory_format_of(x1) == torch.channels_last:  # (N, H*W, C) views; out (N, H*W, Cout)
         rows = [t.permute(0, 2, 3, 1).reshape(n, h * w, c) for t in (x1, x2)]
-        out = _bmm2(rows[0], w1.transpose(1, 2), rows[1], w2.transpose(1, 2), bias)
-        return out.view(n, h, w, -1).permute(0, 3, 1, 2)
+        return _bmm2(rows[0], w1, rows[1], w2, bias).view(n, h, w, -1).permute(0, 3, 1, 2)
     cols = [t.reshape(n, c, h * w) for t in (x1, x2)]  # (N, C, H*W); out (N, Cout, H*W)
-    return _bmm2(w1, cols[0], w2, cols[1], None if bias is None else bias[:, None]).view(n, -1, h, w)
+    start = None if bias is None else bias[:, None]
+    return _bmm2(w1.transpose(1, 2), cols[0], w2.transpose(1, 2), cols[1], start).view(n, -1, h, w)
 
 
 def _bmm2(a1: Tensor, b1: Tensor, a2: Tensor, b2: Tensor, start: Tensor | None) -> Tensor:
-    """start + a1 @ b1 + a2 @ b2 (batched; start broadcast), the second product accumulated in place (not under
-    autocast, whose casts in-place ops skip)."""
-    out = torch.bmm(a1, b1) if start is None else torch.baddbmm(start.to(a1.dtype), a1, b1)
+    """a1 @ b1 + a2 @ b2 + start (batched; start broadcast), in place after the first product (not under autocast,
+    whose casts in-place ops skip). start is added last: baddbmm's copy of a broadcast bias into its output cost
+    more than the add (1x57600x64 fp32 on the 2-core Xeon, same process: 7.7 against 5.0 ms for the whole fold)."""
+    out = torch.bmm(a1, b1)
     if torch.is_autocast_enabled(a1.device.type):
-        return torch.baddbmm(out, a2, b2)
-    return out.baddbmm_(a2, b2)
+        out = torch.baddbmm(out, a2, b2)
+        return out if start is None else out + start.to(out.dtype)
+    out.baddbmm_(a2, b2)
+    return out if start is None else out.add_(start.to(out.dtype))
 
 
 def _common_dtype(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
