@@ -150,14 +150,19 @@ def register_autograd(ns: str, ops) -> None:
 
 
 def register_conv3x3(ns: str = NS) -> None:
-    """Fake implementation and autograd of lattice_kernels::conv3x3 (CPU kernel only). Backward: the gradient
-    through the LeakyReLU (mask from the saved output: y > 0 exactly where the pre-activation is > 0, for a slope
-    >= 0), then the input gradient by conv3x3 itself (a stride-1, padding-1 3x3 conv with the weights transposed
-    and flipped) and the weight and bias gradients by ATen's convolution backward."""
+    """Fake implementations of lattice_kernels::conv3x3 and ::conv3x3_weight_grad, and conv3x3's autograd (CPU
+    kernels only). Backward: the gradient through the LeakyReLU (mask from the saved output: y > 0 exactly where the
+    pre-activation is > 0, for a slope >= 0), then the input gradient by conv3x3 itself (a stride-1, padding-1 3x3
+    conv with the weights transposed and flipped), the weight gradient by conv3x3_weight_grad (the adjoint of the
+    same Winograd algorithm) and the bias gradient as the sum of the gradient over (N, H, W)."""
 
     @torch.library.register_fake(f"{ns}::conv3x3")
     def _(x, weight, bias, negative_slope):
         return empty_in_layout_of(x, weight.shape[0])
+
+    @torch.library.register_fake(f"{ns}::conv3x3_weight_grad")
+    def _(x, grad):
+        return x.new_empty((grad.shape[1], x.shape[1], 3, 3))
 
     def setup(ctx, inputs, output):
         x, weight, bias, negative_slope = inputs
@@ -170,13 +175,15 @@ def register_conv3x3(ns: str = NS) -> None:
         if ctx.negative_slope is not None:  # grad where y > 0, else grad * slope: one pass (aten's, vectorized)
             grad = torch.ops.aten.leaky_relu_backward(grad, y, ctx.negative_slope, True)
         need = ctx.needs_input_grad
-        gx = None
+        lib = getattr(torch.ops, ns)
+        gx = gw = gb = None
         if need[0]:  # the input gradient is itself a 3x3 conv (flipped, transposed weights): the same kernel
-            gx = getattr(torch.ops, ns).conv3x3(grad, weight.transpose(0, 1).flip(2, 3), None, None)
-        _, gw, gb = torch.ops.aten.convolution_backward(
-            grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-            [False, need[1], ctx.has_bias and need[2]],
-        )
+            gx = lib.conv3x3(grad, weight.transpose(0, 1).flip(2, 3), None, None)
+        if need[1]:
+            gw = lib.conv3x3_weight_grad(x, grad)
+        if ctx.has_bias and need[2]:
+            gb = grad.sum((0, 2, 3), dtype=torch.float64 if grad.dtype == torch.float64 else torch.float32)
+            gb = gb.to(grad.dtype)
         return gx, gw, gb, None
 
     torch.library.register_autograd(f"{ns}::conv3x3", backward, setup_context=setup)

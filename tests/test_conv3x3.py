@@ -102,6 +102,56 @@ def test_deterministic(backend_device, thread_count):
         assert torch.equal(y1, y3)
 
 
+# conv3x3_weight_grad (the cpu backend's weight gradient, the adjoint of its Winograd forward): partial tiles,
+# batches, channel tails; 2x64x40x40 is 200 tiles, several chunks of partial sums.
+WGRAD_CASES = [((2, 5, 7, 13), 3), ((1, 19, 4, 4), 21), ((3, 16, 23, 1), 16), ((2, 64, 40, 40), 48)]
+
+
+@pytest.mark.skipif(_C is None, reason="the compiled extension did not load")
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", range(len(WGRAD_CASES)))
+def test_weight_grad_matches_reference(case, dtype, layout):
+    shape, cout = WGRAD_CASES[case]
+    x = make_input(shape, dtype, "cpu", layout)
+    gy = make_input((shape[0], cout, *shape[2:]), dtype, "cpu", layout, seed=7)
+    got = torch.ops.lattice_kernels.conv3x3_weight_grad(x, gy)
+    assert got.dtype == dtype and got.shape == (cout, shape[1], 3, 3)
+    want = torch.nn.grad.conv2d_weight(x.double(), (cout, shape[1], 3, 3), gy.double(), padding=1)
+    eager = torch.nn.grad.conv2d_weight(x.float(), (cout, shape[1], 3, 3), gy.float(), padding=1).to(dtype)
+    assert_close_to_reference(got, want, dtype, scale=scale_of(want), eager=eager, what="conv3x3_weight_grad")
+
+
+def test_weight_grad_does_not_depend_on_thread_count(thread_count):
+    if _C is None:
+        pytest.skip("the compiled extension did not load")
+    x = make_input((2, 64, 40, 40), torch.float32, "cpu", "nhwc")
+    gy = make_input((2, 48, 40, 40), torch.float32, "cpu", "nhwc", seed=7)
+    thread_count(2)
+    a = torch.ops.lattice_kernels.conv3x3_weight_grad(x, gy)
+    thread_count(1)
+    assert torch.equal(a, torch.ops.lattice_kernels.conv3x3_weight_grad(x, gy))
+
+
+@pytest.mark.skipif(_C is None, reason="the compiled extension did not load")
+@pytest.mark.parametrize(("grad_shape", "dtype", "match"), [
+    ((2, 4, 7, 12), torch.float32, r"grad must be \(N, Cout, H, W\)"),
+    ((3, 4, 7, 13), torch.float32, r"grad must be \(N, Cout, H, W\)"),
+    ((2, 4, 7, 13), torch.float64, "grad must have x's dtype"),
+])
+def test_weight_grad_bad_arguments_are_clear_errors(grad_shape, dtype, match):
+    x = torch.randn(2, 5, 7, 13)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.lattice_kernels.conv3x3_weight_grad(x, torch.randn(grad_shape, dtype=dtype))
+
+
+@pytest.mark.skipif(_C is None, reason="the compiled extension did not load")
+def test_weight_grad_opcheck():
+    x = make_input((2, 5, 7, 13), torch.float32, "cpu", "nhwc")
+    gy = make_input((2, 3, 7, 13), torch.float32, "cpu", "nhwc", seed=7)
+    torch.library.opcheck(torch.ops.lattice_kernels.conv3x3_weight_grad.default, (x, gy))
+
+
 def test_autocast_casts_like_conv2d(backend_device):
     backend, device = backend_device
     if device != "cpu":

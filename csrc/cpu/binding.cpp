@@ -12,7 +12,7 @@ namespace {
 
 #define LK_KERNEL_SET(name, ns) \
   KernelSet { name, ns::stats_partials, ns::butterfly_forward, ns::butterfly_backward, ns::stats_backward, \
-              ns::conv3x3_tiles }
+              ns::conv3x3_tiles, ns::conv3x3_weight_grad_chunks }
 
 struct IsaChoice {
   const char* name;

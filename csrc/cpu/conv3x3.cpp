@@ -2,6 +2,7 @@
 // tiles of conv3x3_kernels.h.
 #include <torch/library.h>
 #include <cmath>
+#include <algorithm>
 #include <cstdlib>
 #include <vector>
 #include "binding.h"
@@ -29,13 +30,15 @@ int64_t winograd_group() {
 // One thread, no ATen ops but the allocations: ~0.2 M multiply-adds for a 64->48 conv, which took 0.2-0.3 ms as
 // ATen matmuls and copies (27 calls per LatticeNet forward) and far longer when another process holds a core and
 // their parallel regions wait for it.
+constexpr double kG[6][3] = {{1.0, 0.0, 0.0},
+                             {-1.0 / 3, 1.0 / 3, -1.0 / 3},
+                             {1.0 / 3, 1.0 / 3, 1.0 / 3},
+                             {-16.0 / 15, -8.0 / 15, -4.0 / 15},
+                             {1.0 / 15, -2.0 / 15, 4.0 / 15},
+                             {0.0, 0.0, 1.0}};
+
 template <class A> void winograd_weights_into(const double* w, int64_t Cout, int64_t Cin, A* u) {
-  static constexpr double G[6][3] = {{1.0, 0.0, 0.0},
-                                     {-1.0 / 3, 1.0 / 3, -1.0 / 3},
-                                     {1.0 / 3, 1.0 / 3, 1.0 / 3},
-                                     {-16.0 / 15, -8.0 / 15, -4.0 / 15},
-                                     {1.0 / 15, -2.0 / 15, 4.0 / 15},
-                                     {0.0, 0.0, 1.0}};
+  const auto& G = kG;
   for (int64_t co = 0; co < Cout; ++co)
     for (int64_t ci = 0; ci < Cin; ++ci) {
       const double* k = w + (co * Cin + ci) * 9;
@@ -110,10 +113,73 @@ at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& weight, const c10::opt
   return y;
 }
 
+// dw[co][ci][a][b] = sum_ij G[i][a] P[6i + j][ci][co] G[j][b] with P the chunks' partial sums added in chunk order,
+// all in double.
+template <class A> void finish_weight_grad(const A* p, int64_t nchunk, int64_t Cin, int64_t Cout, double* o) {
+  const int64_t plane = Cin * Cout, size = 36 * plane;
+  std::vector<double> m(static_cast<size_t>(size), 0.0);  // [36][Cin][Cout]: the chunks added in order, streamed
+  at::parallel_for(0, size, 4096, [&](int64_t b0, int64_t e0) {
+    for (int64_t c = 0; c < nchunk; ++c)
+      for (int64_t i = b0; i < e0; ++i) m[i] += double(p[c * size + i]);
+  });
+  at::parallel_for(0, plane, 64, [&](int64_t b0, int64_t e0) {
+    for (int64_t e = b0; e < e0; ++e) {
+      const int64_t ci = e / Cout, co = e % Cout;
+      for (int ra = 0; ra < 3; ++ra)
+        for (int rb = 0; rb < 3; ++rb) {
+          double v = 0;
+          for (int i = 0; i < 6; ++i)
+            for (int j = 0; j < 6; ++j) v += kG[i][ra] * m[(6 * i + j) * plane + e] * kG[j][rb];
+          o[((co * Cin + ci) * 3 + ra) * 3 + rb] = v;
+        }
+    }
+  });
+}
+
+// dL/dw of conv3x3 (conv3x3_kernels.h, conv3x3_weight_grad_t): chunks of tiles in parallel, each into its own
+// partial sums; the chunks are added in order in double and G^T . G is applied in double, so the result does not
+// depend on the thread count. At most 16 chunks (the partials are 16 x 36 x Cin x Cout values at most: 9.4 MB for
+// 64 -> 64 channels in float32), each a whole number of tile groups, at least 4.
+at::Tensor conv3x3_weight_grad(const at::Tensor& x, const at::Tensor& grad) {
+  check_input(x, "x");
+  check_cpu(x, "x");
+  const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == N && grad.size(2) == H && grad.size(3) == W && grad.size(1) > 0,
+              "lattice_kernels: conv3x3_weight_grad grad must be (N, Cout, H, W) with (N, H, W) = (", N, ", ", H, ", ",
+              W, ") of x, got ", grad.sizes());
+  TORCH_CHECK(grad.scalar_type() == x.scalar_type() && grad.device() == x.device(),
+              "lattice_kernels: conv3x3_weight_grad grad must have x's dtype and device (", x.scalar_type(), ", ",
+              x.device(), "), got ", grad.scalar_type(), ", ", grad.device());
+  const int64_t Cout = grad.size(1);
+  const bool il = is_interleaved(x);
+  auto [xt, xv] = operand(x, il);
+  auto [gt, gv] = operand(grad, il);
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t TH = (H + 3) / 4, TW = (W + 3) / 4, group = winograd_group(), total = N * TH * TW;
+  const int64_t per = (total + 15) / 16, chunk = std::max<int64_t>(4, (per + group - 1) / group) * group;
+  const int64_t nchunk = (total + chunk - 1) / chunk;
+  at::Tensor part = at::empty({nchunk, 36, Cin, Cout}, x.options().dtype(acc));
+  const Conv3x3Args fwd{dtype_of(x, "x"), N, H, W, TH, TW, Cin, Cout, xv, gv, W * xv.sp, xv.sp, W * gv.sp, gv.sp,
+                        il, nullptr, nullptr, false, 0.0, group};
+  const Conv3x3WeightGradArgs args{fwd, gv, W * gv.sp, gv.sp, chunk, part.data_ptr()};
+  const size_t scratch_bytes = static_cast<size_t>(conv3x3_scratch_elements(group, Cin, Cout)) * at::elementSize(acc);
+  at::parallel_for(0, nchunk, 1, [&](int64_t b0, int64_t e0) {
+    std::vector<double> s((scratch_bytes + sizeof(double) - 1) / sizeof(double));
+    kernels().conv3x3_weight_grad_chunks(args, b0, e0, s.data());
+  });
+  at::Tensor dw = at::empty({Cout, Cin, 3, 3}, x.options().dtype(at::kDouble));
+  if (acc == at::kDouble)
+    finish_weight_grad(part.data_ptr<double>(), nchunk, Cin, Cout, dw.data_ptr<double>());
+  else
+    finish_weight_grad(part.data_ptr<float>(), nchunk, Cin, Cout, dw.data_ptr<double>());
+  return dw.to(x.scalar_type());
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace lk
 
 TORCH_LIBRARY_IMPL(lattice_kernels, CPU, m) {
   m.impl("conv3x3", &lk::cpu::conv3x3);
+  m.impl("conv3x3_weight_grad", &lk::cpu::conv3x3_weight_grad);
 }

@@ -41,6 +41,17 @@ template <class T, class A> static inline void winograd_out_1d(const T* m, T* o)
   o[3] = (d21 + m[5]) + (m[3] * A(0.125) - m[4] * A(8));
 }
 
+// o = A m for one line of 4 values (A = (A^T)^T, 6 x 4): the output transform's adjoint, for the weight gradient.
+template <class T, class A> static inline void winograd_grad_1d(const T* m, T* o) {
+  const T s02 = m[0] + m[2], s13 = m[1] + m[3];
+  o[0] = m[0];
+  o[1] = s02 - s13;
+  o[2] = s02 + s13;
+  o[3] = (m[0] + m[1] * A(0.5)) + (m[2] * A(0.25) + m[3] * A(0.125));
+  o[4] = (m[0] - m[1] * A(2)) + (m[2] * A(4) - m[3] * A(8));
+  o[5] = m[3];
+}
+
 // Lanes of channel values at one pixel: a vector load when channels are interleaved, else one load per lane.
 template <class Tr, bool IL, class T> static inline T load_lanes(const typename Tr::S* p, int64_t sc) {
   if constexpr (std::is_same_v<T, typename Tr::A>) {
@@ -125,20 +136,27 @@ static inline void output_tile(const Conv3x3Args& a, typename Tr::S* yn, int64_t
   }
 }
 
-// m[r][co] = sum_ci v[r][ci] u[ci][co] for rows [0, RP) and the NV vectors of columns from co: RP x NV vector
+// The products of both passes are m (rows x Cout) (+)= v u with u (K x Cout) and m row-major; v (rows x K) is
+// read at v[r * Mv.rs + k * Mv.ks]: row-major (rs = K, ks = 1) in the forward, transposed (rs = 1, ks = rows) in the
+// weight gradient, whose products sum over tiles.
+struct Strides {
+  int64_t rs, ks;
+};
+
+// m[r][co] (+)= sum_k v[r][k] u[k][co] for rows [0, RP) and the NV vectors of columns from co: RP x NV vector
 // accumulators, NV weight vectors and a broadcast must fit the registers (16 with AVX2, 32 with AVX-512; see
-// GemmBlocks).
-template <class A, class V, int W, int RP, int NV>
-static inline void gemm_tile(const A* __restrict__ v, const A* __restrict__ u, A* __restrict__ m, int64_t Cin,
-                             int64_t Cout, int64_t co) {
+// gemm_rows). ACC: add to m instead of overwriting it.
+template <class A, class V, int W, int RP, int NV, bool ACC>
+static inline void gemm_tile(const A* __restrict__ v, Strides vs, const A* __restrict__ u, A* __restrict__ m,
+                             int64_t K, int64_t Cout, int64_t co) {
   V acc[RP][NV];
   for (int r = 0; r < RP; ++r)
-    for (int j = 0; j < NV; ++j) acc[r][j] = V{};
-  for (int64_t ci = 0; ci < Cin; ++ci) {
+    for (int j = 0; j < NV; ++j) acc[r][j] = ACC ? load_raw<V>(m + r * Cout + co + j * W) : V{};
+  for (int64_t k = 0; k < K; ++k) {
     V b[NV];
-    for (int j = 0; j < NV; ++j) b[j] = load_raw<V>(u + ci * Cout + co + j * W);
+    for (int j = 0; j < NV; ++j) b[j] = load_raw<V>(u + k * Cout + co + j * W);
     for (int r = 0; r < RP; ++r) {
-      const V x = splat<V>(v[r * Cin + ci]);
+      const V x = splat<V>(v[r * vs.rs + k * vs.ks]);
       for (int j = 0; j < NV; ++j) acc[r][j] += x * b[j];
     }
   }
@@ -147,12 +165,13 @@ static inline void gemm_tile(const A* __restrict__ v, const A* __restrict__ u, A
 }
 
 // All rows of the NV column vectors from co, RP rows at a time, then the remaining rows in one tile.
-template <class A, class V, int W, int NV, int RP>
-static inline void gemm_columns(const A* v, const A* u, A* m, int64_t rows, int64_t Cin, int64_t Cout, int64_t co) {
+template <class A, class V, int W, int NV, int RP, bool ACC>
+static inline void gemm_columns(const A* v, Strides vs, const A* u, A* m, int64_t rows, int64_t K, int64_t Cout,
+                                int64_t co) {
   int64_t r = 0;
-  for (; r + RP <= rows; r += RP) gemm_tile<A, V, W, RP, NV>(v + r * Cin, u, m + r * Cout, Cin, Cout, co);
+  for (; r + RP <= rows; r += RP) gemm_tile<A, V, W, RP, NV, ACC>(v + r * vs.rs, vs, u, m + r * Cout, K, Cout, co);
   with_count<RP - 1>(rows - r, [&](auto rp) {
-    gemm_tile<A, V, W, decltype(rp)::value, NV>(v + r * Cin, u, m + r * Cout, Cin, Cout, co);
+    gemm_tile<A, V, W, decltype(rp)::value, NV, ACC>(v + r * vs.rs, vs, u, m + r * Cout, K, Cout, co);
   });
 }
 
@@ -166,26 +185,27 @@ constexpr int kGemmMaxVectors = 3;
 template <int NV> constexpr int gemm_rows() { return 4; }
 #endif
 
-// m (rows x Cout) = v (rows x Cin) u (Cin x Cout), all row-major and contiguous.
-template <class A, class V, int W>
-static inline void gemm(const A* v, const A* u, A* m, int64_t rows, int64_t Cin, int64_t Cout) {
+// m (rows x Cout) (+)= v (rows x K, strides vs) u (K x Cout); sums over k in order.
+template <class A, class V, int W, bool ACC>
+static inline void gemm(const A* v, Strides vs, const A* u, A* m, int64_t rows, int64_t K, int64_t Cout) {
   constexpr int NV = kGemmMaxVectors;
   int64_t co = 0;
-  for (; co + NV * W <= Cout; co += NV * W) gemm_columns<A, V, W, NV, gemm_rows<NV>()>(v, u, m, rows, Cin, Cout, co);
+  for (; co + NV * W <= Cout; co += NV * W)
+    gemm_columns<A, V, W, NV, gemm_rows<NV>(), ACC>(v, vs, u, m, rows, K, Cout, co);
   with_count<NV - 1>((Cout - co) / W, [&](auto nv) {
     constexpr int n = decltype(nv)::value;
-    gemm_columns<A, V, W, n, gemm_rows<n>()>(v, u, m, rows, Cin, Cout, co);
+    gemm_columns<A, V, W, n, gemm_rows<n>(), ACC>(v, vs, u, m, rows, K, Cout, co);
   });
   co += (Cout - co) / W * W;
   using VH = std::conditional_t<std::is_same_v<A, float>, vf_half, vd_half>;
   if (co + W / 2 <= Cout) {  // half a vector of columns
-    gemm_columns<A, VH, W / 2, 1, gemm_rows<1>()>(v, u, m, rows, Cin, Cout, co);
+    gemm_columns<A, VH, W / 2, 1, gemm_rows<1>(), ACC>(v, vs, u, m, rows, K, Cout, co);
     co += W / 2;
   }
   for (; co < Cout; ++co)  // columns past the last half vector
     for (int64_t r = 0; r < rows; ++r) {
-      A acc = 0;
-      for (int64_t ci = 0; ci < Cin; ++ci) acc += v[r * Cin + ci] * u[ci * Cout + co];
+      A acc = ACC ? m[r * Cout + co] : A(0);
+      for (int64_t k = 0; k < K; ++k) acc += v[r * vs.rs + k * vs.ks] * u[k * Cout + co];
       m[r * Cout + co] = acc;
     }
 }
@@ -213,7 +233,7 @@ static void conv3x3_tiles_t(const Conv3x3Args& a, int64_t begin, int64_t end, vo
       for (; c < a.Cin; ++c) input_tile<Tr, IL, A>(a, x + n * a.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, vs);
     }
     for (int k = 0; k < 36; ++k)
-      gemm<A, V, Tr::W>(v + k * vs, u + k * a.Cin * a.Cout, m + k * ms, count, a.Cin, a.Cout);
+      gemm<A, V, Tr::W, false>(v + k * vs, Strides{a.Cin, 1}, u + k * a.Cin * a.Cout, m + k * ms, count, a.Cin, a.Cout);
     for (int64_t t = 0; t < count; ++t) {
       const int64_t tile = first + t, n = tile / (a.TH * a.TW), ti = tile / a.TW % a.TH, tj = tile % a.TW;
       int64_t c = 0;
@@ -222,6 +242,90 @@ static void conv3x3_tiles_t(const Conv3x3Args& a, int64_t begin, int64_t end, vo
     }
   }
 }
+
+// (A dy A^T) of the channels [c, c + lanes(T)) of one output tile whose top-left pixel is (h0, w0), into
+// g[k][t][c] (plane stride `ps`); pixels past the image edge are zero.
+template <class Tr, bool IL, class T>
+static inline void grad_tile(const Conv3x3WeightGradArgs& a, const typename Tr::S* dyn, int64_t h0, int64_t w0,
+                             int64_t c, typename Tr::A* g, int64_t t, int64_t ps) {
+  using A = typename Tr::A;
+  const Conv3x3Args& f = a.fwd;
+  T tmp[6][4];
+  for (int j = 0; j < 4; ++j) {
+    const int64_t w = w0 + j;
+    T d[4], o[6];
+    for (int i = 0; i < 4; ++i) {
+      const int64_t h = h0 + i;
+      d[i] = (h < f.H && w < f.W) ? load_lanes<Tr, IL, T>(dyn + h * a.dy_sh + w * a.dy_sw + c * a.dy.sc, a.dy.sc)
+                                  : T{};
+    }
+    winograd_grad_1d<T, A>(d, o);
+    for (int i = 0; i < 6; ++i) tmp[i][j] = o[i];
+  }
+  for (int i = 0; i < 6; ++i) {
+    T o[6];
+    winograd_grad_1d<T, A>(tmp[i], o);
+    for (int j = 0; j < 6; ++j) store_acc<T, A>(g + (6 * i + j) * ps + t * f.Cout + c, o[j]);
+  }
+}
+
+// Chunks [begin, end) of the weight gradient (see Conv3x3WeightGradArgs): per group of tiles, the input transform
+// of x into v[k][t][ci] and A dy A^T into g[k][t][co], then P[k] (Cin x Cout) (+)= v[k]^T g[k].
+template <DType D, bool IL>
+static void conv3x3_weight_grad_t(const Conv3x3WeightGradArgs& a, int64_t begin, int64_t end, void* scratch) {
+  using Tr = Traits<D>;
+  using S = typename Tr::S;
+  using A = typename Tr::A;
+  using V = typename Tr::V;
+  const Conv3x3Args& f = a.fwd;
+  const S* x = static_cast<const S*>(f.x.data);
+  const S* dy = static_cast<const S*>(a.dy.data);
+  const int64_t total = f.N * f.TH * f.TW;
+  const int64_t vps = conv3x3_plane_stride(f.group, f.Cin), gps = conv3x3_plane_stride(f.group, f.Cout);
+  A* v = static_cast<A*>(scratch);
+  A* g = v + 36 * vps;
+  for (int64_t chunk = begin; chunk < end; ++chunk) {
+    A* part = static_cast<A*>(a.partials) + chunk * 36 * f.Cin * f.Cout;
+    const int64_t last = (chunk + 1) * a.chunk < total ? (chunk + 1) * a.chunk : total;
+    for (int64_t first = chunk * a.chunk; first < last; first += f.group) {
+      const int64_t count = last - first < f.group ? last - first : f.group;
+      for (int64_t t = 0; t < count; ++t) {
+        const int64_t tile = first + t, n = tile / (f.TH * f.TW), ti = tile / f.TW % f.TH, tj = tile % f.TW;
+        int64_t c = 0;
+        for (; c + Tr::W <= f.Cin; c += Tr::W)
+          input_tile<Tr, IL, V>(f, x + n * f.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, vps);
+        for (; c < f.Cin; ++c) input_tile<Tr, IL, A>(f, x + n * f.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, vps);
+        c = 0;
+        for (; c + Tr::W <= f.Cout; c += Tr::W)
+          grad_tile<Tr, IL, V>(a, dy + n * a.dy.sn, 4 * ti, 4 * tj, c, g, t, gps);
+        for (; c < f.Cout; ++c) grad_tile<Tr, IL, A>(a, dy + n * a.dy.sn, 4 * ti, 4 * tj, c, g, t, gps);
+      }
+      for (int k = 0; k < 36; ++k) {
+        A* pk = part + k * f.Cin * f.Cout;
+        const Strides vt{1, f.Cin};  // v[k] transposed: rows ci, sum over the tiles t
+        if (first == chunk * a.chunk)
+          gemm<A, V, Tr::W, false>(v + k * vps, vt, g + k * gps, pk, f.Cin, count, f.Cout);
+        else
+          gemm<A, V, Tr::W, true>(v + k * vps, vt, g + k * gps, pk, f.Cin, count, f.Cout);
+      }
+    }
+  }
+}
+
+#define LK_CONV3X3_WGRAD_CASE(D) \
+  case D: return a.fwd.interleaved ? conv3x3_weight_grad_t<D, true>(a, begin, end, scratch) \
+                                   : conv3x3_weight_grad_t<D, false>(a, begin, end, scratch);
+
+void conv3x3_weight_grad_chunks(const Conv3x3WeightGradArgs& a, int64_t begin, int64_t end, void* scratch) {
+  switch (a.fwd.dtype) {
+    LK_CONV3X3_WGRAD_CASE(DType::F32)
+    LK_CONV3X3_WGRAD_CASE(DType::F64)
+    LK_CONV3X3_WGRAD_CASE(DType::F16)
+    LK_CONV3X3_WGRAD_CASE(DType::BF16)
+  }
+}
+
+#undef LK_CONV3X3_WGRAD_CASE
 
 #define LK_CONV3X3_CASE(D) \
   case D: return a.interleaved ? conv3x3_tiles_t<D, true>(a, begin, end, scratch) \

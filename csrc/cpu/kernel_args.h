@@ -117,6 +117,20 @@ struct Conv3x3Args {
 // a conv with Cout = 64 took 9.2 ms against 6.6 ms for Cout = 48 with the same multiply-adds (1x64x180x320 fp32,
 // AVX-512, 2-core Xeon, 2026-11-29).
 inline int64_t conv3x3_plane_stride(int64_t group, int64_t C) { return group * C + 16; }
+
+// The weight gradient of conv3x3 through the same Winograd algorithm: the forward is y_t = A^T (U . V_t) A per tile
+// t with U = G w G^T and V_t = B^T x_t B, so dL/dw = G^T (sum_t (A dy_t A^T) . V_t) G. The kernel forms, per chunk
+// of `chunk` consecutive tiles (fixed by the shape, never by the thread count), the partial sums
+// P[k][ci][co] = sum_t V_t[k][ci] (A dy_t A^T)[k][co] over the chunk's tiles in order, `group` tiles at a time;
+// the binding adds the chunks in order (in double) and applies G^T . G. `fwd` describes x as in the forward (y, u,
+// bias and the slope unused); dy has y's shape and x's layout; dy past the image edge (partial tiles) is zero.
+struct Conv3x3WeightGradArgs {
+  Conv3x3Args fwd;
+  View dy;
+  int64_t dy_sh, dy_sw;
+  int64_t chunk;
+  void* partials;  // [nchunk][36][Cin][Cout], accumulation type
+};
 inline int64_t conv3x3_scratch_elements(int64_t group, int64_t Cin, int64_t Cout) {
   return 36 * (conv3x3_plane_stride(group, Cin) + conv3x3_plane_stride(group, Cout));
 }

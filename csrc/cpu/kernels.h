@@ -11,6 +11,7 @@ struct KernelSet {
   void (*butterfly_backward)(const ButterflyBackwardArgs&, int64_t, int64_t, void*);
   void (*stats_backward)(const StatsBackwardArgs&, int64_t, int64_t);
   void (*conv3x3_tiles)(const Conv3x3Args&, int64_t, int64_t, void*);
+  void (*conv3x3_weight_grad_chunks)(const Conv3x3WeightGradArgs&, int64_t, int64_t, void*);
 };
 
 #define LK_DECLARE_KERNELS(ns)                                                      \
@@ -20,6 +21,7 @@ struct KernelSet {
   void butterfly_backward(const ButterflyBackwardArgs&, int64_t, int64_t, void*);   \
   void stats_backward(const StatsBackwardArgs&, int64_t, int64_t);                  \
   void conv3x3_tiles(const Conv3x3Args&, int64_t, int64_t, void*);                   \
+  void conv3x3_weight_grad_chunks(const Conv3x3WeightGradArgs&, int64_t, int64_t, void*); \
   }
 LK_DECLARE_KERNELS(isa_baseline)
 #if defined(LK_HAVE_AVX2)
