@@ -187,3 +187,19 @@ def register_conv3x3(ns: str = NS) -> None:
         return gx, gw, gb, None
 
     torch.library.register_autograd(f"{ns}::conv3x3", backward, setup_context=setup)
+
+    # conv3x3_weight_grad is bilinear in (x, grad):
+    #   <v, dw> = sum v[co, ci, a, b] grad[n, co, p] x[n, ci, p + (a, b) - 1],
+    # so its own gradients are 3x3 convs again (twice-differentiable, as aten's convolution_backward was).
+    def wgrad_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def wgrad_backward(ctx, v):
+        x, grad = ctx.saved_tensors
+        lib = getattr(torch.ops, ns)
+        need = ctx.needs_input_grad
+        gx = lib.conv3x3(grad, v.transpose(0, 1).flip(2, 3), None, None) if need[0] else None
+        gg = lib.conv3x3(x, v, None, None) if need[1] else None
+        return gx, gg
+
+    torch.library.register_autograd(f"{ns}::conv3x3_weight_grad", wgrad_backward, setup_context=wgrad_setup)

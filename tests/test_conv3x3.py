@@ -89,6 +89,17 @@ def test_gradcheck_float64(backend_device):
         )
 
 
+def test_second_order_gradients_float64(backend_device):
+    """gradgradcheck: conv3x3's backward (LeakyReLU mask, input gradient, conv3x3_weight_grad) is differentiable."""
+    backend, device = backend_device
+    skip_if_unsupported(backend, device, torch.float64)
+    x = make_input((1, 3, 5, 6), torch.float64, device, "nhwc").requires_grad_()
+    w, b = (t.requires_grad_() for t in make_conv(3, 2, torch.float64, device))
+    assert torch.autograd.gradgradcheck(
+        lambda x, w, b: lk.ops.conv3x3(x, w, b, negative_slope=0.05, backend=backend), (x, w, b)
+    )
+
+
 def test_deterministic(backend_device, thread_count):
     backend, device = backend_device
     x = make_input((2, 16, 19, 21), torch.float32, device, "nhwc")
@@ -147,9 +158,11 @@ def test_weight_grad_bad_arguments_are_clear_errors(grad_shape, dtype, match):
 
 @pytest.mark.skipif(_C is None, reason="the compiled extension did not load")
 def test_weight_grad_opcheck():
-    x = make_input((2, 5, 7, 13), torch.float32, "cpu", "nhwc")
-    gy = make_input((2, 3, 7, 13), torch.float32, "cpu", "nhwc", seed=7)
+    x = make_input((2, 5, 7, 13), torch.float64, "cpu", "nhwc")
+    gy = make_input((2, 3, 7, 13), torch.float64, "cpu", "nhwc", seed=7)
     torch.library.opcheck(torch.ops.lattice_kernels.conv3x3_weight_grad.default, (x, gy))
+    torch.library.opcheck(torch.ops.lattice_kernels.conv3x3_weight_grad.default,
+                          (x.requires_grad_(), gy.requires_grad_()))
 
 
 def test_autocast_casts_like_conv2d(backend_device):
@@ -220,10 +233,14 @@ assert _C.cpu_isa() == ISA, _C.cpu_isa()
 g = torch.Generator().manual_seed(0)
 # 20x12 -> 5x3 tiles per image, 30 in all; LATTICE_KERNELS_WINOGRAD_TILES=7 makes work items of 7 tiles that cross
 # tile rows and images, and a partial last one (2 tiles); 1 makes one tile per item.
-# 6 output channels are all scalar columns of the GEMM with AVX-512's 16 float lanes; 91 = 64 + 16 + 8 + 3 runs
-# every register block (4, 3, 2 and 1 full vectors, half a vector, scalars) of both vector widths.
+# GEMM column blocks per output width (vectors of 8 floats / 4 doubles with AVX2, 16 / 8 with AVX-512):
+#   6: AVX2 float half+2, double 1+2; AVX-512 float scalars only, double half+2.
+#   40: AVX2 float 3+2, double 3x3+1; AVX-512 float 2+half, double 4+1.
+#   91: AVX2 float 3x3+2+3, double 3x7+1+half+1; AVX-512 float 4+1+half+3, double 4x2+3+3.
+# The weight gradient (conv3x3_weight_grad) runs the same blocks over Cout with rows = Cin; with 7 tiles per group,
+# the 30 tiles make a chunk of 28 (4 groups: the accumulating GEMM) and one of 2.
 for dtype, fmt, cin, cout in itertools.product((torch.float32, torch.float64, torch.bfloat16),
-                                           (torch.contiguous_format, torch.channels_last), (8, 21), (6, 91)):
+                                           (torch.contiguous_format, torch.channels_last), (8, 21), (6, 40, 91)):
     x = torch.randn(2, cin, 20, 12, generator=g).to(dtype).contiguous(memory_format=fmt)
     w = (torch.randn(cout, cin, 3, 3, generator=g) / (3 * cin ** 0.5)).to(dtype)
     b = torch.randn(cout, generator=g).to(dtype)
@@ -234,6 +251,14 @@ for dtype, fmt, cin, cout in itertools.product((torch.float32, torch.float64, to
     eager_err = ((eager.double() - want).abs().max() / want.abs().max()).item()
     tol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 2 * eager_err)
     assert err <= tol, (dtype, fmt, cin, cout, err, tol)
+    gy = torch.randn(2, cout, 20, 12, generator=g).to(dtype).contiguous(memory_format=fmt)
+    dw = torch.ops.lattice_kernels.conv3x3_weight_grad(x, gy)
+    dw_want = torch.nn.grad.conv2d_weight(x.double(), w.shape, gy.double(), padding=1)
+    dw_eager = torch.nn.grad.conv2d_weight(x.float(), w.shape, gy.float(), padding=1).to(dtype)
+    err = ((dw.double() - dw_want).abs().max() / dw_want.abs().max()).item()
+    eager_err = ((dw_eager.double() - dw_want).abs().max() / dw_want.abs().max()).item()
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, max(2 * eager_err, 2 ** -9))
+    assert err <= tol, ("weight grad", dtype, fmt, cin, cout, err, tol)
 print("ok")
 """
 

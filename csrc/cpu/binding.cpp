@@ -56,10 +56,16 @@ const KernelSet& kernels() {
     std::string names;
     for (const IsaChoice& c : choices) names += std::string(names.empty() ? "'" : ", '") + c.name + "'";
     for (const IsaChoice& c : choices) {
-      if (!want.empty() && want != c.name) continue;
+      if (want.empty()) {  // the most capable one this CPU runs (baseline always runs)
+        if (c.supported) return c.set;
+        continue;
+      }
+      if (want != c.name) continue;
+      std::string runs;
+      for (const std::string& n : supported_isas()) runs += (runs.empty() ? "" : ", ") + n;
       TORCH_CHECK(c.supported, "LATTICE_KERNELS_CPU_ISA=", want, " but this CPU lacks ", c.name,
-                  "; unset it or pick one of the instruction sets this CPU has");
-      if (c.supported) return c.set;
+                  " (it runs ", runs, "); unset it or pick one of those");
+      return c.set;
     }
     TORCH_CHECK(false, "LATTICE_KERNELS_CPU_ISA must be one of ", names, " (this build), got '", want, "'");
   }();

@@ -27,7 +27,7 @@ int64_t winograd_group() {
 
 // U[6i + j][ci][co] = (G w[co][ci] G^T)[i][j] (G: rows p^k / prod_{l != j} (p - p_l) for the points of
 // conv3x3_kernels.h, and (0, 0, 1) for infinity), computed in double and rounded once to the accumulation type.
-// One thread, no ATen ops but the allocations: ~0.2 M multiply-adds for a 64->48 conv, which took 0.2-0.3 ms as
+// One thread, no ATen ops but the allocations: ~0.5 M multiply-adds for a 64->48 conv, which took 0.2-0.3 ms as
 // ATen matmuls and copies (27 calls per LatticeNet forward) and far longer when another process holds a core and
 // their parallel regions wait for it.
 constexpr double kG[6][3] = {{1.0, 0.0, 0.0},

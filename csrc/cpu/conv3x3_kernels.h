@@ -137,7 +137,7 @@ static inline void output_tile(const Conv3x3Args& a, typename Tr::S* yn, int64_t
 }
 
 // The products of both passes are m (rows x Cout) (+)= v u with u (K x Cout) and m row-major; v (rows x K) is
-// read at v[r * Mv.rs + k * Mv.ks]: row-major (rs = K, ks = 1) in the forward, transposed (rs = 1, ks = rows) in the
+// read at v[r * vs.rs + k * vs.ks]: row-major (rs = K, ks = 1) in the forward, transposed (rs = 1, ks = rows) in the
 // weight gradient, whose products sum over tiles.
 struct Strides {
   int64_t rs, ks;

@@ -120,10 +120,11 @@ def fold_compress(x1: Tensor, x2: Tensor, coefs: dict[str, Tensor], weight: Tens
     wp, wq = weight.reshape(weight.shape[0], 2, c).to(fold_dtype).permute(1, 2, 0)  # each (C, Cout)
 
     def folded(a: str, b: str) -> Tensor:  # (N, C, Cout): diag(a) W_p^T + diag(b) W_q^T
-        ca, cb = coefs.get(a), coefs.get(b)
+        ca, cb = (None if coefs.get(k) is None else coefs[k].reshape(n, c) for k in (a, b))
         left = wp.expand(n, *wp.shape) if ca is None else wp * ca[:, :, None]
         right = wq.expand(n, *wq.shape) if cb is None else wq * cb[:, :, None]
-        return (left + right).to(x1.dtype).contiguous()  # row-major: ~2x faster in bmm than a transposed view
+        # Row-major: in the channels_last products (x rows times these) ~2x faster than a transposed view.
+        return (left + right).to(x1.dtype).contiguous()
 
     w1, w2 = folded("alpha1", "beta1"), folded("alpha2", "beta2")
     if memory_format_of(x1) == torch.channels_last:  # (N, H*W, C) views; out (N, H*W, Cout)
