@@ -60,7 +60,8 @@ def parse_args(argv=None):
 # jemalloc/tcmalloc (PyTorch's CPU performance guide) have the same effect. Buffers above 32 MiB (glibc's largest
 # mmap threshold) are still mapped fresh on every allocation; glibc.malloc.hugetlb=1 (glibc >= 2.35) backs them with
 # transparent huge pages, so they fault in 2 MiB at a time instead of 4 KiB (measured on the 2-core Xeon, LatticeNet
-# x4 on the library's cpu backend at LR 1280x720: 2.5M -> 28K page faults per call, 8.9-14.7 -> 6.5 s). ONNX Runtime
+# x4 on the library's cpu backend at LR 1280x720: 2.5M -> 28K page faults per call, 8.9-14.7 -> 6.5 s, in two
+# processes one after the other, since glibc reads the setting at start-up). ONNX Runtime
 # and OpenVINO allocate from arenas of their own; every backend runs under the same settings.
 TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 36),
                 "MALLOC_TOP_PAD_": str(256 << 20), "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}

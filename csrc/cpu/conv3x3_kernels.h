@@ -220,25 +220,26 @@ static void conv3x3_tiles_t(const Conv3x3Args& a, int64_t begin, int64_t end, vo
   S* y = static_cast<S*>(a.y.data);
   const A* u = static_cast<const A*>(a.u);
   const int64_t total = a.N * a.TH * a.TW;
-  const int64_t vs = conv3x3_plane_stride(a.group, a.Cin), ms = conv3x3_plane_stride(a.group, a.Cout);
+  const int64_t vps = conv3x3_plane_stride(a.group, a.Cin), mps = conv3x3_plane_stride(a.group, a.Cout);
   A* v = static_cast<A*>(scratch);
-  A* m = v + 36 * vs;
+  A* m = v + 36 * vps;
   for (int64_t item = begin; item < end; ++item) {
     const int64_t first = item * a.group, count = total - first < a.group ? total - first : a.group;
     for (int64_t t = 0; t < count; ++t) {
       const int64_t tile = first + t, n = tile / (a.TH * a.TW), ti = tile / a.TW % a.TH, tj = tile % a.TW;
       int64_t c = 0;
       for (; c + Tr::W <= a.Cin; c += Tr::W)
-        input_tile<Tr, IL, V>(a, x + n * a.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, vs);
-      for (; c < a.Cin; ++c) input_tile<Tr, IL, A>(a, x + n * a.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, vs);
+        input_tile<Tr, IL, V>(a, x + n * a.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, vps);
+      for (; c < a.Cin; ++c) input_tile<Tr, IL, A>(a, x + n * a.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, vps);
     }
     for (int k = 0; k < 36; ++k)
-      gemm<A, V, Tr::W, false>(v + k * vs, Strides{a.Cin, 1}, u + k * a.Cin * a.Cout, m + k * ms, count, a.Cin, a.Cout);
+      gemm<A, V, Tr::W, false>(v + k * vps, Strides{a.Cin, 1}, u + k * a.Cin * a.Cout, m + k * mps, count, a.Cin,
+                               a.Cout);
     for (int64_t t = 0; t < count; ++t) {
       const int64_t tile = first + t, n = tile / (a.TH * a.TW), ti = tile / a.TW % a.TH, tj = tile % a.TW;
       int64_t c = 0;
-      for (; c + Tr::W <= a.Cout; c += Tr::W) output_tile<Tr, IL, V>(a, y + n * a.y.sn, 4 * ti, 4 * tj, c, m, t, ms);
-      for (; c < a.Cout; ++c) output_tile<Tr, IL, A>(a, y + n * a.y.sn, 4 * ti, 4 * tj, c, m, t, ms);
+      for (; c + Tr::W <= a.Cout; c += Tr::W) output_tile<Tr, IL, V>(a, y + n * a.y.sn, 4 * ti, 4 * tj, c, m, t, mps);
+      for (; c < a.Cout; ++c) output_tile<Tr, IL, A>(a, y + n * a.y.sn, 4 * ti, 4 * tj, c, m, t, mps);
     }
   }
 }
