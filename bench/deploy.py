@@ -109,7 +109,8 @@ def _library_call(model, x: torch.Tensor, tile: int | None, stats: str):
 
 
 def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
-    """case: shape (N, 3, H, W), rounds, warmup (default 2), tile (the library's tile size; None: the whole input),
+    """case: shape (N, 3, H, W), rounds, warmup (default 2), prime (untimed calls right before each timed one,
+    default 0: a 0.2 s pause instead on CPU; see run_rounds), tile (the library's tile size; None: the whole input),
     stats (of the tiles, default "global"; see _library_call), plain: which of "eager" and "compile" (the plain
     model; compile on CPU only) are timed too (default both; an untimed eager runs once, for the reference output)."""
     shape, rounds, tile = case["shape"], case["rounds"], case.get("tile")
@@ -160,17 +161,21 @@ def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
             torch.cuda.synchronize(dev)
 
     warmup = case.get("warmup", 2)
+    prime = case.get("prime", 0)
     with torch.no_grad():
         # the outputs compared (each call's own, before the timed rounds; its first call is also a warm-up)
         outputs = {n: call(0) for n, call in calls.items()}
         ref = (outputs["eager"] if "eager" in outputs else models["eager"](x)).float().cpu()
         max_diff = {n: (o.float().cpu() - ref).abs().max().item() for n, o in outputs.items()}
         del outputs
-        # a pause before each sample, so that the worker threads of the previous runtime (ONNX Runtime's,
-        # OpenVINO's, OpenMP's), which spin for a while after a call, have gone to sleep and take no core from this
-        # one; GPU: several calls per sample, a ms-scale call is too short alone
+        # CPU: before each sample either `prime` untimed calls of the same runtime (the steady state of calls made
+        # back to back, as a video or a batch of files runs; the untimed call absorbs the previous runtime's
+        # spinning worker threads and the slow start a VM's idle vCPU makes) or, where a call takes seconds and two
+        # would not fit make bench's time, a 0.2 s pause so that those threads (ONNX Runtime's, OpenVINO's,
+        # OpenMP's) have gone to sleep and take no core from this one. GPU: several calls per sample, a ms-scale
+        # call is too short alone.
         samples = run_rounds(calls, rounds, warmup=max(0, warmup - 1), reps=1 if device == "cpu" else 10,
-                             pause_s=0.2 if device == "cpu" else 0.0, sync=sync)
+                             pause_s=0.2 if device == "cpu" and not prime else 0.0, prime=prime, sync=sync)
     base = lib[0] if lib else "eager"
     ratio, spread = {}, {}
     for n in samples:
@@ -180,7 +185,9 @@ def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
     out = {"device": device, "shape": shape, "dtype": str(dtype).replace("torch.", ""), "rounds": rounds,
            "threads": threads, "baseline": base, "median_ms": {n: statistics.median(s) for n, s in samples.items()},
            "ratio_to_library": ratio, "ratio_range": spread, "max_abs_diff_vs_eager": max_diff,
-           "samples_ms": samples, "skipped": skipped, "versions": versions}
+           "samples_ms": samples, "skipped": skipped, "versions": versions,
+           "sample": (f"each timed call right after {prime} untimed one(s) of the same runtime" if prime else
+                      "each timed call after a 0.2 s pause" if device == "cpu" else "10 calls per sample")}
     if tile is not None:
         how = ("plus the receptive halo, whole-image statistics gathered in passes over the tiles, the same output "
                "as untiled" if stats == "global" else "overlapping, each with its own statistics, the overlaps "

@@ -89,7 +89,8 @@ def deploy_table(rows: list[dict]) -> str:
                       if key in r)
         how += "".join(f"; {k}: {v}" for k, v in r.get("not_timed", {}).items())
         lines += [*([""] if lines else []),
-                  f"{r['case']} ({r['rounds']} interleaved rounds in one process, {r['threads']} threads"
+                  f"{r['case']} ({r['rounds']} interleaved rounds in one process"
+                  + (f", {r['sample']}" if r.get("sample") else "") + f", {r['threads']} threads"
                   + (f"; {versions}" if versions else "") + how + "):", "",
                   f"| runtime | median ms | time / {r['baseline']} (median) | range over rounds | "
                   "max abs diff from eager (0..255) |", "|---|---|---|---|---|"]

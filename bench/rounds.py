@@ -26,14 +26,18 @@ def rotated(names: Sequence[str], r: int) -> list[str]:
 
 
 def run_rounds(calls: Mapping[str, Callable[[int], object]], rounds: int, *, warmup: int = 2, reps: int = 1,
-               pause_s: float = 0.0, sync: Callable[[], object] | None = None,
+               pause_s: float = 0.0, prime: int = 0, sync: Callable[[], object] | None = None,
                clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """Warm each callable (`warmup` calls), then time `rounds` rounds; each round takes one sample of every callable,
     in the order rotated(names, round). A sample is `reps` calls between two `sync()`s, in ms per call; each sample
     is preceded by a pause of `pause_s` (so worker threads a runtime leaves spinning after its call go to sleep
-    before the next one runs). calls[name](i) makes one call; i counts every call made, warm-up included, so a
-    callable that picks its input set as i % k (k = timing.rotation_count) never reads the set the call before it
-    read, whichever callable made that one. Returns {name: [ms per call, one per round]}."""
+    before the next one runs) and by `prime` untimed calls of the same callable (which absorb what the previous
+    callable left behind, spinning worker threads included, and the slow start a 2-vCPU VM makes after an idle
+    pause: LatticeNet x4 at LR 320x180 on the 2-core Xeon, 2026-11-29, 192 ms back to back, 220 ms after a 0.2 s
+    pause, 250-330 ms after 1 s, with no page faults). calls[name](i) makes one call; i counts every call made,
+    warm-up and priming included, so a callable that picks its input set as i % k (k = timing.rotation_count)
+    never reads the set the call before it read, whichever callable made that one.
+    Returns {name: [ms per call, one per round]}."""
     if rounds < 1 or not calls:
         raise ValueError(f"need at least one round and one callable, got {rounds} rounds, {len(calls)} callables")
     names = list(calls)
@@ -50,6 +54,9 @@ def run_rounds(calls: Mapping[str, Callable[[int], object]], rounds: int, *, war
         for name in rotated(names, r):
             if pause_s:
                 time.sleep(pause_s)
+            for _ in range(prime):
+                calls[name](i)
+                i += 1
             if sync is not None:
                 sync()
             t0 = clock()

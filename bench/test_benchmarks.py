@@ -89,6 +89,21 @@ def test_run_rounds_reps_give_ms_per_call_and_sync_brackets_each_sample():
     assert events == ["sync", *(["sync", *["call"] * 4, "sync"] * 2)]
 
 
+def test_run_rounds_primes_each_sample_with_untimed_calls_of_the_same_callable():
+    clock, log = FakeClock(), []
+
+    def make(name, ms):
+        def call(i):
+            log.append((name, i, clock.now))
+            clock.now += ms * 1e-3
+        return call
+
+    samples = rounds.run_rounds({"a": make("a", 1.0), "b": make("b", 5.0)}, 2, warmup=0, prime=1, clock=clock)
+    assert [(n, i) for n, i, _ in log] == [("a", 0), ("a", 1), ("b", 2), ("b", 3), ("b", 4), ("b", 5), ("a", 6),
+                                           ("a", 7)]
+    assert samples == {"a": pytest.approx([1.0, 1.0]), "b": pytest.approx([5.0, 5.0])}
+
+
 def test_run_rounds_rejects_no_rounds_and_no_callables():
     with pytest.raises(ValueError, match="at least one round"):
         rounds.run_rounds({"a": lambda i: None}, 0)
