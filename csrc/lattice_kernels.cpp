@@ -54,9 +54,10 @@ TORCH_LIBRARY(lattice_kernels, m) {
   // y = conv2d(x, weight, bias, stride 1, padding 1), then leaky_relu(y, negative_slope) when it is given (>= 0).
   // weight (Cout, Cin, 3, 3). CPU only (Winograd F(4x4, 3x3)); the GPU backends use cuDNN's convolution.
   m.def("conv3x3(Tensor x, Tensor weight, Tensor? bias, float? negative_slope) -> Tensor", kTags);
-  // d loss / d weight of conv3x3 (stride 1, padding 1) given x (N, Cin, H, W) and grad (N, Cout, H, W): (Cout, Cin,
-  // 3, 3) in x's dtype. CPU only (Winograd F(4x4, 3x3), the adjoint of conv3x3's); used by conv3x3's backward.
-  m.def("conv3x3_weight_grad(Tensor x, Tensor grad) -> Tensor", kTags);
+  // (d loss / d weight, d loss / d bias) of conv3x3 (stride 1, padding 1) given x (N, Cin, H, W) and grad
+  // (N, Cout, H, W): (Cout, Cin, 3, 3) and (Cout,) in x's dtype. CPU only (Winograd F(4x4, 3x3), the adjoint of
+  // conv3x3's; the bias gradient is the sum of grad over (N, H, W)); used by conv3x3's backward.
+  m.def("conv3x3_weight_grad(Tensor x, Tensor grad) -> (Tensor, Tensor)", kTags);
 }
 
 namespace {

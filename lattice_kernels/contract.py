@@ -153,8 +153,8 @@ def register_conv3x3(ns: str = NS) -> None:
     """Fake implementations of lattice_kernels::conv3x3 and ::conv3x3_weight_grad, and conv3x3's autograd (CPU
     kernels only). Backward: the gradient through the LeakyReLU (mask from the saved output: y > 0 exactly where the
     pre-activation is > 0, for a slope >= 0), then the input gradient by conv3x3 itself (a stride-1, padding-1 3x3
-    conv with the weights transposed and flipped), the weight gradient by conv3x3_weight_grad (the adjoint of the
-    same Winograd algorithm) and the bias gradient as the sum of the gradient over (N, H, W)."""
+    conv with the weights transposed and flipped), the weight and bias gradients by conv3x3_weight_grad (the adjoint
+    of the same Winograd algorithm; the bias gradient, the sum of the gradient over (N, H, W), from the same reads)."""
 
     @torch.library.register_fake(f"{ns}::conv3x3")
     def _(x, weight, bias, negative_slope):
@@ -162,7 +162,7 @@ def register_conv3x3(ns: str = NS) -> None:
 
     @torch.library.register_fake(f"{ns}::conv3x3_weight_grad")
     def _(x, grad):
-        return x.new_empty((grad.shape[1], x.shape[1], 3, 3))
+        return x.new_empty((grad.shape[1], x.shape[1], 3, 3)), x.new_empty((grad.shape[1],))
 
     def setup(ctx, inputs, output):
         x, weight, bias, negative_slope = inputs
@@ -180,26 +180,33 @@ def register_conv3x3(ns: str = NS) -> None:
         if need[0]:  # the input gradient is itself a 3x3 conv (flipped, transposed weights): the same kernel
             gx = lib.conv3x3(grad, weight.transpose(0, 1).flip(2, 3), None, None)
         if need[1]:
-            gw = lib.conv3x3_weight_grad(x, grad)
-        if ctx.has_bias and need[2]:
+            gw, gb = lib.conv3x3_weight_grad(x, grad)
+        if ctx.has_bias and need[2] and not need[1]:  # a frozen weight: the sum alone
             gb = grad.sum((0, 2, 3), dtype=torch.float64 if grad.dtype == torch.float64 else torch.float32)
-            gb = gb.to(grad.dtype)
+        if gb is not None:
+            gb = gb.to(grad.dtype) if ctx.has_bias and need[2] else None
         return gx, gw, gb, None
 
     torch.library.register_autograd(f"{ns}::conv3x3", backward, setup_context=setup)
 
-    # conv3x3_weight_grad is bilinear in (x, grad):
-    #   <v, dw> = sum v[co, ci, a, b] grad[n, co, p] x[n, ci, p + (a, b) - 1],
-    # so its own gradients are 3x3 convs again (twice-differentiable, as aten's convolution_backward was).
+    # conv3x3_weight_grad's dw is bilinear in (x, grad) and its db linear in grad:
+    #   <v, dw> + <vb, db> = sum (v[co, ci, a, b] x[n, ci, p + (a, b) - 1] + vb[co]) grad[n, co, p],
+    # so its own gradients are 3x3 convs again plus a broadcast (twice-differentiable, as aten's
+    # convolution_backward was).
     def wgrad_setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
 
-    def wgrad_backward(ctx, v):
+    def wgrad_backward(ctx, v, vb):
         x, grad = ctx.saved_tensors
         lib = getattr(torch.ops, ns)
         need = ctx.needs_input_grad
-        gx = lib.conv3x3(grad, v.transpose(0, 1).flip(2, 3), None, None) if need[0] else None
-        gg = lib.conv3x3(x, v, None, None) if need[1] else None
+        gx = gg = None
+        if need[0] and v is not None:
+            gx = lib.conv3x3(grad, v.transpose(0, 1).flip(2, 3), None, None)
+        if need[1]:
+            gg = lib.conv3x3(x, v, None, None) if v is not None else torch.zeros_like(grad)
+            if vb is not None:
+                gg = gg + vb[None, :, None, None]
         return gx, gg
 
     torch.library.register_autograd(f"{ns}::conv3x3_weight_grad", wgrad_backward, setup_context=wgrad_setup)

@@ -126,11 +126,16 @@ def test_weight_grad_matches_reference(case, dtype, layout):
     shape, cout = WGRAD_CASES[case]
     x = make_input(shape, dtype, "cpu", layout)
     gy = make_input((shape[0], cout, *shape[2:]), dtype, "cpu", layout, seed=7)
-    got = torch.ops.lattice_kernels.conv3x3_weight_grad(x, gy)
+    got, got_b = torch.ops.lattice_kernels.conv3x3_weight_grad(x, gy)
     assert got.dtype == dtype and got.shape == (cout, shape[1], 3, 3)
+    assert got_b.dtype == dtype and got_b.shape == (cout,)
     want = torch.nn.grad.conv2d_weight(x.double(), (cout, shape[1], 3, 3), gy.double(), padding=1)
     eager = torch.nn.grad.conv2d_weight(x.float(), (cout, shape[1], 3, 3), gy.float(), padding=1).to(dtype)
     assert_close_to_reference(got, want, dtype, scale=scale_of(want), eager=eager, what="conv3x3_weight_grad")
+    # the bias gradient: the sum of gy over (N, H, W), eager's in the same dtype (half types: summed in float32)
+    want_b, eager_b = gy.double().sum((0, 2, 3)), gy.sum((0, 2, 3))
+    assert_close_to_reference(got_b, want_b, dtype, scale=gy.double().abs().sum((0, 2, 3)).max().item(),
+                              eager=eager_b, what="conv3x3_weight_grad bias")
 
 
 def test_weight_grad_does_not_depend_on_thread_count(thread_count):
@@ -139,9 +144,10 @@ def test_weight_grad_does_not_depend_on_thread_count(thread_count):
     x = make_input((2, 64, 40, 40), torch.float32, "cpu", "nhwc")
     gy = make_input((2, 48, 40, 40), torch.float32, "cpu", "nhwc", seed=7)
     thread_count(2)
-    a = torch.ops.lattice_kernels.conv3x3_weight_grad(x, gy)
+    a, a_b = torch.ops.lattice_kernels.conv3x3_weight_grad(x, gy)
     thread_count(1)
-    assert torch.equal(a, torch.ops.lattice_kernels.conv3x3_weight_grad(x, gy))
+    b, b_b = torch.ops.lattice_kernels.conv3x3_weight_grad(x, gy)
+    assert torch.equal(a, b) and torch.equal(a_b, b_b)
 
 
 @pytest.mark.skipif(_C is None, reason="the compiled extension did not load")
@@ -252,7 +258,9 @@ for dtype, fmt, cin, cout in itertools.product((torch.float32, torch.float64, to
     tol = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 2 * eager_err)
     assert err <= tol, (dtype, fmt, cin, cout, err, tol)
     gy = torch.randn(2, cout, 20, 12, generator=g).to(dtype).contiguous(memory_format=fmt)
-    dw = torch.ops.lattice_kernels.conv3x3_weight_grad(x, gy)
+    dw, db = torch.ops.lattice_kernels.conv3x3_weight_grad(x, gy)
+    db_err = ((db.double() - gy.double().sum((0, 2, 3))).abs().max() / gy.double().abs().sum((0, 2, 3)).max()).item()
+    assert db_err <= {torch.float32: 1e-6, torch.float64: 1e-14}.get(dtype, 2 ** -9), ("bias grad", dtype, db_err)
     dw_want = torch.nn.grad.conv2d_weight(x.double(), w.shape, gy.double(), padding=1)
     dw_eager = torch.nn.grad.conv2d_weight(x.float(), w.shape, gy.float(), padding=1).to(dtype)
     err = ((dw.double() - dw_want).abs().max() / dw_want.abs().max()).item()

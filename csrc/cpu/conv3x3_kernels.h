@@ -245,13 +245,15 @@ static void conv3x3_tiles_t(const Conv3x3Args& a, int64_t begin, int64_t end, vo
 }
 
 // (A dy A^T) of the channels [c, c + lanes(T)) of one output tile whose top-left pixel is (h0, w0), into
-// g[k][t][c] (plane stride `ps`); pixels past the image edge are zero.
+// g[k][t][c] (plane stride `ps`), and the tile's 16 values of dy (column by column) added to sum[c]; pixels past
+// the image edge are zero.
 template <class Tr, bool IL, class T>
 static inline void grad_tile(const Conv3x3WeightGradArgs& a, const typename Tr::S* dyn, int64_t h0, int64_t w0,
-                             int64_t c, typename Tr::A* g, int64_t t, int64_t ps) {
+                             int64_t c, typename Tr::A* g, int64_t t, int64_t ps, typename Tr::A* sum) {
   using A = typename Tr::A;
   const Conv3x3Args& f = a.fwd;
   T tmp[6][4];
+  T s = load_acc<T, A>(sum + c);
   for (int j = 0; j < 4; ++j) {
     const int64_t w = w0 + j;
     T d[4], o[6];
@@ -260,9 +262,11 @@ static inline void grad_tile(const Conv3x3WeightGradArgs& a, const typename Tr::
       d[i] = (h < f.H && w < f.W) ? load_lanes<Tr, IL, T>(dyn + h * a.dy_sh + w * a.dy_sw + c * a.dy.sc, a.dy.sc)
                                   : T{};
     }
+    s += (d[0] + d[1]) + (d[2] + d[3]);
     winograd_grad_1d<T, A>(d, o);
     for (int i = 0; i < 6; ++i) tmp[i][j] = o[i];
   }
+  store_acc<T, A>(sum + c, s);
   for (int i = 0; i < 6; ++i) {
     T o[6];
     winograd_grad_1d<T, A>(tmp[i], o);
@@ -271,7 +275,8 @@ static inline void grad_tile(const Conv3x3WeightGradArgs& a, const typename Tr::
 }
 
 // Chunks [begin, end) of the weight gradient (see Conv3x3WeightGradArgs): per group of tiles, the input transform
-// of x into v[k][t][ci] and A dy A^T into g[k][t][co], then P[k] (Cin x Cout) (+)= v[k]^T g[k].
+// of x into v[k][t][ci] and A dy A^T into g[k][t][co], then P[k] (Cin x Cout) (+)= v[k]^T g[k]; the group's sum of
+// dy (gsum, in the scratch after g) is added to the chunk's bias partial in double.
 template <DType D, bool IL>
 static void conv3x3_weight_grad_t(const Conv3x3WeightGradArgs& a, int64_t begin, int64_t end, void* scratch) {
   using Tr = Traits<D>;
@@ -285,11 +290,15 @@ static void conv3x3_weight_grad_t(const Conv3x3WeightGradArgs& a, int64_t begin,
   const int64_t vps = conv3x3_plane_stride(f.group, f.Cin), gps = conv3x3_plane_stride(f.group, f.Cout);
   A* v = static_cast<A*>(scratch);
   A* g = v + 36 * vps;
+  A* gsum = g + 36 * gps;
   for (int64_t chunk = begin; chunk < end; ++chunk) {
     A* part = static_cast<A*>(a.partials) + chunk * 36 * f.Cin * f.Cout;
+    double* bpart = a.bias_partials + chunk * f.Cout;
+    for (int64_t co = 0; co < f.Cout; ++co) bpart[co] = 0.0;
     const int64_t last = (chunk + 1) * a.chunk < total ? (chunk + 1) * a.chunk : total;
     for (int64_t first = chunk * a.chunk; first < last; first += f.group) {
       const int64_t count = last - first < f.group ? last - first : f.group;
+      for (int64_t co = 0; co < f.Cout; ++co) gsum[co] = A(0);
       for (int64_t t = 0; t < count; ++t) {
         const int64_t tile = first + t, n = tile / (f.TH * f.TW), ti = tile / f.TW % f.TH, tj = tile % f.TW;
         int64_t c = 0;
@@ -298,9 +307,10 @@ static void conv3x3_weight_grad_t(const Conv3x3WeightGradArgs& a, int64_t begin,
         for (; c < f.Cin; ++c) input_tile<Tr, IL, A>(f, x + n * f.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, vps);
         c = 0;
         for (; c + Tr::W <= f.Cout; c += Tr::W)
-          grad_tile<Tr, IL, V>(a, dy + n * a.dy.sn, 4 * ti, 4 * tj, c, g, t, gps);
-        for (; c < f.Cout; ++c) grad_tile<Tr, IL, A>(a, dy + n * a.dy.sn, 4 * ti, 4 * tj, c, g, t, gps);
+          grad_tile<Tr, IL, V>(a, dy + n * a.dy.sn, 4 * ti, 4 * tj, c, g, t, gps, gsum);
+        for (; c < f.Cout; ++c) grad_tile<Tr, IL, A>(a, dy + n * a.dy.sn, 4 * ti, 4 * tj, c, g, t, gps, gsum);
       }
+      for (int64_t co = 0; co < f.Cout; ++co) bpart[co] += double(gsum[co]);
       for (int k = 0; k < 36; ++k) {
         A* pk = part + k * f.Cin * f.Cout;
         const Strides vt{1, f.Cin};  // v[k] transposed: rows ci, sum over the tiles t

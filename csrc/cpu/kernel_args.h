@@ -122,17 +122,21 @@ inline int64_t conv3x3_plane_stride(int64_t group, int64_t C) { return group * C
 // t with U = G w G^T and V_t = B^T x_t B, so dL/dw = G^T (sum_t (A dy_t A^T) . V_t) G. The kernel forms, per chunk
 // of `chunk` consecutive tiles (fixed by the shape, never by the thread count), the partial sums
 // P[k][ci][co] = sum_t V_t[k][ci] (A dy_t A^T)[k][co] over the chunk's tiles in order, `group` tiles at a time;
-// the binding adds the chunks in order (in double) and applies G^T . G. `fwd` describes x as in the forward (y, u,
-// bias and the slope unused); dy has y's shape and x's layout; dy past the image edge (partial tiles) is zero.
+// the binding adds the chunks in order (in double) and applies G^T . G. The bias gradient comes from the same reads
+// of dy: per chunk, the sum of dy over its tiles' pixels (each group summed in the accumulation type, the groups
+// added in double). `fwd` describes x as in the forward (y, u, bias and the slope unused); dy has y's shape and x's
+// layout; dy past the image edge (partial tiles) is zero.
 struct Conv3x3WeightGradArgs {
   Conv3x3Args fwd;
   View dy;
   int64_t dy_sh, dy_sw;
   int64_t chunk;
-  void* partials;  // [nchunk][36][Cin][Cout], accumulation type
+  void* partials;        // [nchunk][36][Cin][Cout], accumulation type
+  double* bias_partials;  // [nchunk][Cout]
 };
+// Scratch elements of one work item of the forward (and of the weight gradient, which also keeps Cout sums).
 inline int64_t conv3x3_scratch_elements(int64_t group, int64_t Cin, int64_t Cout) {
-  return 36 * (conv3x3_plane_stride(group, Cin) + conv3x3_plane_stride(group, Cout));
+  return 36 * (conv3x3_plane_stride(group, Cin) + conv3x3_plane_stride(group, Cout)) + Cout;
 }
 
 }  // namespace lk
