@@ -11,6 +11,7 @@ namespace lk {
 const char* cpu_isa_name();
 namespace cpu {
 std::vector<std::string> supported_isas();
+std::string choose_isa(const std::string& want, const std::vector<std::pair<std::string, bool>>& choices);
 }
 }
 
@@ -72,6 +73,33 @@ PyObject* cpu_isas(PyObject*, PyObject*) {
   return out;
 }
 
+// choose_cpu_isa(want: str, choices: sequence of (name, runs: bool)) -> str: the rule kernels() applies to
+// LATTICE_KERNELS_CPU_ISA and this CPU's sets, on sets given by the caller (tests: CPUs this machine is not).
+PyObject* choose_cpu_isa(PyObject*, PyObject* args) {
+  const char* want = nullptr;
+  PyObject* seq = nullptr;
+  if (!PyArg_ParseTuple(args, "sO", &want, &seq)) return nullptr;
+  PyObject* fast = PySequence_Fast(seq, "choices must be a sequence of (name, runs) pairs");
+  if (fast == nullptr) return nullptr;
+  std::vector<std::pair<std::string, bool>> choices;
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); ++i) {
+    const char* name = nullptr;
+    int ok = 0;
+    if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "sp", &name, &ok)) {
+      Py_DECREF(fast);
+      return nullptr;
+    }
+    choices.emplace_back(name, ok != 0);
+  }
+  Py_DECREF(fast);
+  try {
+    return PyUnicode_FromString(lk::cpu::choose_isa(want, choices).c_str());
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
 PyObject* cuda_built(PyObject*, PyObject*) {
 #if defined(LK_WITH_CUDA)
   Py_RETURN_TRUE;
@@ -83,6 +111,8 @@ PyObject* cuda_built(PyObject*, PyObject*) {
 PyMethodDef methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS, "Instruction set of the CPU kernels chosen at load time."},
     {"cpu_isas", cpu_isas, METH_NOARGS, "Instruction sets of this build that this CPU runs, most capable first."},
+    {"choose_cpu_isa", choose_cpu_isa, METH_VARARGS,
+     "choose_cpu_isa(want, [(name, runs), ...]): the instruction-set rule of the CPU kernels, on given sets."},
     {"cuda_built", cuda_built, METH_NOARGS, "Whether the CUDA kernels were compiled into this build."},
     {nullptr, nullptr, 0, nullptr}};
 

@@ -104,3 +104,37 @@ def test_cpu_isa_is_the_most_capable_supported():
         pytest.skip("LATTICE_KERNELS_CPU_ISA is set for this run")
     assert _C.cpu_isas()[-1] == "baseline"
     assert _C.cpu_isa() == _C.cpu_isas()[0]
+
+
+# The rule behind the choice, on CPUs this machine is not (choose_cpu_isa applies it to given sets): the default is
+# the most capable set the CPU runs (an AVX2-only CPU gets avx2, not an error), a forced set must be one it runs.
+AVX2_ONLY = [("avx512", False), ("avx2", True), ("baseline", True)]
+
+
+@pytest.mark.parametrize(("want", "choices", "expected"), [
+    ("", [("avx512", True), ("avx2", True), ("baseline", True)], "avx512"),
+    ("", AVX2_ONLY, "avx2"),
+    ("", [("avx512", False), ("avx2", False), ("baseline", True)], "baseline"),
+    ("baseline", AVX2_ONLY, "baseline"),
+    ("avx2", AVX2_ONLY, "avx2"),
+])
+def test_isa_rule_picks_the_most_capable_or_the_forced_set(want, choices, expected):
+    if "cpu" not in lk.available_backends():
+        pytest.skip("the compiled extension did not load")
+    from lattice_kernels._extension import C as _C
+
+    assert _C.choose_cpu_isa(want, choices) == expected
+
+
+@pytest.mark.parametrize(("want", "choices", "match"), [
+    ("avx512", AVX2_ONLY, r"LATTICE_KERNELS_CPU_ISA=avx512 but this CPU lacks avx512 \(it runs avx2, baseline\)"),
+    ("sse9", AVX2_ONLY, r"must be one of 'avx512', 'avx2', 'baseline' \(this build\), got 'sse9'"),
+    ("", [("avx2", False)], "no instruction set of this build"),
+])
+def test_isa_rule_errors_say_what_would_work(want, choices, match):
+    if "cpu" not in lk.available_backends():
+        pytest.skip("the compiled extension did not load")
+    from lattice_kernels._extension import C as _C
+
+    with pytest.raises(RuntimeError, match=match):
+        _C.choose_cpu_isa(want, choices)

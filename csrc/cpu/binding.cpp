@@ -46,28 +46,38 @@ std::vector<std::string> supported_isas() {
   return out;
 }
 
+// The instruction set chosen among `choices` (this build's sets, most capable first; second: whether the CPU runs
+// it) for LATTICE_KERNELS_CPU_ISA = want: empty picks the most capable one the CPU runs (baseline always runs); a
+// name forces that set, and a set the CPU lacks or a name this build does not have is an error that says what
+// would work.
+std::string choose_isa(const std::string& want, const std::vector<std::pair<std::string, bool>>& choices) {
+  std::string names, runs;
+  for (const auto& [name, ok] : choices) {
+    names += std::string(names.empty() ? "'" : ", '") + name + "'";
+    if (ok) runs += (runs.empty() ? "" : ", ") + name;
+  }
+  for (const auto& [name, ok] : choices) {
+    if (want.empty() ? !ok : want != name) continue;
+    TORCH_CHECK(ok, "LATTICE_KERNELS_CPU_ISA=", want, " but this CPU lacks ", name, " (it runs ", runs,
+                "); unset it or pick one of those");
+    return name;
+  }
+  TORCH_CHECK(!want.empty(), "lattice_kernels: no instruction set of this build (", names, ") runs on this CPU");
+  TORCH_CHECK(false, "LATTICE_KERNELS_CPU_ISA must be one of ", names, " (this build), got '", want, "'");
+}
+
 // The instruction set is chosen once: LATTICE_KERNELS_CPU_ISA=avx512|avx2|baseline forces one (tests run each the
 // CPU has), otherwise the most capable one this CPU runs (AVX-512 F/VL/BW/DQ, else AVX2 with FMA and F16C).
 const KernelSet& kernels() {
   static const KernelSet chosen = [] {
     const char* env = std::getenv("LATTICE_KERNELS_CPU_ISA");
-    const std::string want = env ? env : "";
     const std::vector<IsaChoice> choices = isa_choices();
-    std::string names;
-    for (const IsaChoice& c : choices) names += std::string(names.empty() ? "'" : ", '") + c.name + "'";
-    for (const IsaChoice& c : choices) {
-      if (want.empty()) {  // the most capable one this CPU runs (baseline always runs)
-        if (c.supported) return c.set;
-        continue;
-      }
-      if (want != c.name) continue;
-      std::string runs;
-      for (const std::string& n : supported_isas()) runs += (runs.empty() ? "" : ", ") + n;
-      TORCH_CHECK(c.supported, "LATTICE_KERNELS_CPU_ISA=", want, " but this CPU lacks ", c.name,
-                  " (it runs ", runs, "); unset it or pick one of those");
-      return c.set;
-    }
-    TORCH_CHECK(false, "LATTICE_KERNELS_CPU_ISA must be one of ", names, " (this build), got '", want, "'");
+    std::vector<std::pair<std::string, bool>> offered;
+    for (const IsaChoice& c : choices) offered.emplace_back(c.name, c.supported);
+    const std::string name = choose_isa(env ? env : "", offered);
+    for (const IsaChoice& c : choices)
+      if (name == c.name) return c.set;
+    TORCH_CHECK(false, "lattice_kernels: internal error: no kernel set named ", name);
   }();
   return chosen;
 }

@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/Parallel.h>
 
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -15,6 +16,7 @@ namespace cpu {
 // The kernels of the instruction set chosen once for this process (LATTICE_KERNELS_CPU_ISA, else the CPU's best).
 const KernelSet& kernels();
 std::vector<std::string> supported_isas();
+std::string choose_isa(const std::string& want, const std::vector<std::pair<std::string, bool>>& choices);
 
 // Whether a call writing n_outputs tensors like `like` uses streaming stores (LATTICE_KERNELS_STREAM_BYTES).
 bool stream_outputs(const at::Tensor& like, int64_t n_outputs);
