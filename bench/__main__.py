@@ -58,13 +58,16 @@ def parse_args(argv=None):
 # reused by the next allocation instead of being unmapped and faulted in again (measured on the 2-core EPYC:
 # butterfly forward+backward at 1x64x180x320 fp32, 478K -> 152K page faults per run and 9.3 -> 3.6 ms).
 # jemalloc/tcmalloc (PyTorch's CPU performance guide) have the same effect. Buffers above 32 MiB (glibc's largest
-# mmap threshold) are still mapped fresh on every allocation; glibc.malloc.hugetlb=1 (glibc >= 2.35) backs them with
-# transparent huge pages, so they fault in 2 MiB at a time instead of 4 KiB (measured on the 2-core Xeon, LatticeNet
-# x4 on the library's cpu backend at LR 1280x720: 2.5M -> 28K page faults per call, 8.9-14.7 -> 6.5 s, in two
-# processes one after the other, since glibc reads the setting at start-up). ONNX Runtime
-# and OpenVINO allocate from arenas of their own; every backend runs under the same settings.
-TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 36),
-                "MALLOC_TOP_PAD_": str(256 << 20), "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+# mmap threshold) would still be mapped fresh on every allocation, zeroed and faulted in by the kernel:
+# MALLOC_MMAP_MAX_=0 serves them from the heap too, so they are reused like the others (LatticeNet x4 on the
+# library's cpu backend at LR 1280x720, 2-core Xeon, 2026-11-29, separate processes one after the other, since glibc
+# reads these at start-up: 5.8-8.1 s per call with 236 MB activations mapped fresh, 4.3-4.5 s without; at LR 320x180,
+# whose activations are under 32 MiB, no change). glibc.malloc.hugetlb=1 (glibc >= 2.35) backs the heap with
+# transparent huge pages (2 MiB faults instead of 4 KiB ones when it grows). ONNX Runtime and OpenVINO allocate from
+# arenas of their own; every backend runs under the same settings.
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_MMAP_MAX_": "0",
+                "MALLOC_TRIM_THRESHOLD_": str(1 << 36), "MALLOC_TOP_PAD_": str(256 << 20),
+                "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
 def _ensure_malloc(mode: str) -> None:
