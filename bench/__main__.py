@@ -54,14 +54,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-# glibc: serve allocations up to 32 MiB from the heap and never trim it, so a freed activation-sized buffer is
-# reused by the next allocation instead of being unmapped and faulted in again (measured on the 2-core EPYC:
+# glibc: serve every allocation from the heap (MALLOC_MMAP_MAX_=0; the 32 MiB threshold applies where mmap stays
+# allowed, e.g. a thread arena's allocations too large for its heap) and never trim it, so a freed activation-sized
+# buffer is reused by the next allocation instead of being unmapped and faulted in again (measured on the 2-core EPYC:
 # butterfly forward+backward at 1x64x180x320 fp32, 478K -> 152K page faults per run and 9.3 -> 3.6 ms).
 # jemalloc/tcmalloc (PyTorch's CPU performance guide) have the same effect. Buffers above 32 MiB (glibc's largest
 # mmap threshold) would still be mapped fresh on every allocation, zeroed and faulted in by the kernel:
 # MALLOC_MMAP_MAX_=0 serves them from the heap too, so they are reused like the others (LatticeNet x4 on the
-# library's cpu backend at LR 1280x720, 2-core Xeon, 2026-11-29, separate processes one after the other, since glibc
-# reads these at start-up: 5.8-8.1 s per call with 236 MB activations mapped fresh, 4.3-4.5 s without; at LR 320x180,
+# library's cpu backend at LR 1280x720, 2-core Xeon, 2026-11-29, three processes of each kind alternating, since glibc
+# reads these at start-up; 2nd and 3rd calls: 5.0-6.8 s per call with 236 MB activations mapped fresh, 3.0-4.8 s
+# without; the first calls 5.2-7.5 s either way, as the heap grows; at LR 320x180,
 # whose activations are under 32 MiB, no change). glibc.malloc.hugetlb=1 (glibc >= 2.35) backs the heap with
 # transparent huge pages (2 MiB faults instead of 4 KiB ones when it grows). ONNX Runtime and OpenVINO allocate from
 # arenas of their own; every backend runs under the same settings.

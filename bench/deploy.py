@@ -66,7 +66,7 @@ def _onnxruntime(path: Path, x: torch.Tensor, threads: int, cuda: bool):
         raise RuntimeError(f"onnxruntime did not take the CUDA execution provider (got {session.get_providers()})")
     name = session.get_inputs()[0].name
     if not cuda:
-        return lambda: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+        return lambda t: torch.from_numpy(session.run(None, {name: t.numpy()})[0])
     import numpy as np
 
     np_dtype = np.float16 if x.dtype == torch.float16 else np.float32
@@ -76,7 +76,7 @@ def _onnxruntime(path: Path, x: torch.Tensor, threads: int, cuda: bool):
     binding.bind_output(session.get_outputs()[0].name, "cuda", x.device.index or 0, np_dtype, tuple(out.shape),
                         out.data_ptr())
 
-    def call():
+    def call(t):  # the bound input x (t is x)
         session.run_with_iobinding(binding)
         return out
 
@@ -90,22 +90,21 @@ def _openvino(path: Path, x: torch.Tensor, threads: int):
                                                           "PERFORMANCE_HINT": "LATENCY",
                                                           "INFERENCE_NUM_THREADS": threads})
     request = compiled.create_infer_request()
-    data = x.numpy()
 
-    def call():
-        request.infer({0: data})
+    def call(t):
+        request.infer({0: t.numpy()})
         return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
     return call
 
 
-def _library_call(model, x: torch.Tensor, tile: int | None, stats: str):
-    """The library's call on x: the fused model itself, or lattice_kernels.inference.run in tiles of `tile` input
-    pixels with `stats` ("global": the whole-image statistics, the exact result, the inference API's default;
+def _library_call(model, tile: int | None, stats: str):
+    """The library's call on an input: the fused model itself, or lattice_kernels.inference.run in tiles of `tile`
+    input pixels with `stats` ("global": the whole-image statistics, the exact result, the inference API's default;
     "tile": each tile's own, one pass, blended overlaps, approximate)."""
     if tile is None:
-        return lambda i: model(x)
-    return lambda i: inference.run(model, x, scale=4, tile=tile, stats=stats)
+        return model
+    return lambda t: inference.run(model, t, scale=4, tile=tile, stats=stats)
 
 
 def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
@@ -119,15 +118,23 @@ def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
     lib = [b for b in (["cpu"] if device == "cpu" else ["cuda", "triton"]) if b in lk.available_backends()]
     models = _plain_and_library(lib, device, dtype)
     x = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255).to(device, dtype)
+    # CPU: calls alternate between x and a second input of the same shape, so that a timed call never repeats the
+    # call before it (with priming, its own runtime's) on the same data; call 0, compared, is on x. GPU: x alone
+    # (ONNX Runtime's inputs are bound to it).
+    inputs = [x] + ([(torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 255).to(dtype)]
+                    if device == "cpu" else [])
+
+    def on_input(fn):
+        return lambda i: fn(inputs[i % len(inputs)])
     plain = case.get("plain", ["eager", "compile"])
     stats = case.get("stats", "global")
-    calls = {b: _library_call(models[b], x, tile, stats) for b in lib}
+    calls = {b: on_input(_library_call(models[b], tile, stats)) for b in lib}
     if "eager" in plain:
-        calls["eager"] = lambda i: models["eager"](x)
+        calls["eager"] = on_input(models["eager"])
     if "compile" in plain and device == "cpu":
         torch._dynamo.reset()  # compiled for this case's shape alone (no automatic dynamic shapes)
         compiled = torch.compile(models["eager"])
-        calls["compile"] = lambda i: compiled(x)
+        calls["compile"] = on_input(compiled)
     left_out = [n for n in ("eager", "compile") if n not in plain]
     not_timed = {", ".join(left_out): "not timed in this case (make bench's time budget)"
                  + ("; eager ran once, for the reference output" if "eager" in left_out else "")} if left_out else {}
@@ -148,13 +155,13 @@ def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
                                                "onnxruntime-gpu)")
             else:
                 run = _onnxruntime(path, x, threads, device == "cuda")
-                calls["onnxruntime-cuda" if device == "cuda" else "onnxruntime"] = lambda i, run=run: run()
+                calls["onnxruntime-cuda" if device == "cuda" else "onnxruntime"] = on_input(run)
         if device == "cpu":
             if importlib.util.find_spec("openvino") is None:
                 skipped["openvino"] = "openvino not installed (pip install 'lattice_kernels[deploy]')"
             else:
                 run = _openvino(path, x, threads)
-                calls["openvino"] = lambda i, run=run: run()
+                calls["openvino"] = on_input(run)
 
     def sync():
         if device == "cuda":
@@ -186,7 +193,8 @@ def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
            "threads": threads, "baseline": base, "median_ms": {n: statistics.median(s) for n, s in samples.items()},
            "ratio_to_library": ratio, "ratio_range": spread, "max_abs_diff_vs_eager": max_diff,
            "samples_ms": samples, "skipped": skipped, "versions": versions,
-           "sample": (f"each timed call right after {prime} untimed one(s) of the same runtime" if prime else
+           "sample": (f"each timed call right after {prime} untimed one(s) of the same runtime, calls alternating "
+                      "between two inputs" if prime else
                       "each timed call after a 0.2 s pause" if device == "cpu" else "10 calls per sample")}
     if tile is not None:
         how = ("plus the receptive halo, whole-image statistics gathered in passes over the tiles, the same output "

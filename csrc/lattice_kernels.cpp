@@ -83,10 +83,13 @@ PyObject* choose_cpu_isa(PyObject*, PyObject* args) {
   if (fast == nullptr) return nullptr;
   std::vector<std::pair<std::string, bool>> choices;
   for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); ++i) {
+    PyObject* item = PySequence_Fast_GET_ITEM(fast, i);
     const char* name = nullptr;
     int ok = 0;
-    if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "sp", &name, &ok)) {
+    if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "sp", &name, &ok)) {
       Py_DECREF(fast);
+      PyErr_Clear();
+      PyErr_SetString(PyExc_TypeError, "choices must be a sequence of (name: str, runs: bool) tuples");
       return nullptr;
     }
     choices.emplace_back(name, ok != 0);
@@ -94,10 +97,12 @@ PyObject* choose_cpu_isa(PyObject*, PyObject* args) {
   Py_DECREF(fast);
   try {
     return PyUnicode_FromString(lk::cpu::choose_isa(want, choices).c_str());
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
   }
+  return nullptr;
 }
 
 PyObject* cuda_built(PyObject*, PyObject*) {

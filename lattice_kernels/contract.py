@@ -190,10 +190,12 @@ def register_conv3x3(ns: str = NS) -> None:
     torch.library.register_autograd(f"{ns}::conv3x3", backward, setup_context=setup)
 
     # conv3x3_weight_grad's dw is bilinear in (x, grad) and its db linear in grad:
-    #   <v, dw> + <vb, db> = sum (v[co, ci, a, b] x[n, ci, p + (a, b) - 1] + vb[co]) grad[n, co, p],
+    #   <v, dw> + <vb, db> = sum_{n, co, p} grad[n, co, p] (sum_{ci, a, b} v[co, ci, a, b] x[n, ci, p + (a, b) - 1]
+    #                                                       + vb[co]),
     # so its own gradients are 3x3 convs again plus a broadcast (twice-differentiable, as aten's
-    # convolution_backward was).
+    # convolution_backward was). Cotangents of unused outputs stay None (a conv without bias discards db).
     def wgrad_setup(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(*inputs)
 
     def wgrad_backward(ctx, v, vb):
@@ -203,10 +205,11 @@ def register_conv3x3(ns: str = NS) -> None:
         gx = gg = None
         if need[0] and v is not None:
             gx = lib.conv3x3(grad, v.transpose(0, 1).flip(2, 3), None, None)
-        if need[1]:
-            gg = lib.conv3x3(x, v, None, None) if v is not None else torch.zeros_like(grad)
+        if need[1] and (v is not None or vb is not None):
+            gg = lib.conv3x3(x, v, None, None) if v is not None else None
             if vb is not None:
-                gg = gg + vb[None, :, None, None]
+                bias = vb[None, :, None, None].to(grad.dtype)
+                gg = bias.expand_as(grad).contiguous(memory_format=memory_format_of(grad)) if gg is None else gg + bias
         return gx, gg
 
     torch.library.register_autograd(f"{ns}::conv3x3_weight_grad", wgrad_backward, setup_context=wgrad_setup)

@@ -89,6 +89,27 @@ def test_gradcheck_float64(backend_device):
         )
 
 
+@pytest.mark.parametrize("trained", ["x+bias", "weight only", "no bias"])
+def test_gradients_of_a_subset_float64(backend_device, trained):
+    """A frozen weight with a trained bias (the bias gradient without the weight's), a frozen bias, no bias: first
+    and second order."""
+    backend, device = backend_device
+    skip_if_unsupported(backend, device, torch.float64)
+    x = make_input((1, 3, 5, 6), torch.float64, device, "nhwc").requires_grad_(trained != "weight only")
+    w, b = make_conv(3, 2, torch.float64, device)
+    w.requires_grad_(trained != "x+bias")
+    b = None if trained == "no bias" else b.requires_grad_(trained == "x+bias")
+    inputs = tuple(t for t in (x, w, b) if t is not None and t.requires_grad)
+
+    def fn(*args):
+        it = iter(args)
+        xx, ww, bb = (next(it) if t is not None and t.requires_grad else t for t in (x, w, b))
+        return lk.ops.conv3x3(xx, ww, bb, negative_slope=0.05, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
 def test_second_order_gradients_float64(backend_device):
     """gradgradcheck: conv3x3's backward (LeakyReLU mask, input gradient, conv3x3_weight_grad) is differentiable."""
     backend, device = backend_device

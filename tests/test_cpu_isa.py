@@ -138,3 +138,13 @@ def test_isa_rule_errors_say_what_would_work(want, choices, match):
 
     with pytest.raises(RuntimeError, match=match):
         _C.choose_cpu_isa(want, choices)
+
+
+def test_isa_rule_rejects_malformed_choices():
+    if "cpu" not in lk.available_backends():
+        pytest.skip("the compiled extension did not load")
+    from lattice_kernels._extension import C as _C
+
+    for bad in ([["avx2", True]], [("avx2",)], ["avx2"], 3):
+        with pytest.raises(TypeError, match="sequence of"):
+            _C.choose_cpu_isa("", bad)
