@@ -210,13 +210,41 @@ static inline void gemm(const A* v, Strides vs, const A* u, A* m, int64_t rows, 
     }
 }
 
+// Where tile `tile` (in (n, tile row, tile column) order) lies: its sample and tile coordinates.
+struct TilePos {
+  int64_t n, ti, tj;
+};
+static inline TilePos tile_pos(const Conv3x3Args& a, int64_t tile) {
+  return {tile / (a.TH * a.TW), tile / a.TW % a.TH, tile % a.TW};
+}
+
+// fn(lanes, c) over C channels: lanes a vector V for each full vector [c, c + W), then a scalar A for each channel
+// past the last one (the transforms are written once for both).
+template <class Tr, class F> static inline void for_channel_lanes(int64_t C, F fn) {
+  int64_t c = 0;
+  for (; c + Tr::W <= C; c += Tr::W) fn(typename Tr::V{}, c);
+  for (; c < C; ++c) fn(typename Tr::A{}, c);
+}
+
+// The input transform of the tiles [first, first + count), every channel, into v[k][t][ci] (plane stride `ps`):
+// the forward's and the weight gradient's first step.
+template <class Tr, bool IL>
+static inline void input_tiles(const Conv3x3Args& a, int64_t first, int64_t count, typename Tr::A* v, int64_t ps) {
+  const typename Tr::S* x = static_cast<const typename Tr::S*>(a.x.data);
+  for (int64_t t = 0; t < count; ++t) {
+    const TilePos p = tile_pos(a, first + t);
+    for_channel_lanes<Tr>(a.Cin, [&](auto lanes, int64_t c) {
+      input_tile<Tr, IL, decltype(lanes)>(a, x + p.n * a.x.sn, 4 * p.ti - 1, 4 * p.tj - 1, c, v, t, ps);
+    });
+  }
+}
+
 template <DType D, bool IL>
 static void conv3x3_tiles_t(const Conv3x3Args& a, int64_t begin, int64_t end, void* scratch) {
   using Tr = Traits<D>;
   using S = typename Tr::S;
   using A = typename Tr::A;
   using V = typename Tr::V;
-  const S* x = static_cast<const S*>(a.x.data);
   S* y = static_cast<S*>(a.y.data);
   const A* u = static_cast<const A*>(a.u);
   const int64_t total = a.N * a.TH * a.TW;
@@ -225,21 +253,15 @@ static void conv3x3_tiles_t(const Conv3x3Args& a, int64_t begin, int64_t end, vo
   A* m = v + 36 * vps;
   for (int64_t item = begin; item < end; ++item) {
     const int64_t first = item * a.group, count = total - first < a.group ? total - first : a.group;
-    for (int64_t t = 0; t < count; ++t) {
-      const int64_t tile = first + t, n = tile / (a.TH * a.TW), ti = tile / a.TW % a.TH, tj = tile % a.TW;
-      int64_t c = 0;
-      for (; c + Tr::W <= a.Cin; c += Tr::W)
-        input_tile<Tr, IL, V>(a, x + n * a.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, vps);
-      for (; c < a.Cin; ++c) input_tile<Tr, IL, A>(a, x + n * a.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, vps);
-    }
+    input_tiles<Tr, IL>(a, first, count, v, vps);
     for (int k = 0; k < 36; ++k)
       gemm<A, V, Tr::W, false>(v + k * vps, Strides{a.Cin, 1}, u + k * a.Cin * a.Cout, m + k * mps, count, a.Cin,
                                a.Cout);
     for (int64_t t = 0; t < count; ++t) {
-      const int64_t tile = first + t, n = tile / (a.TH * a.TW), ti = tile / a.TW % a.TH, tj = tile % a.TW;
-      int64_t c = 0;
-      for (; c + Tr::W <= a.Cout; c += Tr::W) output_tile<Tr, IL, V>(a, y + n * a.y.sn, 4 * ti, 4 * tj, c, m, t, mps);
-      for (; c < a.Cout; ++c) output_tile<Tr, IL, A>(a, y + n * a.y.sn, 4 * ti, 4 * tj, c, m, t, mps);
+      const TilePos p = tile_pos(a, first + t);
+      for_channel_lanes<Tr>(a.Cout, [&](auto lanes, int64_t c) {
+        output_tile<Tr, IL, decltype(lanes)>(a, y + p.n * a.y.sn, 4 * p.ti, 4 * p.tj, c, m, t, mps);
+      });
     }
   }
 }
@@ -284,7 +306,6 @@ static void conv3x3_weight_grad_t(const Conv3x3WeightGradArgs& a, int64_t begin,
   using A = typename Tr::A;
   using V = typename Tr::V;
   const Conv3x3Args& f = a.fwd;
-  const S* x = static_cast<const S*>(f.x.data);
   const S* dy = static_cast<const S*>(a.dy.data);
   const int64_t total = f.N * f.TH * f.TW;
   const int64_t vps = conv3x3_plane_stride(f.group, f.Cin), gps = conv3x3_plane_stride(f.group, f.Cout);
@@ -299,16 +320,12 @@ static void conv3x3_weight_grad_t(const Conv3x3WeightGradArgs& a, int64_t begin,
     for (int64_t first = chunk * a.chunk; first < last; first += f.group) {
       const int64_t count = last - first < f.group ? last - first : f.group;
       for (int64_t co = 0; co < f.Cout; ++co) gsum[co] = A(0);
+      input_tiles<Tr, IL>(f, first, count, v, vps);
       for (int64_t t = 0; t < count; ++t) {
-        const int64_t tile = first + t, n = tile / (f.TH * f.TW), ti = tile / f.TW % f.TH, tj = tile % f.TW;
-        int64_t c = 0;
-        for (; c + Tr::W <= f.Cin; c += Tr::W)
-          input_tile<Tr, IL, V>(f, x + n * f.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, vps);
-        for (; c < f.Cin; ++c) input_tile<Tr, IL, A>(f, x + n * f.x.sn, 4 * ti - 1, 4 * tj - 1, c, v, t, vps);
-        c = 0;
-        for (; c + Tr::W <= f.Cout; c += Tr::W)
-          grad_tile<Tr, IL, V>(a, dy + n * a.dy.sn, 4 * ti, 4 * tj, c, g, t, gps, gsum);
-        for (; c < f.Cout; ++c) grad_tile<Tr, IL, A>(a, dy + n * a.dy.sn, 4 * ti, 4 * tj, c, g, t, gps, gsum);
+        const TilePos p = tile_pos(f, first + t);
+        for_channel_lanes<Tr>(f.Cout, [&](auto lanes, int64_t c) {
+          grad_tile<Tr, IL, decltype(lanes)>(a, dy + p.n * a.dy.sn, 4 * p.ti, 4 * p.tj, c, g, t, gps, gsum);
+        });
       }
       for (int64_t co = 0; co < f.Cout; ++co) bpart[co] += double(gsum[co]);
       for (int k = 0; k < 36; ++k) {
