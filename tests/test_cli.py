@@ -534,7 +534,7 @@ def test_train_under_torchrun_as_in_help(tmp_path):
         Image.fromarray(crop(photo(name), 64, 64, 100, 100)).save(tmp_path / "DIV2K" / "HR" / f"{name}.png")
     words = _train_examples()[-1]
     assert words[:3] == ["torchrun", "--nproc_per_node", "4"], words
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            *words[3:], "--steps", "2", "--patch", "16", "--batch-size", "2", "--repeat", "4", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)

@@ -171,33 +171,44 @@ def test_bad_images_fail_or_skip(photos, tmp_path):
         Trainer(cfg(tmp_path / "b", tmp_path / "c")).run()
 
 
+DDP_SCRIPT = r"""
+import json, sys, torch, torch.distributed as dist
+from lattice_kernels.models import read_state_dict
+from lattice_kernels.train import TrainConfig, Trainer
+cfg = TrainConfig(**json.loads(sys.argv[1]))
+# 1. The trainer creates the process group (as under lattice-train) and destroys it at the end.
+Trainer(TrainConfig(**{**json.loads(sys.argv[1]), "steps": 2})).run()
+assert not dist.is_initialized(), "the trainer left its process group behind"
+# 2. A group the caller created is the caller's: the trainer (resuming the run to its last step) leaves it alone.
+dist.init_process_group("gloo")
+hist = Trainer(cfg).run()
+assert dist.is_initialized(), "the trainer destroyed a process group it did not create"
+dist.barrier()
+sd = read_state_dict(cfg.out_dir + '/model.safetensors')
+flat = torch.cat([v.flatten().double() for v in sd.values()])
+gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+dist.all_gather(gathered, flat)
+assert all(torch.equal(g, gathered[0]) for g in gathered)
+result = {"rank": dist.get_rank(), "step": hist[-1]["step"], "loss": hist[-1]["loss"]}
+# one file per rank: the ranks' stdout lines interleave under torchrun
+open(f"{cfg.out_dir}/rank{dist.get_rank()}.json", "w").write(json.dumps(result))
+dist.destroy_process_group()
+"""
+
+
 def test_ddp_two_cpu_processes(photos, tmp_path):
-    """torchrun with 2 processes on the gloo backend: both finish, the loss is finite, and the weights every rank
-    holds at the end are identical (gradients were all-reduced)."""
+    """torchrun with 2 processes on the gloo backend (a free port: --standalone): both finish, the loss is finite,
+    the weights every rank holds at the end are identical (gradients were all-reduced), and the trainer destroys
+    the process group it created but not one its caller created."""
     out = tmp_path / "ddp"
     script = tmp_path / "ddp_train.py"
-    script.write_text(
-        "import json, sys, torch, torch.distributed as dist\n"
-        "from lattice_kernels.train import TrainConfig, Trainer\n"
-        "cfg = TrainConfig(**json.loads(sys.argv[1]))\n"
-        "hist = Trainer(cfg).run()\n"
-        "from lattice_kernels.models import read_state_dict\n"
-        "dist.barrier()\n"
-        "sd = read_state_dict(cfg.out_dir + '/model.safetensors')\n"
-        "flat = torch.cat([v.flatten().double() for v in sd.values()])\n"
-        "gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]\n"
-        "dist.all_gather(gathered, flat)\n"
-        "assert all(torch.equal(g, gathered[0]) for g in gathered)\n"
-        "result = {'rank': dist.get_rank(), 'loss': hist[-1]['loss']}\n"
-        # one file per rank: the ranks' stdout lines interleave under torchrun
-        "open(f'{cfg.out_dir}/rank{dist.get_rank()}.json', 'w').write(json.dumps(result))\n")
+    script.write_text(DDP_SCRIPT)
     config = dict(data=str(photos), out_dir=str(out), scale=2, patch=16, batch_size=2, steps=4, repeat=4,
                   progress=False, log_every=1, checkpoint_every=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        "29517", str(script), json.dumps(config)], capture_output=True, text=True, timeout=900,
-                       env=env)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(script), json.dumps(config)], capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, r.stderr[-4000:]
     ranks = [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
     assert sorted(x["rank"] for x in ranks) == [0, 1]
-    assert all(math.isfinite(x["loss"]) for x in ranks)
+    assert all(x["step"] == 4 and math.isfinite(x["loss"]) for x in ranks), ranks

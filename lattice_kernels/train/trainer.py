@@ -125,6 +125,7 @@ class Trainer:
                  model: nn.Module | None = None, contrastive_features: nn.Module | None = None):
         self.cfg = config
         self.callbacks = callbacks or []
+        self._owns_group = False
         self._model_override = model
         self._features_override = contrastive_features
         if config.task not in ("sr", "denoise"):
@@ -141,9 +142,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _distributed(self) -> tuple[int, int]:
+        """(rank, world size). Under torchrun (WORLD_SIZE > 1) with no process group yet, the trainer creates one and
+        owns it: close() destroys it. A group the caller created stays the caller's to destroy."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            self._owns_group = True
         return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
     def _device(self, rank: int) -> torch.device:
@@ -204,19 +208,21 @@ class Trainer:
     # ------------------------------------------------------------------ the run
     def run(self) -> list[dict]:
         """Train to cfg.steps (resuming from out_dir/state.pt when it exists); returns the per-step metrics."""
-        self.setup()
+        finished = False
         try:
+            self.setup()
             while self.step < self.cfg.steps:
                 for lr_img, hr_img in self.epoch_batches():
                     self.feed_data(lr_img, hr_img)
                     metrics = self.optimize_parameters()
                     self.after_step(metrics)
                     if self.step >= self.cfg.steps:
-                        break
+                        break  # the loader's iterator (and its worker processes) ends with the loop
             if self.rank == 0 and self.cfg.val_data:
                 self.validation()
+            finished = True
         finally:
-            self.close()
+            self.close(finished)
         return self.history
 
     def setup(self) -> None:
@@ -292,10 +298,20 @@ class Trainer:
 
             self.bar = tqdm(total=c.steps, initial=self.step, desc=f"stage {c.stage}", unit="step")
 
-    def close(self) -> None:
-        for handle in (self.bar, self.log_file, self.tb):
+    def close(self, finished: bool = True) -> None:
+        """Close the logs and destroy the process group the trainer created (after a barrier when the run finished,
+        so that no rank leaves while rank 0 still writes the last checkpoint). A process that exits holding a gloo
+        group dies with SIGABRT ('terminate called without an active exception') in about 1 run in 10."""
+        for name in ("bar", "log_file", "tb"):
+            handle = getattr(self, name, None)
             if handle is not None:
                 handle.close()
+                setattr(self, name, None)
+        if self._owns_group and dist.is_initialized():
+            if finished:
+                dist.barrier()
+            dist.destroy_process_group()
+            self._owns_group = False
 
     def epoch_batches(self):
         """The batches of the current epoch from the current step on (the data of a step depends on it only)."""
