@@ -46,7 +46,7 @@ def _opset(backend: str | None, device: torch.device, op: str):
 
 def channel_stats(x: Tensor, *, backend: str | None = None) -> tuple[Tensor, Tensor]:
     """Per-(n, c) mean and unbiased std over H*W of x (N, C, H, W): two (N, C) tensors, float32 (float64 for
-    float64 x). H*W = 1 gives NaN std, like torch.std."""
+    float64 x). H*W = 1 gives NaN std, like torch.std; a row holding a NaN or an infinity gives NaN mean and std."""
     _checks.check_input(x, "x")
     return _opset(backend, x.device, "channel_stats").channel_stats(x)
 
@@ -107,7 +107,8 @@ def butterfly(
     if out is None:
         p, q, mean_q, std_q = ops.butterfly(x1, x2, *coefs, bool(q_stats))
     else:
-        _checks.out_buffer(out, x1)
+        _checks.out_buffer(out, x1, {"x1": x1, "x2": x2, "alpha1": alpha1, "alpha2": alpha2, "beta1": beta1,
+                                     "beta2": beta2})
         if torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x1, x2, *coefs)
         ):
@@ -147,7 +148,9 @@ def conv3x3(
 
     The ``cpu`` backend computes it by Winograd F(4x4, 3x3) (float32 arithmetic, float64 for float64 inputs; one
     GEMM per transform point): about 4x fewer multiplications than a direct convolution, with a float32 error of
-    ~2e-6 of max |y|, 2-7x a direct convolution's (tests/test_conv3x3.py). On GPUs (``cuda``, ``triton``) and
+    ~2e-6 of max |y|, 2-7x a direct convolution's (tests/test_conv3x3.py). A NaN or infinite input gives a non-finite
+    output wherever the direct convolution does, and may also make NaN the rest of each 4x4 output tile whose 6x6
+    input patch holds it (the transforms mix a tile's inputs). On GPUs (``cuda``, ``triton``) and
     with ``torch`` it is torch's own convolution (cuDNN on CUDA)."""
     device_type = x.device.type if isinstance(x, Tensor) else "cpu"
     if isinstance(x, Tensor) and torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:

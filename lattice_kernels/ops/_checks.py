@@ -82,7 +82,26 @@ def mlp_weights(x: Tensor, weights: tuple[object, ...]) -> tuple[Tensor, ...]:
     return tuple(out)
 
 
-def out_buffer(out: object, x1: Tensor) -> Tensor:
+def _memory_span(t: Tensor) -> tuple[int, int, int]:
+    """(storage address, first byte, one past the last byte) of the elements t can reach."""
+    reach = sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+    first = t.storage_offset() * t.element_size()
+    return t.untyped_storage().data_ptr(), first, first + (reach + 1) * t.element_size()
+
+
+def shares_memory(a: Tensor, b: Tensor) -> bool:
+    """Whether the byte ranges a and b span in one storage intersect (conservative: two interleaved views that
+    touch no common element count as sharing)."""
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
+        return False
+    sa, a0, a1 = _memory_span(a)
+    sb, b0, b1 = _memory_span(b)
+    return sa == sb and a0 < b1 and b0 < a1
+
+
+def out_buffer(out: object, x1: Tensor, inputs: dict[str, Tensor | None] | None = None) -> Tensor:
+    """out for butterfly(out=): (N, 2C, H, W), x1's dtype and device, contiguous or channels_last, sharing no
+    memory with any of `inputs` (name -> tensor; p and q are written while x1, x2 and the coefficients are read)."""
     if not isinstance(out, Tensor):
         raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
     n, c, h, w = x1.shape
@@ -94,6 +113,10 @@ def out_buffer(out: object, x1: Tensor) -> Tensor:
         raise ValueError(f"out is on {out.device} but x1 is on {x1.device}")
     if not (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last)):
         raise ValueError("out must be contiguous or channels_last-contiguous")
+    if not torch.compiler.is_compiling():  # fake tensors under torch.compile have no storage to compare
+        for name, t in (inputs or {}).items():
+            if t is not None and shares_memory(out, t):
+                raise ValueError(f"out shares memory with {name}; pass a separate buffer (or {name}.clone())")
     return out
 
 

@@ -5,7 +5,8 @@ Conventions (the op contract of DESIGN.md):
 - x: (N, C, H, W), float32/float16/bfloat16 (float64 too). Statistics and coefficients are float32, or float64 for
   float64 inputs ("the statistics dtype"). Elementwise results are computed in the statistics dtype and rounded
   once to the input dtype.
-- std is the unbiased one (divide by H*W - 1), as torch.std: H*W = 1 gives NaN.
+- std is the unbiased one (divide by H*W - 1), as torch.std: H*W = 1 gives NaN. A (n, c) row holding a NaN or an
+  infinity has NaN statistics (mean included).
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ __all__ = ["butterfly", "channel_stats", "coefficients_from_stats", "combination
 
 
 def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    """(N, C, H, W) -> mean, std: (N, C) each, over H*W; std unbiased."""
+    """(N, C, H, W) -> mean, std: (N, C) each, over H*W; std unbiased. A row holding a NaN or an infinity has NaN
+    mean and std (torch.mean would give +-inf for the mean: the kernels' shifted Welford sums give NaN, and the std,
+    hence the combination coefficient, is NaN either way)."""
     xs = x.to(stats_dtype(x.dtype))
-    return xs.mean(dim=(2, 3)), xs.std(dim=(2, 3))
+    mean, std = xs.mean(dim=(2, 3)), xs.std(dim=(2, 3))
+    not_finite = ~torch.isfinite(xs).all(dim=(2, 3))
+    return mean.masked_fill(not_finite, float("nan")), std.masked_fill(not_finite, float("nan"))
 
 
 def coefficients_from_stats(
