@@ -173,33 +173,26 @@ def test_bad_images_fail_or_skip(photos, tmp_path):
 
 DDP_SCRIPT = r"""
 import json, sys, torch, torch.distributed as dist
-from lattice_kernels.models import read_state_dict
 from lattice_kernels.train import TrainConfig, Trainer
 cfg = TrainConfig(**json.loads(sys.argv[1]))
-# 1. The trainer creates the process group (as under lattice-train) and destroys it at the end.
-Trainer(TrainConfig(**{**json.loads(sys.argv[1]), "steps": 2})).run()
+# The trainer creates the process group (as under lattice-train) and destroys it at the end. The script does not
+# create a second group in this process: a re-initialised env:// group under torchrun meets the first group's
+# rendezvous keys in the agent's store and can hang (it did, for 900 s, in CI on 2026-12-05).
+trainer = Trainer(cfg)
+hist = trainer.run()
 assert not dist.is_initialized(), "the trainer left its process group behind"
-# 2. A group the caller created is the caller's: the trainer (resuming the run to its last step) leaves it alone.
-dist.init_process_group("gloo")
-hist = Trainer(cfg).run()
-assert dist.is_initialized(), "the trainer destroyed a process group it did not create"
-dist.barrier()
-sd = read_state_dict(cfg.out_dir + '/model.safetensors')
-flat = torch.cat([v.flatten().double() for v in sd.values()])
-gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
-dist.all_gather(gathered, flat)
-assert all(torch.equal(g, gathered[0]) for g in gathered)
-result = {"rank": dist.get_rank(), "step": hist[-1]["step"], "loss": hist[-1]["loss"]}
+rank = trainer.rank
+torch.save(trainer.model.state_dict(), f"{cfg.out_dir}/weights_rank{rank}.pt")
 # one file per rank: the ranks' stdout lines interleave under torchrun
-open(f"{cfg.out_dir}/rank{dist.get_rank()}.json", "w").write(json.dumps(result))
-dist.destroy_process_group()
+result = {"rank": rank, "world": trainer.world, "step": hist[-1]["step"], "loss": hist[-1]["loss"]}
+open(f"{cfg.out_dir}/rank{rank}.json", "w").write(json.dumps(result))
 """
 
 
 def test_ddp_two_cpu_processes(photos, tmp_path):
     """torchrun with 2 processes on the gloo backend (a free port: --standalone): both finish, the loss is finite,
-    the weights every rank holds at the end are identical (gradients were all-reduced), and the trainer destroys
-    the process group it created but not one its caller created."""
+    the weights both ranks hold at the end are identical (gradients were all-reduced), and the trainer destroyed the
+    process group it created."""
     out = tmp_path / "ddp"
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
@@ -207,8 +200,25 @@ def test_ddp_two_cpu_processes(photos, tmp_path):
                   progress=False, log_every=1, checkpoint_every=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(script), json.dumps(config)], capture_output=True, text=True, timeout=900, env=env)
+                        str(script), json.dumps(config)], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-4000:]
     ranks = [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
-    assert sorted(x["rank"] for x in ranks) == [0, 1]
+    assert sorted(x["rank"] for x in ranks) == [0, 1] and all(x["world"] == 2 for x in ranks), ranks
     assert all(x["step"] == 4 and math.isfinite(x["loss"]) for x in ranks), ranks
+    w0, w1 = (torch.load(out / f"weights_rank{i}.pt") for i in range(2))
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_trainer_leaves_a_callers_process_group(photos, tmp_path):
+    """A process group the caller created stays the caller's: the trainer trains in it and does not destroy it
+    (one process, a world of 1 on gloo, so no port and no second process)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        trainer = Trainer(cfg(photos, tmp_path, steps=2, repeat=4))
+        hist = trainer.run()
+        assert dist.is_initialized(), "the trainer destroyed a process group it did not create"
+        assert (trainer.rank, trainer.world) == (0, 1) and len(hist) == 2
+    finally:
+        dist.destroy_process_group()
