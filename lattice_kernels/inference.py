@@ -23,11 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from ._files import atomic_write
+from .image_files import MAX_IMAGE_PIXELS, ImageError, open_image
 from .nn import LatticeBlock
-
-
-class ImageError(ValueError):
-    """An input image that cannot be used: unreadable, or of a mode the model does not take."""
 
 
 def receptive_radius(model: nn.Module) -> int:
@@ -176,6 +173,9 @@ def run(model: nn.Module, x: Tensor, *, scale: int, tile: int | None = None, ove
         raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
     if tile is not None and tile < 1:
         raise ValueError(f"tile must be a positive number of pixels, got {tile}")
+    if x.shape[2] * x.shape[3] < 2:
+        raise ImageError(f"a {x.shape[3]}x{x.shape[2]} image is too small: a Lattice Block normalises by the "
+                         "standard deviation of each channel over the image, which needs at least 2 pixels")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -270,22 +270,21 @@ def _run_blended(forward, x, scale, tile, overlap, progress, on_tile=None) -> Te
 # ---------------------------------------------------------------------------------------------------------------
 # image files
 
-def read_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
+def read_image(path: str | os.PathLike, mode: str = "RGB", max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
     """(H, W, 3) uint8 for mode RGB, (H, W) for L. Grayscale files are accepted for RGB (replicated); other modes
-    (alpha, palette, CMYK, 16-bit) raise ImageError saying how to convert."""
-    from PIL import Image, UnidentifiedImageError
+    (alpha, palette, CMYK, 16-bit) raise ImageError saying how to convert. See open_image for max_pixels and the
+    files refused (folders, unreadable, animated)."""
+    from PIL import UnidentifiedImageError
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
+    with open_image(path, max_pixels) as im:
+        try:
             im.load()
-            src = im.mode
-            if src == mode or (mode == "RGB" and src == "L") or (mode == "L" and src == "RGB"):
-                return np.asarray(im.convert(mode))
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ImageError(f"cannot read image {path}: {e}") from e
+        except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as e:
+            raise ImageError(f"cannot read image {path}: {e}") from None
+        src = im.mode
+        if src == mode or (mode == "RGB" and src == "L") or (mode == "L" and src == "RGB"):
+            return np.asarray(im.convert(mode))
     hint = " (it has an alpha channel: flatten it onto a background first)" if "A" in src else ""
     raise ImageError(f"{path} is a {src!r} image; this model takes {mode} (or L) 8-bit images{hint}. "
                      f"Convert it, e.g. PIL's Image.open(p).convert('{mode}').save(...)")
@@ -392,18 +391,17 @@ def _read_png16(path: Path) -> tuple[np.ndarray, str]:
     return arr, f"{mode};16"
 
 
-def read_image_file(path: str | os.PathLike) -> LoadedImage:
+def read_image_file(path: str | os.PathLike, max_pixels: int | None = MAX_IMAGE_PIXELS) -> LoadedImage:
     """Read any common image file: RGB, L and 1-bit, P (palette, to RGB or RGBA when it has transparency), RGBA and
     LA (alpha kept apart), 16-bit gray / RGB(A) PNG and 16-bit gray TIFF (kept 16-bit); the EXIF orientation is
-    applied and the ICC profile kept. Raises FileNotFoundError, or ImageError for an unreadable file or a mode no
-    model takes (CMYK, YCbCr, LAB, HSV, 32-bit integer or float)."""
-    from PIL import Image, UnidentifiedImageError
+    applied and the ICC profile kept. Raises FileNotFoundError, or ImageError for an unreadable, truncated or
+    animated file, one over max_pixels pixels (see open_image) or a mode no model takes (CMYK, YCbCr, LAB, HSV,
+    32-bit integer or float)."""
+    from PIL import UnidentifiedImageError
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
+    with open_image(path, max_pixels) as im:
+        try:
             im.load()
             icc = im.info.get("icc_profile") or None
             orientation = int(im.getexif().get(0x0112, 1) or 1)
@@ -412,8 +410,8 @@ def read_image_file(path: str | os.PathLike) -> LoadedImage:
             else:
                 mode = im.mode
                 arr = _pillow_pixels(im, path)
-    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as e:
-        raise ImageError(f"cannot read image {path}: {e}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as e:
+            raise ImageError(f"cannot read image {path}: {e}") from None
     arr = apply_orientation(arr, orientation)
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -501,6 +499,10 @@ def _to_model(a: np.ndarray, rng: float) -> Tensor:
 
 def _from_model(y: Tensor, rng: float, dtype: np.dtype) -> np.ndarray:
     """(1, C, H, W) float in [0, rng] -> (H, W, C) of `dtype` (uint8/uint16), rounded and clamped."""
+    bad = int((~torch.isfinite(y)).sum())
+    if bad:  # NaN would become 0 silently, inf 255
+        raise ValueError(f"the model's output holds {bad} NaN or infinite values; under --dtype float16 a value may "
+                         "have overflowed (use bfloat16 or float32), or the model's weights hold NaN")
     maxval = float(np.iinfo(dtype).max)
     q = (y[0].double() * (maxval / rng)).round().clamp(0, maxval)
     return q.permute(1, 2, 0).numpy().astype(dtype)
@@ -547,17 +549,19 @@ def restore_image(model: nn.Module, img: LoadedImage, **kwargs) -> LoadedImage:
 
 
 def super_resolve_file(model: nn.Module, src: str | os.PathLike, dst: str | os.PathLike, *, alpha: str = "bicubic",
-                       format: str | None = None, quality: int = 95, **kwargs) -> LoadedImage:
-    """Read `src` (any mode of read_image_file), upscale it (super_resolve_image) and write `dst` (write_image_file:
-    PNG, or JPEG by suffix or `format`). Returns the image read."""
-    img = read_image_file(src)
+                       format: str | None = None, quality: int = 95, max_pixels: int | None = MAX_IMAGE_PIXELS,
+                       **kwargs) -> LoadedImage:
+    """Read `src` (any mode of read_image_file, at most max_pixels pixels), upscale it (super_resolve_image) and
+    write `dst` (write_image_file: PNG, or JPEG by suffix or `format`). Returns the image read."""
+    img = read_image_file(src, max_pixels)
     write_image_file(dst, super_resolve_image(model, img, alpha=alpha, **kwargs), format=format, quality=quality)
     return img
 
 
 def restore_file(model: nn.Module, src: str | os.PathLike, dst: str | os.PathLike, *, format: str | None = None,
-                 quality: int = 95, **kwargs) -> LoadedImage:
-    """Read `src`, restore it (restore_image) and write `dst` (write_image_file). Returns the image read."""
-    img = read_image_file(src)
+                 quality: int = 95, max_pixels: int | None = MAX_IMAGE_PIXELS, **kwargs) -> LoadedImage:
+    """Read `src` (at most max_pixels pixels), restore it (restore_image) and write `dst` (write_image_file).
+    Returns the image read."""
+    img = read_image_file(src, max_pixels)
     write_image_file(dst, restore_image(model, img, **kwargs), format=format, quality=quality)
     return img

@@ -21,7 +21,8 @@ examples:
 
 RGB, gray, palette, RGBA/LA (the alpha channel is kept as it is), 16-bit PNG/TIFF (kept 16-bit), EXIF-rotated and
 ICC-tagged images are handled. A color model takes gray images as RGB; a gray model takes color images channel
-by channel.
+by channel. Refused with an error: CMYK and other modes, animated GIF/PNG/WebP (no frame is picked for you),
+images under 2 pixels, and files declaring more pixels than --max-pixels.
 """
 
 

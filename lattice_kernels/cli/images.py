@@ -17,7 +17,7 @@ import torch
 
 from .. import BACKENDS
 from ..image_files import IMAGE_SUFFIXES
-from ..inference import LoadedImage
+from ..inference import MAX_IMAGE_PIXELS, LoadedImage
 
 TileCallback = Callable[[int, int], None]
 
@@ -49,6 +49,9 @@ def add_image_options(p: argparse.ArgumentParser, suffix: str) -> None:
     p.add_argument("--glob", default=None,
                    help=f"pattern of the files taken from folders, e.g. '*.png' (default: {' '.join(IMAGE_SUFFIXES)})")
     p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output file exists")
+    p.add_argument("--max-pixels", type=positive_int, default=MAX_IMAGE_PIXELS,
+                   help="refuse input files declaring more pixels (width*height) than this: a guard against "
+                        "decompression bombs (default: Pillow's limit)")
     p.add_argument("--tile", type=positive_int, default=None,
                    help="process in tiles of this many input pixels (bounded memory; same result with --stats global)")
     p.add_argument("--overlap", type=int, default=16, help="blended margin of the tiles with --stats tile")
@@ -75,9 +78,10 @@ def check_device(name: str) -> torch.device:
 
 
 def run_options(args: argparse.Namespace) -> dict:
-    """The keyword arguments of inference.run() chosen on the command line."""
+    """The keyword arguments of inference.super_resolve_file / restore_file chosen on the command line: those of
+    inference.run() and max_pixels."""
     return {"tile": args.tile, "overlap": args.overlap, "stats": args.stats, "dtype": getattr(torch, args.dtype),
-            "channels_last": args.channels_last}
+            "channels_last": args.channels_last, "max_pixels": args.max_pixels}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ examples:
   find shots -name '*.png' | lattice-upscale --checkpoint LatticeNet_x3.pt - -o sr/ --tile 256
 
 RGB, gray, palette, RGBA/LA (alpha upscaled apart, see --alpha), 16-bit PNG (kept 16-bit), EXIF-rotated and
-ICC-tagged images are handled; outputs keep the mode, depth and ICC profile of their input.
+ICC-tagged images are handled; outputs keep the mode, depth and ICC profile of their input. Refused with an
+error: CMYK and other modes, animated GIF/PNG/WebP (no frame is picked for you), images under 2 pixels, and
+files declaring more pixels than --max-pixels.
 """
 
 

@@ -18,14 +18,17 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
-from ..image_files import IMAGE_SUFFIXES, DataError, list_images
+from ..image_files import IMAGE_SUFFIXES, DataError, ImageError, list_images, open_image
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8; raises DataError naming the file when it cannot be decoded."""
+    """(H, W, 3) uint8; raises DataError naming the file when it cannot be decoded, is animated or declares more
+    than MAX_IMAGE_PIXELS pixels (see image_files.open_image)."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             return np.asarray(im.convert("RGB"))
+    except ImageError as e:
+        raise DataError(str(e)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot read image {path}: {e}") from e
 
