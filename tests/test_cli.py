@@ -528,7 +528,8 @@ def test_train_help_examples_parse():
 
 def test_train_under_torchrun_as_in_help(tmp_path):
     """The torchrun example of `lattice-train --help` with 2 CPU processes (gloo), shortened to 2 steps on 16-pixel
-    patches of photographs: both ranks finish at step 2 and the run folder holds the model."""
+    patches of photographs: both ranks exit 0 (torchrun's status), rank 0 alone prints the last step's metrics (two
+    ranks printing at once interleaved their lines) and the run folder holds the model."""
     (tmp_path / "DIV2K" / "HR").mkdir(parents=True)
     for name in ("astronaut", "coffee"):
         Image.fromarray(crop(photo(name), 64, 64, 100, 100)).save(tmp_path / "DIV2K" / "HR" / f"{name}.png")
@@ -541,8 +542,10 @@ def test_train_under_torchrun_as_in_help(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     import json
 
-    ranks = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
-    assert len(ranks) == 2 and all(x["step"] == 2 and np.isfinite(x["loss"]) for x in ranks), r.stdout
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1, r.stdout
+    last = json.loads(lines[0])
+    assert last["step"] == 2 and np.isfinite(last["loss"]), last
     assert (tmp_path / "runs" / "x2" / "model.safetensors").exists()
     r = cli("lattice-train", "--data", tmp_path / "nowhere", "--out-dir", tmp_path / "r")
     assert_user_error(r, "lattice-train", "image folder not found")

@@ -100,9 +100,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    history = Trainer(config_from_args(args)).run()
-    if history:
-        print(json.dumps(history[-1]))
+    """Train; print the last step's metrics as one JSON line (from rank 0 only under torchrun: lines printed by
+    several processes at once interleave)."""
+    trainer = Trainer(config_from_args(args))
+    history = trainer.run()
+    if history and trainer.rank == 0:
+        print(json.dumps(history[-1]), flush=True)
     return 0
 
 

@@ -3,9 +3,12 @@ network), on one CPU/GPU or several GPUs/processes under torchrun (DistributedDa
 
 Checkpoints (rank 0, every `checkpoint_every` steps and at the end, each written to a temporary file and renamed):
   model.safetensors   the weights (EMA weights in ema.safetensors when ema is on)
-  state.pt            step, optimizer, scheduler, EMA, RNG states and the config
+  state.pt            step, weights, optimizer, scheduler, EMA, RNG states and the config; written last, so a
+                      checkpoint that failed part-way leaves the previous state.pt whole
 A run started on an out_dir that holds state.pt resumes from it and continues with the same losses as an
-uninterrupted run (the data of a step is a function of seed, epoch and index; see data.py)."""
+uninterrupted run (the data of a step is a function of seed, epoch and index; see data.py). One run at a time uses
+a folder (a lock); damaged or incomplete run files are a RunFolderError, never a silent fresh start (see
+run_folder.py)."""
 
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from ..backends import BACKENDS
 from ..models import LatticeNet, LatticeRestorer, read_state_dict, save_safetensors
 from .data import DenoiseDataset, EpochSampler, SRDataset
 from .losses import VGG_WEIGHTS, ContrastiveLoss, PixelFeatures, VGG19Features
+from .run_folder import load_state, lock_run_folder, trim_metrics, unlock_run_folder
 
 
 @dataclass
@@ -126,6 +130,7 @@ class Trainer:
         self.cfg = config
         self.callbacks = callbacks or []
         self._owns_group = False
+        self._lock = None
         self._model_override = model
         self._features_override = contrastive_features
         if config.task not in ("sr", "denoise"):
@@ -233,6 +238,7 @@ class Trainer:
         self.out = Path(c.out_dir)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
+            self._lock = lock_run_folder(self.out)
         torch.manual_seed(c.seed)
         np.random.seed(c.seed)
         random.seed(c.seed)
@@ -271,18 +277,20 @@ class Trainer:
         self.t0 = time.perf_counter()
 
     def resume(self) -> None:
-        """Continue from out_dir/state.pt (step, optimizer, scheduler, EMA, RNG states) when it exists."""
-        state_path = self.out / "state.pt"
-        if not state_path.exists():
+        """Continue from out_dir/state.pt (step, weights, optimizer, scheduler, EMA, RNG states) when it exists;
+        rank 0 drops the metrics.jsonl rows logged after it. Raises RunFolderError for damaged run files."""
+        st = load_state(self.out)
+        if st is None:
             return
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
-        self.model.load_state_dict(read_state_dict(self.out / "model.safetensors", "cpu"))
+        self.model.load_state_dict(st["model"])
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         if self.ema is not None and "ema" in st:
             self.ema.load_state_dict(st["ema"])
         _set_rng_state(st["rng"])
         self.step = st["step"]
+        if self.rank == 0:
+            trim_metrics(self.out, self.step)
 
     def _open_logs(self) -> None:
         c = self.cfg
@@ -312,6 +320,8 @@ class Trainer:
                 dist.barrier()
             dist.destroy_process_group()
             self._owns_group = False
+        unlock_run_folder(self._lock)
+        self._lock = None
 
     def epoch_batches(self):
         """The batches of the current epoch from the current step on (the data of a step depends on it only)."""
@@ -416,12 +426,14 @@ class Trainer:
         return outs
 
     def save(self) -> None:
-        """model.safetensors (and ema.safetensors), then state.pt, each written atomically."""
+        """model.safetensors (and ema.safetensors), then state.pt (which holds the weights too), each written
+        atomically: state.pt is replaced only once the weights files are, and alone suffices to resume."""
         meta = {"step": str(self.step)}
         save_safetensors(self.model, self.out / "model.safetensors", metadata=meta)
         if self.ema is not None:
             save_safetensors(self.ema, self.out / "ema.safetensors", metadata=meta)
-        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        state = {"step": self.step, "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "rng": _rng_state(), "config": asdict(self.cfg)}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
