@@ -1,5 +1,6 @@
 # The README's commands. Each sets up .venv first (system site-packages visible, so a GPU user's CUDA torch is
-# reused; torch==2.13.0 (CPU) is installed only when no torch is importable), then runs.
+# reused; torch==2.13.0 (CPU) is installed only when no torch is importable), compiles lattice_kernels._C for that
+# torch ahead of its first use (lattice-kernels-build), then runs.
 PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
@@ -15,6 +16,7 @@ $(STAMP): $(SOURCES) | $(VPY)
 	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install torch==2.13.0
 	$(VPY) -m pip install --upgrade "setuptools>=64" wheel ninja
 	$(VPY) -m pip install --no-build-isolation -e ".[test,triton]"
+	$(VENV)/bin/lattice-kernels-build
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -39,4 +41,4 @@ gpu-check:
 	bash tools/gpu_check.sh $(STAGES)
 
 clean:
-	rm -rf build *.egg-info lattice_kernels/*.so $(STAMP)
+	rm -rf build *.egg-info lattice_kernels/*.so lattice_kernels/_ext $(STAMP)

@@ -45,6 +45,7 @@ class Availability:
 
     extension_error: str | None  # None when lattice_kernels._C loaded
     cuda_built: bool  # the extension has the CUDA kernels
+    cuda_skipped: str | None  # why a CUDA torch's build has no CUDA kernels (LATTICE_KERNELS_CUDA=auto)
     cuda_device: bool  # torch.cuda.is_available()
     triton_installed: bool
     triton_interpreter: bool  # TRITON_INTERPRET=1: Triton kernels run on CPU tensors (tests)
@@ -59,6 +60,7 @@ def _gather() -> Availability:
     return Availability(
         extension_error=_extension.LOAD_ERROR,
         cuda_built=_extension.CUDA_BUILT,
+        cuda_skipped=_extension.BUILD.options.cuda_skipped if _extension.BUILD is not None else None,
         cuda_device=cuda_device,
         triton_installed=importlib.util.find_spec("triton") is not None,
         triton_interpreter=os.environ.get("TRITON_INTERPRET") == "1",
@@ -107,14 +109,15 @@ def why_unavailable(name: str) -> str | None:
         return None
     if name in ("cpu", "cuda") and a.extension_error is not None:
         return (
-            f"the compiled extension lattice_kernels._C did not load ({a.extension_error}); rebuild it with "
-            "`pip install --no-build-isolation -e .` (or `make install`) against the installed torch"
+            f"the compiled extension lattice_kernels._C could not be built or loaded ({a.extension_error}); "
+            "`lattice-kernels-build --force --verbose` compiles it again and shows the compiler's output"
         )
     if name == "cuda":
         if not a.cuda_built:
+            why = f" ({a.cuda_skipped})" if a.cuda_skipped else ""
             return (
-                "lattice_kernels was built without CUDA kernels; on a machine with a CUDA build of torch and nvcc, "
-                "reinstall with `LATTICE_KERNELS_CUDA=1 pip install --no-build-isolation -e .`"
+                f"lattice_kernels was built without the CUDA kernels{why}; with a CUDA build of torch and the CUDA "
+                "toolkit, `LATTICE_KERNELS_CUDA=1 lattice-kernels-build` builds them (and says what is missing)"
             )
         if not a.cuda_device:
             return "no CUDA device is visible (torch.cuda.is_available() is False)"
@@ -186,7 +189,7 @@ def _auto_cpu() -> str:
         _warned.add("cpu")
         warnings.warn(
             f"lattice_kernels: the compiled CPU kernels did not load ({a.extension_error}); backend 'auto' runs the "
-            "plain-PyTorch spec ('torch') on CPU. Rebuild with `pip install --no-build-isolation -e .`.",
+            "plain-PyTorch spec ('torch') on CPU. `lattice-kernels-build --force --verbose` shows why.",
             RuntimeWarning, stacklevel=2)
     return "torch"
 

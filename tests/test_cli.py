@@ -29,7 +29,8 @@ from .images import crop, photo
 BIN = Path(sys.executable).parent
 WEIGHTS = weights_dir()
 needs_weights = pytest.mark.skipif(WEIGHTS is None, reason="published checkpoints not found (LATTICE_WEIGHTS_DIR)")
-COMMANDS = ["lattice-upscale", "lattice-denoise", "lattice-train", "lattice-evaluate", "lattice-export"]
+COMMANDS = ["lattice-upscale", "lattice-denoise", "lattice-train", "lattice-evaluate", "lattice-export",
+            "lattice-kernels-build"]
 
 
 def cli(name: str, *args: str | os.PathLike, cwd: Path | None = None, stdin: str | None = None,
@@ -194,11 +195,6 @@ def help_of(name: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_help_shows_an_example(name):
-    module = name.replace("lattice-", "lattice_kernels.cli.")
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not in this branch (another helper writes it)")
     r = help_of(name)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"usage: {name} "), r.stdout[:200]

@@ -23,6 +23,11 @@ VENV=${GPU_CHECK_VENV:-.venv}
 BASE_PY=${PYTHON:-python3}
 PY="$VENV/bin/python"
 mkdir -p "$OUT"
+# lattice_kernels._C is compiled for the options of the process that loads it (lattice_kernels/_build.py): every
+# stage uses the architectures and the CUDA choice of the build stage, so that none of them compiles again.
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+# shellcheck source=/dev/null
+[ -f "$OUT/build_flags.sh" ] && . "$OUT/build_flags.sh"
 status=0
 note() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/stages.txt"; }
 
@@ -32,7 +37,7 @@ stage_env() {
   if command -v nvidia-smi > /dev/null; then nvidia-smi 2>&1 | head -15; else echo "nvidia-smi: not found"; fi
   "$py" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)" || return 1
   "$py" -c "import triton; print('triton', triton.__version__)" || echo "triton: not installed"
-  "$py" tools/check_cuda_toolchain.py || [ "$DRY" = 1 ]
+  "$py" -m lattice_kernels.cli.build --check || [ "$DRY" = 1 ]
 }
 
 stage_build() {
@@ -40,14 +45,18 @@ stage_build() {
   "$PY" -c "import torch" || { echo "no torch importable in $VENV: the machine's torch is needed (no network)"; return 1; }
   local flag=1
   if [ "$DRY" = 1 ]; then flag=auto; fi
-  if ! "$PY" tools/check_cuda_toolchain.py; then
+  "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . || return 1
+  if ! "$PY" -m lattice_kernels.cli.build --check; then
     [ "$DRY" = 1 ] || { echo "the CUDA kernels cannot be built here; building without them (Triton stages only)"; flag=0; }
   fi
-  if ! LATTICE_KERNELS_CUDA=$flag TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
-      "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .; then
+  export LATTICE_KERNELS_CUDA=$flag
+  echo "export LATTICE_KERNELS_CUDA=$flag" > "$OUT/build_flags.sh"  # for later runs of single stages
+  if ! MAX_JOBS=${MAX_JOBS:-16} "$PY" -m lattice_kernels.cli.build; then
     [ "$flag" = 0 ] && return 1
-    echo "=== the build with the CUDA kernels failed; rebuilding without them (LATTICE_KERNELS_CUDA=0) ==="
-    LATTICE_KERNELS_CUDA=0 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . || return 1
+    echo "=== the build with the CUDA kernels failed; building without them (LATTICE_KERNELS_CUDA=0) ==="
+    export LATTICE_KERNELS_CUDA=0
+    echo "export LATTICE_KERNELS_CUDA=0" > "$OUT/build_flags.sh"
+    "$PY" -m lattice_kernels.cli.build || return 1
     "$PY" -c "import lattice_kernels as lk; print('backends', lk.available_backends())"
     return 1  # the CUDA build is still a failure to report
   fi

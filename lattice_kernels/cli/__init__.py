@@ -17,11 +17,14 @@ from collections.abc import Callable
 import torch
 
 from .. import BackendUnavailableError
+from .._build import ExtensionBuildError
 
 # Errors that a user causes and can fix: a missing or unreadable file (OSError), a file or value that cannot be
 # used (ValueError and the library's subclasses: ImageError, CheckpointError, DataError), a missing optional
-# package (ImportError), a backend that is not there, the device running out of memory.
+# package (ImportError), a backend that is not there, an extension that cannot be built, the device running out of
+# memory.
 USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, ImportError, BackendUnavailableError,
+                                                ExtensionBuildError,
                                                 getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
 
 EXIT_USER_ERROR = 2

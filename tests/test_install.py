@@ -1,0 +1,118 @@
+"""The install paths of the README, as a user types them, each in a fresh virtual environment that sees only an
+installed torch: `pip install .`, `pip install -e .` and `pip install <sdist>`, with and without
+--no-build-isolation, from a copy of the checkout's files (what a fresh clone holds). Afterwards the package imports
+with the `cpu` backend, an op equals the float64 spec, and `lattice-upscale` runs.
+
+The environments share this process's build folder (LATTICE_KERNELS_BUILD_DIR): a build is named after the torch,
+the options and a hash of the sources it reads, so an installed copy whose kernel sources differ in any byte from the
+checkout's (a file missing from the wheel or the sdist, say) would compile anew, and the test fails on that."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lattice_kernels import _extension
+
+from .images import crop, photo
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+
+
+def _run(cmd: list, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600, **kw)
+    assert r.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def fresh_clone(tmp_path_factory) -> Path:
+    """The checkout's tracked and not-ignored files (no .venv, no build folders, no compiled extension)."""
+    files = _run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT).stdout
+    clone = tmp_path_factory.mktemp("clone")
+    for name in filter(None, files.split("\0")):
+        src = ROOT / name
+        if src.is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            (clone / name).write_bytes(src.read_bytes())
+    return clone
+
+
+@pytest.fixture(scope="module")
+def torch_only(tmp_path_factory) -> Path:
+    """A folder holding torch and what it needs, installed from the same release as this process's torch; each
+    environment sees it through a .pth file, as a system torch would be seen."""
+    target = tmp_path_factory.mktemp("torch-site")
+    version = torch.__version__.split("+")[0]
+    _run([*PIP, "install", "-q", "--target", target, f"torch=={version}"])
+    return target
+
+
+@pytest.fixture(scope="module")
+def sdist(fresh_clone, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sdist")
+    _run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", out, fresh_clone])
+    (tarball,) = out.glob("lattice_kernels-*.tar.gz")
+    return tarball
+
+
+@pytest.fixture(scope="module")
+def checkpoint_and_image(tmp_path_factory) -> tuple[Path, Path]:
+    from lattice_kernels import LatticeNet
+
+    d = tmp_path_factory.mktemp("inputs")
+    torch.manual_seed(0)
+    LatticeNet(scale=2).save_safetensors(d / "x2.safetensors")
+    Image.fromarray(crop(photo("astronaut"), 24, 24, 100, 100)).save(d / "a.png")
+    return d / "x2.safetensors", d / "a.png"
+
+
+CHECK = r"""
+import sys, torch, lattice_kernels as lk
+from lattice_kernels.ops import reference
+print(lk.__file__)
+assert "cpu" in lk.available_backends(), lk.available_backends()
+x = torch.randn(2, 5, 7, 9)
+mean, std = lk.ops.channel_stats(x, backend="cpu")
+want_mean, want_std = reference.channel_stats(x.double())
+torch.testing.assert_close(mean.double(), want_mean, rtol=1e-5, atol=1e-6)
+torch.testing.assert_close(std.double(), want_std, rtol=1e-5, atol=1e-6)
+"""
+
+
+@pytest.mark.parametrize("isolation", [True, False], ids=["isolated", "no-build-isolation"])
+@pytest.mark.parametrize("how", ["pip install .", "pip install -e .", "pip install sdist"])
+def test_install(how, isolation, fresh_clone, torch_only, checkpoint_and_image, request, tmp_path):
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", venv])
+    py = venv / "bin" / "python"
+    site = Path(_run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+    (site / "torch_only.pth").write_text(f"{torch_only}\n")
+    pip = [*PIP, "--python", py, "install", "-q"]
+    if not isolation:  # the README: --no-build-isolation needs setuptools and wheel in the environment
+        _run([*pip, "setuptools>=64", "wheel"])
+    target = request.getfixturevalue("sdist") if how == "pip install sdist" else fresh_clone
+    _run([*pip, *([] if isolation else ["--no-build-isolation"]), *(["-e"] if "-e" in how else []), target])
+    assert _run([py, "-c", "import torch; print(torch.__file__)"]).stdout.startswith(str(torch_only)), \
+        "the environment's torch must be the installed one, not one pip put there"
+
+    env = {**os.environ, "LATTICE_KERNELS_BUILD_DIR": str(_extension.BUILD.folder.parent), "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)
+    r = _run([py, "-c", CHECK], env=env, cwd=tmp_path)
+    where = Path(r.stdout.splitlines()[0])
+    assert where.is_relative_to(fresh_clone if "-e" in how else site), where
+    assert "compiling" not in r.stderr, f"the installed kernel sources differ from the checkout's:\n{r.stderr}"
+
+    ckpt, image = checkpoint_and_image
+    _run([venv / "bin" / "lattice-upscale", "-c", ckpt, image, "-o", tmp_path / "out", "-q"], env=env, cwd=tmp_path)
+    out = np.asarray(Image.open(tmp_path / "out" / "a_x2.png"))
+    assert out.shape == (48, 48, 3)
