@@ -4,11 +4,14 @@ checkpoints on real photographs, on every available backend."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 import lattice_kernels as lk
 from lattice_kernels.models import CheckpointError
@@ -118,26 +121,71 @@ class PlainGeneralLB(torch.nn.Module):
         super().__init__()
         self.block = block
         names = {"alpha1": "x_ca_p{}", "alpha2": "fea_ca{}", "beta1": "x_ca{}", "beta2": "fea_ca_q{}"}
-        self.ccs = {}
+        self.ccs = torch.nn.ModuleDict()  # a plain dict would hide them from .to() (test_reference_models_move)
         for u in (1, 2):
             for n in block.placement:
                 m = getattr(block, names[n].format(u))
                 plain = PlainCC(64)
                 plain.load_state_dict(m.state_dict())
-                self.ccs[(u, n)] = plain
+                self.ccs[f"{u}{n}"] = plain
         self.rb0, self.rb1 = plain_rb(64, 16), plain_rb(64, 16)
         self.rb0.load_state_dict(block.conv_block0.state_dict())
         self.rb1.load_state_dict(block.conv_block1.state_dict())
 
     def unit(self, u, x1, x2):
         def c(n, t):
-            return self.ccs[(u, n)](t) * t if (u, n) in self.ccs else t
+            return self.ccs[f"{u}{n}"](t) * t if f"{u}{n}" in self.ccs else t
         return c("alpha1", x1) + c("alpha2", x2), c("beta1", x1) + c("beta2", x2)
 
     def forward(self, x):
         p1, q1 = self.unit(1, x, self.rb0(x))
         p3, q3 = self.unit(2, self.rb1(p1), q1)
         return self.block.compress(torch.cat((p3, q3), 1))
+
+
+class _FloatDtypes(TorchFunctionMode):
+    """Records the dtype of every floating-point tensor passed to a torch function."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[torch.dtype] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for a in tree_flatten((args, kwargs))[0]:
+            if isinstance(a, torch.Tensor) and a.is_floating_point():
+                self.seen.add(a.dtype)
+        return func(*args, **kwargs)
+
+
+def _dtypes_touched(model: torch.nn.Module, x: torch.Tensor) -> set[torch.dtype]:
+    rec = _FloatDtypes()
+    with torch.no_grad(), rec, contextlib.suppress(RuntimeError):  # mixed dtypes may fail in an op: seen before
+        model(x)
+    return rec.seen
+
+
+class _PlainDictLB(PlainGeneralLB):
+    """The defect this test is for: CCs kept in a plain dict, which .to() does not move."""
+
+    def __init__(self, block):
+        super().__init__(block)
+        ccs = dict(self.ccs.items())
+        del self.ccs
+        self.ccs = ccs
+
+
+def test_reference_models_move_every_tensor_with_to():
+    """Every tensor a reference model's forward touches moves with .to(float64) (and so with .to("cuda")): a
+    module held outside nn.Module's registries would stay float32 here and on the CPU under .to("cuda")."""
+    torch.manual_seed(0)
+    block = lk.LatticeBlock(64, placement="both")
+    x = torch.randn(1, 64, 6, 7, dtype=torch.float64)
+    for model in (PlainGeneralLB(block), PlainLatticeNet(2)):
+        inp = x if isinstance(model, PlainGeneralLB) else x[:, :3]
+        assert _dtypes_touched(model.to(torch.float64), inp) == {torch.float64}, type(model).__name__
+    planted = _PlainDictLB(block).to(torch.float64)
+    assert torch.float32 in _dtypes_touched(planted, x), "the check must catch modules that .to() does not move"
 
 
 @pytest.mark.parametrize("placement", list(PLACEMENTS))
