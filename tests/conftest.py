@@ -145,6 +145,31 @@ def thread_count():
 
 
 def weights_dir() -> str | None:
+    """The published checkpoints' folder (LATTICE_WEIGHTS_DIR, else ../shared/weights), None when absent: the tests
+    that need them skip, except where LATTICE_REQUIRE_WEIGHTS=1 (the GPU runs), where their absence is an error."""
     d = os.environ.get("LATTICE_WEIGHTS_DIR") or os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                                                                "weights")
-    return d if os.path.isdir(d) else None
+    if os.path.isdir(d):
+        return d
+    if os.environ.get("LATTICE_REQUIRE_WEIGHTS") == "1":
+        raise RuntimeError(f"LATTICE_REQUIRE_WEIGHTS=1 but the published checkpoints are not in {d}: set "
+                           "LATTICE_WEIGHTS_DIR to their folder")
+    return None
+
+
+def allow_tf32(on: bool) -> None:
+    """TF32 for float32 cuDNN convolutions and CUDA matmuls, on or off (torch >= 2.9's fp32_precision where it
+    exists: mixing it with the older allow_tf32 flags is refused by torch)."""
+    cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
+    if cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision"):
+        cudnn_conv.fp32_precision = "tf32" if on else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if on else "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = on
+        torch.backends.cuda.matmul.allow_tf32 = on
+
+
+# float32 in IEEE float32 for every test: with torch's defaults cuDNN runs float32 convolutions in TF32 on Ampere
+# and later (about 1e-3 relative error), which the float32 rules (1e-5) cannot hold. The library leaves the setting
+# to the user (README, Backends); test_gpu_full_size.py::test_tf32_error_of_float32_convolutions states the error.
+allow_tf32(False)

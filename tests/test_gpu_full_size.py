@@ -11,7 +11,7 @@ import torch
 import lattice_kernels as lk
 from lattice_kernels.ops import reference as ref
 
-from .conftest import assert_close_to_reference, make_weights, weights_dir
+from .conftest import allow_tf32, assert_close_to_reference, make_weights, weights_dir
 from .images import crop, photo
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -85,3 +85,28 @@ def test_published_model_256(backend):
         want = plain.cuda().eval()(x)
         got = net.cuda().eval()(x)
     assert (got - want).abs().max().item() <= 1e-3
+
+
+def test_tf32_error_of_float32_convolutions():
+    """What the float32 rules meet under torch's default, TF32 cuDNN convolutions: a Lattice Block's 3x3
+    convolution (64 -> 64 channels) in float32 against float64, with TF32 on and off. The suite runs with it off
+    (conftest.py); users who keep torch's default get the TF32 error in every convolution of the model."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(1, 64, 128, 128, device="cuda", generator=g)
+    w = torch.randn(64, 64, 3, 3, device="cuda", generator=g) * 0.05
+    want = torch.nn.functional.conv2d(x.double(), w.double(), padding=1)
+
+    def rel_error() -> float:
+        got = torch.nn.functional.conv2d(x, w, padding=1).double()
+        return ((got - want).abs().max() / want.abs().max()).item()
+
+    try:
+        allow_tf32(True)
+        tf32 = rel_error()
+    finally:
+        allow_tf32(False)
+    ieee = rel_error()
+    print(f"conv3x3 float32 max relative error vs float64 on {torch.cuda.get_device_name()}: TF32 {tf32:.2e}, "
+          f"IEEE {ieee:.2e}")
+    assert ieee < 1e-5, ieee
+    assert tf32 > 10 * ieee, "TF32 was expected to be in use for float32 convolutions when allowed"

@@ -26,6 +26,10 @@ mkdir -p "$OUT"
 # lattice_kernels._C is compiled for the options of the process that loads it (lattice_kernels/_build.py): every
 # stage uses the architectures and the CUDA choice of the build stage, so that none of them compiles again.
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+# The published checkpoints: a device copy of the tree has no ../shared, so they are carried in (.device/weights,
+# ignored by git); on a GPU run their absence fails the checkpoint tests instead of skipping them.
+if [ -z "${LATTICE_WEIGHTS_DIR:-}" ] && [ -d .device/weights ]; then export LATTICE_WEIGHTS_DIR=$PWD/.device/weights; fi
+if [ "$DRY" != 1 ]; then export LATTICE_REQUIRE_WEIGHTS=1; fi
 # shellcheck source=/dev/null
 [ -f "$OUT/build_flags.sh" ] && . "$OUT/build_flags.sh"
 status=0
