@@ -32,7 +32,7 @@ from lattice_kernels.ops import reference as ref
 from .conftest import BACKEND_DEVICES, assert_close_to_reference, interpreted
 
 _LONG = os.environ.get("LATTICE_FUZZ_EXAMPLES")
-FUZZ_EXAMPLES = int(_LONG) if _LONG else 60
+FUZZ_EXAMPLES = int(_LONG) if _LONG else 40
 FUZZ = settings(
     max_examples=FUZZ_EXAMPLES,
     derandomize=_LONG is None,  # make test: the same examples on every run; a long run: new ones each time
