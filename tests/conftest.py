@@ -158,15 +158,11 @@ def weights_dir() -> str | None:
 
 
 def allow_tf32(on: bool) -> None:
-    """TF32 for float32 cuDNN convolutions and CUDA matmuls, on or off (torch >= 2.9's fp32_precision where it
-    exists: mixing it with the older allow_tf32 flags is refused by torch)."""
-    cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
-    if cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision"):
-        cudnn_conv.fp32_precision = "tf32" if on else "ieee"
-        torch.backends.cuda.matmul.fp32_precision = "tf32" if on else "ieee"
-    else:
-        torch.backends.cudnn.allow_tf32 = on
-        torch.backends.cuda.matmul.allow_tf32 = on
+    """TF32 for float32 cuDNN convolutions and CUDA matmuls, on or off. The older allow_tf32 flags, not torch 2.9's
+    fp32_precision: after fp32_precision is set, torch 2.13 refuses to read torch.backends.cudnn.allow_tf32 ("a mix
+    of the legacy and new APIs"), which torch.export reads (measured: the export tests failed that way)."""
+    torch.backends.cudnn.allow_tf32 = on
+    torch.backends.cuda.matmul.allow_tf32 = on
 
 
 # float32 in IEEE float32 for every test: with torch's defaults cuDNN runs float32 convolutions in TF32 on Ampere

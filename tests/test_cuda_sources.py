@@ -26,7 +26,15 @@ def test_there_are_cuda_sources():
 @pytest.mark.parametrize("arch", ["80", "90"])
 @pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)
 def test_nvcc_compiles(cu, arch, tmp_path):
-    cmd = [NVCC, "-c", "-std=c++17", "-O2", f"-arch=sm_{arch}", "-Xcompiler", "-Wall,-Wextra,-Werror",
+    """With the flags of the real build: torch's own nvcc flags (no implicit half/bfloat16 conversions, relaxed
+    constexpr) and the package's (-O3, no fast math), as lattice_kernels/_build.py passes them."""
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
+    from lattice_kernels._build import Options
+
+    build = Options(cuda=True, cuda_home=None, arch_list=arch, debug=False, cuda_skipped=None).flags()["nvcc"]
+    assert "--use_fast_math" not in build and "-O3" in build
+    cmd = [NVCC, "-c", *COMMON_NVCC_FLAGS, *build, f"-arch=sm_{arch}", "-Xcompiler", "-Wall,-Wextra,-Werror",
            "--Werror", "cross-execution-space-call", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"), str(cu)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
