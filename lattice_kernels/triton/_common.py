@@ -127,17 +127,31 @@ class Tiling:
     splits: int
 
 
-def tiling(c: int, p: int, interleaved: bool) -> Tiling:
+def tiling(c: int, p: int | torch.SymInt, interleaved: bool) -> Tiling:
     """Planar rows are contiguous along P: a few channels by a long run of pixels; interleaved pixels are contiguous
     along C: the channels of a run of pixels. 2048-element tiles, 8 tiles per split; the split grows (in whole
-    multiples of its base length, like split_len of the CUDA kernels) so that the splits fit grid axis 1."""
-    c, p = int(c), int(p)  # block sizes are compile-time constants: sizes are specialised, never symbolic
+    multiples of its base length, like split_len of the CUDA kernels) so that the splits fit grid axis 1.
+
+    Under torch.compile(dynamic=True) p = H*W may be symbolic: it is only compared with constants (a tile shrinks
+    to the power of two that holds a small image; the split grows past 65535 base lengths), so a compiled graph
+    holds for every size in the same range and recompiles only when a size crosses into another (at most
+    log2(2048/16) + 1 tile ranges), never once per size. The channel count is specialised (block sizes are
+    compile-time constants, and a layer's C does not change)."""
+    c = int(c)
     bc = min(triton.next_power_of_2(c), 64 if interleaved else 4)
     bp = max(16, 2048 // bc)
-    bp = min(bp, max(16, triton.next_power_of_2(p)))
+    cand = 16
+    while cand < bp:  # the smallest power of two >= p, at least 16, at most bp, by comparisons only
+        if p <= cand:
+            bp = cand
+            break
+        cand *= 2
     base = bp * TILES_PER_SPLIT
-    split_p = base * triton.cdiv(triton.cdiv(p, base), MAX_GRID_YZ)
-    return Tiling(bc, bp, split_p, triton.cdiv(p, split_p))
+    if p <= base * MAX_GRID_YZ:
+        split_p = base
+    else:  # frames of more than 65535 base lengths (> 8M pixels interleaved, > 268M planar)
+        split_p = base * triton.cdiv(triton.cdiv(int(p), base), MAX_GRID_YZ)
+    return Tiling(bc, bp, split_p, (p + split_p - 1) // split_p)
 
 
 def check_grid(kernel_name: str, grid: tuple[int, ...]) -> tuple[int, ...]:

@@ -3,7 +3,6 @@ statistics of q in the same pass; fused backward giving dx1, dx2 and all coeffic
 
 from __future__ import annotations
 
-import einops
 import torch
 import triton
 import triton.language as tl
@@ -193,7 +192,8 @@ def butterfly_backward(grad_p, grad_q, grad_mean_q, grad_std_q, x1, x2, coefs, m
         c, P, *gps, *gqs, *s1, *s2, *ds, ncb, t.splits, n * c, t.split_p,
         HAS_A1=a[0] is not None, HAS_A2=a[1] is not None, HAS_B1=a[2] is not None, HAS_B2=a[3] is not None,
         Q_GRAD=q_grad, BLOCK_C=t.block_c, BLOCK_P=t.block_p)
-    red = einops.reduce(sums, "k (n c) s -> k n c", "sum", n=n)  # over the splits, in a fixed order (no atomics)
+    # over the splits, in a fixed order (no atomics); torch's reshape keeps symbolic sizes (einops' pinned them)
+    red = sums.unflatten(1, (n, c)).sum(-1)
     st = stats_dtype(x1.dtype)
     grads = [None if v is None else red[i].to(st).clone() for i, v in enumerate(coefs)]
     return (dx1, dx2, *grads)

@@ -98,7 +98,7 @@ def finalize_stats(part: Tensor, splits: int, n: int, c: int, wrap) -> tuple[Ten
     mean = torch.empty((n, c), dtype=torch.float32, device=part.device)
     std = torch.empty((n, c), dtype=torch.float32, device=part.device)
     grid = check_grid("stats_finalize_kernel", (n,))
-    wrap(stats_finalize_kernel)[grid](part, mean, std, c, splits, n * c, BLOCK_C=triton.next_power_of_2(c))
+    wrap(stats_finalize_kernel)[grid](part, mean, std, c, splits, n * c, BLOCK_C=triton.next_power_of_2(int(c)))
     return mean, std
 
 

@@ -52,7 +52,7 @@ def combination_coefficients(x: Tensor, weights: tuple[Tensor, ...], wrap) -> tu
     mean, std, cc = (torch.empty((n, c), dtype=torch.float32, device=dev) for _ in range(3))
     w = [t.float().contiguous() for t in weights]
     wrap(cc_finalize_kernel)[check_grid("cc_finalize_kernel", (n,))](part, mean, std, cc, *w, c, r, splits, n * c,
-                                   BLOCK_C=triton.next_power_of_2(c), BLOCK_R=triton.next_power_of_2(r))
+                                   BLOCK_C=triton.next_power_of_2(int(c)), BLOCK_R=triton.next_power_of_2(int(r)))
     st = stats_dtype(x.dtype)
     return cc.to(st), mean.to(st), std.to(st)
 
