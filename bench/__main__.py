@@ -47,6 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop starting new measurements after this long (the rest are listed as skipped)")
+    p.add_argument("--compile-max", choices=["auto", "yes", "no"], default="auto",
+                   help="a second pass of the op groups against torch.compile(mode='max-autotune-no-cudagraphs') "
+                        "after the default-mode one (auto: on GPUs)")
     p.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
                    help="tuned (default): glibc keeps freed large buffers for reuse instead of unmapping them, so "
                         "no backend pays a page fault per 4 KiB of every fresh output (see TUNED_MALLOC); applied to "
@@ -93,10 +96,10 @@ def main(argv=None) -> int:
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in shapes]
     dtypes = [getattr(torch, d) for d in (args.dtypes or DEFAULT_DTYPES[dev])]
     lib = library_backends(device, args.backends)
-    # On GPU the torch.compile peer is max-autotune-no-cudagraphs (the default mode is left out to save time).
-    baselines = ["eager", "compile-max"] if dev == "cuda" else ["eager", "compile"]
+    # The torch.compile peer of the ops is the default mode; on a GPU max-autotune-no-cudagraphs ("compile-max",
+    # minutes of autotuning per op group) follows in a second pass when the budget leaves time (--compile-max).
+    baselines = ["eager", "compile"]
     layouts = args.layouts or DEFAULT_LAYOUTS[dev]
-    backends = baselines + lib
     import time
 
     deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
@@ -109,38 +112,59 @@ def main(argv=None) -> int:
     env["copy_bandwidth_GBps"] = copy_gbps
     print(f"# measured copy bandwidth (read + write): {copy_gbps:.1f} GB/s; malloc: {env['malloc']}", flush=True)
 
+    stem = args.name or report.slug(f"{device.type}-{env['device']}") + ("-quick" if args.quick else "")
+    path = args.out / f"{stem}.json"
     rows: list[dict] = []
-    op_names = ops_bench.OPS if args.ops is None else args.ops
-    for shape in shapes if op_names else []:
-        for layout in layouts:
-            for dtype in dtypes:
-                for case in ops_bench.make_cases(shape, dtype, device, layout):
-                    if case.name not in op_names:
-                        continue
-                    for pass_ in args.passes:
-                        if deadline and time.monotonic() > deadline:
-                            skipped.append(f"{case.name} {pass_} {shape} {layout} {dtype} ({', '.join(backends)})")
-                            continue
-                        group = ops_bench.bench_op(case, backends, shape, dtype, device, pass_ == "fwd+bwd",
-                                                   repeats, warmup, layout)
-                        for row in group:
-                            row["kind"] = "op"
-                            report.add_copy_fraction(row, copy_gbps)
-                            print(f"  {case.name:26s} {pass_:7s} {'x'.join(map(str, shape)):14s} {layout} "
-                                  f"{row['dtype']:8s} {row['backend']:12s} {row['median_ms']:9.3f} ms  "
-                                  f"{report.ratio_text(row, 'vs_eager')} vs eager, "
-                                  f"{report.ratio_text(row, 'vs_compile')} vs compile", flush=True)
-                        rows.extend(group)
 
+    def save(partial: bool) -> None:
+        """The report so far (after every case: a run stopped from outside keeps what it measured)."""
+        report.write_json(path, {"environment": env, "rows": rows, "argv": sys.argv[1:], "skipped": skipped,
+                                 "ratio_spread": SPREAD, "complete": not partial})
+
+    # The model cases first: they are the figures users compare, and the op groups fill the budget that is left.
     if args.models is None or args.models:
         from . import models_bench
 
-        model_rows = models_bench.run(device, args.models, quick=args.quick, repeats=repeats, lib=lib,
-                                      deadline=deadline, skipped=skipped)
-        rows.extend(model_rows)
+        def on_model_rows(model_rows: list[dict]) -> None:
+            rows[:] = model_rows
+            save(True)
 
-    op_rows = [r for r in rows if r["kind"] == "op"]
-    if op_rows:
+        rows[:] = models_bench.run(device, args.models, quick=args.quick, repeats=repeats, lib=lib,
+                                   deadline=deadline, skipped=skipped, on_rows=on_model_rows)
+        save(True)
+
+    op_names = ops_bench.OPS if args.ops is None else args.ops
+    compile_max = args.compile_max if args.compile_max != "auto" else ("yes" if dev == "cuda" else "no")
+    op_passes = [baselines + lib] + ([["eager", "compile-max", *lib]] if compile_max == "yes" else [])
+    for pass_backends in op_passes:
+        for shape in shapes if op_names else []:
+            for layout in layouts:
+                for dtype in dtypes:
+                    for case in ops_bench.make_cases(shape, dtype, device, layout):
+                        if case.name not in op_names:
+                            continue
+                        for pass_ in args.passes:
+                            what = f"{case.name} {pass_} {shape} {layout} {dtype} ({', '.join(pass_backends)})"
+                            if deadline and time.monotonic() > deadline:
+                                skipped.append(what)
+                                continue
+                            group = ops_bench.bench_op(case, pass_backends, shape, dtype, device,
+                                                       pass_ == "fwd+bwd", repeats, warmup, layout, deadline)
+                            for row in group:
+                                row["kind"] = "op" if "compile" in pass_backends else "op-compile-max"
+                                report.add_copy_fraction(row, copy_gbps)
+                                print(f"  {case.name:26s} {pass_:7s} {'x'.join(map(str, shape)):14s} {layout} "
+                                      f"{row['dtype']:8s} {row['backend']:12s} {row['median_ms']:9.3f} ms  "
+                                      f"{report.ratio_text(row, 'vs_eager')} vs eager, "
+                                      f"{report.ratio_text(row, 'vs_compile')} vs {row.get('compile_baseline')}",
+                                      flush=True)
+                            rows.extend(group)
+                            save(True)
+
+    for kind in ("op", "op-compile-max"):
+        op_rows = [r for r in rows if r["kind"] == kind]
+        if not op_rows:
+            continue
         print()
         print(report.format_table(op_rows, [
             ("op", "op", ""), ("pass", "pass", ""), ("shape", "shape", ""), ("layout", "layout", ""),
@@ -149,7 +173,8 @@ def main(argv=None) -> int:
             ("p90", "p90_ms", "{:.3f}"), ("GB/s", "GBps", "{:.1f}"), ("% copy", "pct_copy_bw", "{:.0f}%"),
             ("GFLOP/s", "GFLOPs", "{:.0f}"),
             ("vs eager", "vs_eager", "{:.2f}x"), ("range", "vs_eager_range", report.RANGE),
-            ("vs compile", "vs_compile", "{:.2f}x"), ("range", "vs_compile_range", report.RANGE)]))
+            ("vs compile", "vs_compile", "{:.2f}x"), ("range", "vs_compile_range", report.RANGE),
+            ("compiled peer", "compile_baseline", ""), ("cut", "rounds_cut", "")]))
     model_rows = [r for r in rows if r["kind"] == "model"]
     if model_rows:
         print()
@@ -163,12 +188,9 @@ def main(argv=None) -> int:
         for note in sorted({r["memory_method"] for r in model_rows if r.get("memory_method")}):
             print(f"# peak memory: {note}")
 
-    stem = args.name or report.slug(f"{device.type}-{env['device']}") + ("-quick" if args.quick else "")
-    path = args.out / f"{stem}.json"
     if skipped:
         print(f"\n# {len(skipped)} measurements skipped (--max-minutes {args.max_minutes}): first {skipped[0]}")
-    report.write_json(path, {"environment": env, "rows": rows, "argv": sys.argv[1:], "skipped": skipped,
-                             "ratio_spread": SPREAD})
+    save(False)
     print(f"\n# wrote {path}")
     if not args.no_plots:
         for p in report.plot(rows, args.out / stem, env["device"]):

@@ -5,13 +5,15 @@ the seconds-long phases in which a shared CPU runs everything slower hit every b
 (one per round and backend, ms); models_bench turns them into times and paired ratios.
 
     python -m bench.interleaved '{"case": {...Case...}, "backends": ["eager", "compile", "cpu"], "device": "cpu",
-                                  "rounds": 12}'
-(run by models_bench; prints one JSON line)."""
+                                  "rounds": 12, "seconds_left": 90}'
+(run by models_bench; prints one JSON line). seconds_left: the run's budget (--max-minutes) left, after which no
+round starts once three are done."""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 
 import torch
 
@@ -27,8 +29,10 @@ def main() -> None:
         model, x = build({"case": cfg["case"], "backend": b, "device": device.type})
         calls[b] = make_call(cfg["case"], model, x, device)
     warmup = cfg.get("warmup", 2)
+    left = cfg.get("seconds_left")
     samples = run_rounds(calls, cfg["rounds"], warmup=warmup,
-                         sync=torch.cuda.synchronize if device.type == "cuda" else None)
+                         sync=torch.cuda.synchronize if device.type == "cuda" else None,
+                         deadline=None if left is None else time.monotonic() + left)
     print(json.dumps({"samples_ms": samples, "warmup": warmup}))
 
 

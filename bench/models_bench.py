@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -79,9 +80,12 @@ def backends_for(device: str, case: Case, lib: list[str]) -> list[str]:
 
 
 def run(device: torch.device, names: list[str] | None, quick: bool, repeats: int,
-        lib: list[str] | None = None, deadline: float | None = None, skipped: list[str] | None = None) -> list[dict]:
+        lib: list[str] | None = None, deadline: float | None = None, skipped: list[str] | None = None,
+        on_rows: Callable[[list[dict]], object] | None = None) -> list[dict]:
     """One row per (case, backend): times and paired ratios from the case's interleaved process, peak memory from
-    the backend's own process; then the deployment runtimes (CPU, not --quick)."""
+    the backend's own process; then the deployment runtimes (CPU, not --quick). With a `deadline`
+    (time.monotonic()), no case starts after it, a case's rounds stop there (after three), and the memory
+    processes of a case that ends past it are skipped. on_rows(rows) after each case, for a partial report."""
     import time
 
     from .common import library_backends
@@ -98,18 +102,26 @@ def run(device: torch.device, names: list[str] | None, quick: bool, repeats: int
                 skipped.append(f"{label} ({', '.join(backends)})")
             continue
         rounds = 3 if quick else case.rounds or (repeats if case.model != "latticenet" else max(3, repeats // 3))
-        case_rows = case_rows_interleaved(case, backends, device, rounds)
+        case_rows = case_rows_interleaved(case, backends, device, rounds, deadline)
         for row in case_rows:
-            row.update(_run_memory(case, row["backend"], device))
+            if deadline and time.monotonic() > deadline:
+                row.update(peak_mem_MB=None)
+                if skipped is not None:
+                    skipped.append(f"{label} {row['backend']}: peak memory")
+            else:
+                row.update(_run_memory(case, row["backend"], device))
+            peak = "-" if row["peak_mem_MB"] is None else f"{row['peak_mem_MB']:.0f}"
             print(f"  {label:58s} {row['backend']:14s} {row['median_ms']:10.1f} ms  "
                   f"{report.ratio_text(row, 'vs_eager')} vs eager, {report.ratio_text(row, 'vs_compile')} vs "
-                  f"compile; peak {row['peak_mem_MB']:8.0f} MiB", flush=True)
+                  f"compile; peak {peak:>8s} MiB", flush=True)
             row.update(kind="model", case=label)
         eager_mem = next((r["peak_mem_MB"] for r in case_rows if r["backend"] == "eager"), None)
         for row in case_rows:
-            if eager_mem and eager_mem > 0:
+            if eager_mem and eager_mem > 0 and row["peak_mem_MB"] is not None:
                 row["peak_mem_vs_eager"] = row["peak_mem_MB"] / eager_mem
         rows.extend(case_rows)
+        if on_rows is not None:
+            on_rows(rows)
     if not quick and not (names and not any(n in DEPLOY_CASE for n in names)):
         if deadline and time.monotonic() > deadline:
             if skipped is not None:
@@ -119,19 +131,26 @@ def run(device: torch.device, names: list[str] | None, quick: bool, repeats: int
     return rows
 
 
-def case_rows_interleaved(case: Case, backends: list[str], device: torch.device, rounds: int) -> list[dict]:
+def case_rows_interleaved(case: Case, backends: list[str], device: torch.device, rounds: int,
+                          deadline: float | None = None) -> list[dict]:
     """Every backend of `case` timed in `rounds` interleaved rounds in one fresh process (bench/interleaved.py):
     one row per backend with the median time (p10, p90) and vs_eager / vs_compile (the plain model's eager and
     compiled time over this backend's, median and range of the per-round ratios; a fused compiled model is compared
     with the compiled plain one as every other backend is)."""
+    import time
+
     cfg = {"case": asdict(case), "backends": backends, "device": device.type, "rounds": rounds,
            "warmup": 2 if case.model == "latticenet" else 3}
+    if deadline is not None:
+        cfg["seconds_left"] = deadline - time.monotonic()
     r = subprocess.run([sys.executable, "-m", "bench.interleaved", json.dumps(cfg)], capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"model benchmark {case.name} ({', '.join(backends)}) failed:\n{r.stderr[-4000:]}")
     samples = json.loads(r.stdout.strip().splitlines()[-1])["samples_ms"]
     comp = "compile-max" if "compile-max" in samples else "compile"
-    return [{"backend": b, **time_fields(samples[b]), "timing": f"{rounds} interleaved rounds in one process",
+    taken = len(samples[backends[0]])
+    cut = {"rounds_cut": f"{taken} of {rounds} rounds (--max-minutes)"} if taken < rounds else {}
+    return [{"backend": b, **time_fields(samples[b]), "timing": f"{taken} interleaved rounds in one process", **cut,
              "samples_ms": samples[b], **speedup_fields(samples, b, {"vs_eager": "eager", "vs_compile": comp})}
             for b in backends]
 

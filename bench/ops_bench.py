@@ -103,11 +103,12 @@ def _callable(case: OpCase, backend: str) -> Callable[..., tuple]:
 
 
 def bench_op(case: OpCase, backends: list[str], shape, dtype, device: torch.device, with_backward: bool,
-             rounds: int, warmup: int, layout: str = "nchw") -> list[dict]:
+             rounds: int, warmup: int, layout: str = "nchw", deadline: float | None = None) -> list[dict]:
     """One row per backend for one (op case, shape, dtype, layout, pass): every backend's callable built once in
     this process, warmed (compilation happens there), then timed in `rounds` interleaved rounds (bench/rounds.py)
     over rotating input sets shared by all backends, consecutive calls never on the same set. Per row: the median
-    time with p10/p90, and vs_eager / vs_compile as the median of the per-round speedups with their range."""
+    time with p10/p90, and vs_eager / vs_compile as the median of the per-round speedups with their range. Past
+    `deadline` (time.monotonic()) the group stops after its third round (rounds_cut in the rows)."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     numel = 1
     for s in shape:
@@ -144,7 +145,9 @@ def bench_op(case: OpCase, backends: list[str], shape, dtype, device: torch.devi
     calls = {b: make_call(fn) for b, fn in fns.items()}
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     # GPU: 10 calls per sample, so that the synchronisation around a sample is small against a us-scale op
-    samples = run_rounds(calls, rounds, warmup=warmup, reps=10 if device.type == "cuda" else 1, sync=sync)
+    samples = run_rounds(calls, rounds, warmup=warmup, reps=10 if device.type == "cuda" else 1, sync=sync,
+                         deadline=deadline)
+    taken = len(samples[backends[0]])
     comp = "compile-max" if "compile-max" in backends else ("compile" if "compile" in backends else None)
     rows = []
     for b in backends:
@@ -152,10 +155,12 @@ def bench_op(case: OpCase, backends: list[str], shape, dtype, device: torch.devi
         row = {"op": case.name, "shape": list(shape), "layout": layout, "dtype": str(dtype).replace("torch.", ""),
                "device": device.type, "pass": "fwd+bwd" if with_backward else "fwd", "backend": b, "bytes": nbytes,
                **t, "GBps": nbytes / (t["median_ms"] * 1e-3) / 1e9, "rotations": rot,
-               "timing": f"{rounds} interleaved rounds", "samples_ms": samples[b],
+               "timing": f"{taken} interleaved rounds", "samples_ms": samples[b],
                **speedup_fields(samples, b, {"vs_eager": "eager", "vs_compile": comp})}
         if comp:
             row["compile_baseline"] = comp
+        if taken < rounds:
+            row["rounds_cut"] = f"{taken} of {rounds} rounds (--max-minutes)"
         if case.flops_fwd:  # backward of a conv: the input and weight gradients, two more convs' worth
             row["GFLOPs"] = case.flops_fwd * (3 if with_backward else 1) / (t["median_ms"] * 1e-3) / 1e9
         rows.append(row)

@@ -27,7 +27,8 @@ def rotated(names: Sequence[str], r: int) -> list[str]:
 
 def run_rounds(calls: Mapping[str, Callable[[int], object]], rounds: int, *, warmup: int = 2, reps: int = 1,
                pause_s: float = 0.0, prime: int = 0, sync: Callable[[], object] | None = None,
-               clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+               clock: Callable[[], float] = time.perf_counter, deadline: float | None = None,
+               min_rounds: int = 3, monotonic: Callable[[], float] = time.monotonic) -> dict[str, list[float]]:
     """Warm each callable (`warmup` calls), then time `rounds` rounds; each round takes one sample of every callable,
     in the order rotated(names, round). A sample is `reps` calls between two `sync()`s, in ms per call; each sample
     is preceded by a pause of `pause_s` (so worker threads a runtime leaves spinning after its call go to sleep
@@ -36,7 +37,9 @@ def run_rounds(calls: Mapping[str, Callable[[int], object]], rounds: int, *, war
     pause: LatticeNet x4 at LR 320x180 on the 2-core Xeon, 2026-11-29, 192 ms back to back, 220 ms after a 0.2 s
     pause, 250-330 ms after 1 s, with no page faults). calls[name](i) makes one call; i counts every call made,
     warm-up and priming included, so a callable that picks its input set as i % k (k = timing.rotation_count)
-    never reads the set the call before it read, whichever callable made that one.
+    never reads the set the call before it read, whichever callable made that one. With a `deadline` (a
+    monotonic() time), no round starts after it once `min_rounds` rounds are done: every callable keeps the same
+    number of samples, so the per-round ratios stay paired.
     Returns {name: [ms per call, one per round]}."""
     if rounds < 1 or not calls:
         raise ValueError(f"need at least one round and one callable, got {rounds} rounds, {len(calls)} callables")
@@ -66,6 +69,8 @@ def run_rounds(calls: Mapping[str, Callable[[int], object]], rounds: int, *, war
             if sync is not None:
                 sync()
             samples[name].append((clock() - t0) * 1e3 / reps)
+        if deadline is not None and r + 1 >= min_rounds and monotonic() > deadline:
+            break
     return samples
 
 
