@@ -34,11 +34,12 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(VPY) -m bench --quick
 
-# On a GPU machine, in stages (tools/gpu_check.sh: env build ops models sanitize bench; STAGES="build ops" for some):
-# builds the CUDA extension (no network needed), runs the GPU tests, compute-sanitizer and the benchmarks, and writes
-# logs, JSON and plots under $OUT (default bench/results/gpu-check).
+# On a GPU machine (tools/gpu_check.sh): call (a) builds the CUDA extension (no network needed) and runs the GPU
+# tests, call (b) compute-sanitizer and the benchmarks; logs, JSON and plots go under $OUT (default
+# bench/results/gpu-check). `make gpu-check STAGES="tests"` for some stages; `tools/gpu_check.sh prepare` first, on a
+# machine with the network, carries the published checkpoints and missing wheels in .device/.
 gpu-check:
-	bash tools/gpu_check.sh $(STAGES)
+	bash tools/gpu_check.sh $(or $(STAGES),a b)
 
 clean:
 	rm -rf build *.egg-info lattice_kernels/*.so lattice_kernels/_ext $(STAMP)
