@@ -252,6 +252,12 @@ def _fmt(p: float, s: float) -> str:
     return f"{p:.2f} / {s:.4f}" if math.isfinite(p) else f"inf / {s:.4f}"
 
 
+def model_label(task: str, self_ensemble: bool) -> str:
+    """The model's name in reports: 'LatticeNet', or 'LatticeNet+' for the x8 self-ensemble as the papers mark it."""
+    name = "LatticeNet" if task == "sr" else "LatticeRestorer"
+    return f"{name}+ (x8 self-ensemble)" if self_ensemble else name
+
+
 def markdown(results: Sequence[DatasetScores], model_label: str = "LatticeNet") -> str:
     """One Markdown table per dataset: per image and the mean, PSNR (dB) / SSIM of the baseline and the model."""
     out = []

@@ -157,14 +157,31 @@ def _tile_done(bar, on_tile, done: int, total: int) -> None:
         on_tile(done, total)
 
 
+# The eight views of the x8 geometric self-ensemble (EDSR's forward_x8, "+" in the papers' tables): each dihedral
+# transform of the image as (quarter turns, horizontal flip first), in a fixed order (the mean is summed in it).
+ENSEMBLE_VIEWS = tuple((k, flip) for flip in (False, True) for k in range(4))
+
+
+def _view(t: Tensor, k: int, flip: bool) -> Tensor:
+    return torch.rot90(t.flip(3) if flip else t, k, dims=(2, 3))
+
+
+def _unview(t: Tensor, k: int, flip: bool) -> Tensor:
+    t = torch.rot90(t, -k, dims=(2, 3))
+    return t.flip(3) if flip else t
+
+
 def run(model: nn.Module, x: Tensor, *, scale: int, tile: int | None = None, overlap: int = 16,
         stats: str = "global", dtype: torch.dtype = torch.float32, channels_last: bool = False,
         device: torch.device | str | None = None, progress: bool = False,
-        on_tile: Callable[[int, int], None] | None = None) -> Tensor:
+        on_tile: Callable[[int, int], None] | None = None, self_ensemble: bool = False) -> Tensor:
     """model(x) for x (1, C, H, W) float32 (on any device; the result is float32 on the CPU), optionally in tiles of
     `tile` input pixels. dtype float16/bfloat16 runs the model under autocast. See the module docstring for
     `stats`; `overlap` is the blended margin of stats="tile". progress: a tqdm bar of its own over the tile passes;
-    on_tile(done, total) is called after each tile pass instead (for a caller's own bar)."""
+    on_tile(done, total) is called after each tile pass instead (for a caller's own bar).
+    self_ensemble: the x8 geometric self-ensemble ("LatticeNet+"): the float mean over ENSEMBLE_VIEWS of
+    unview(model(view(x))), each view run as above (tiles, statistics and dtype alike; a rotated non-square image
+    is run in its rotated shape), 8x the time."""
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"x must be (1, C, H, W), got {tuple(x.shape)}")
     if stats not in ("global", "tile"):
@@ -176,6 +193,9 @@ def run(model: nn.Module, x: Tensor, *, scale: int, tile: int | None = None, ove
     if x.shape[2] * x.shape[3] < 2:
         raise ImageError(f"a {x.shape[3]}x{x.shape[2]} image is too small: a Lattice Block normalises by the "
                          "standard deviation of each channel over the image, which needs at least 2 pixels")
+    if self_ensemble:
+        return _run_self_ensemble(model, x, scale=scale, tile=tile, overlap=overlap, stats=stats, dtype=dtype,
+                                  channels_last=channels_last, device=device, progress=progress, on_tile=on_tile)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -194,6 +214,32 @@ def run(model: nn.Module, x: Tensor, *, scale: int, tile: int | None = None, ove
         if stats == "tile":
             return _run_blended(forward, x, scale, tile, overlap, progress, on_tile)
         return _run_global(model, forward, x, scale, tile, progress, on_tile)
+
+
+def _run_self_ensemble(model: nn.Module, x: Tensor, *, progress: bool, on_tile, **kwargs) -> Tensor:
+    """run(..., self_ensemble=True): one run per view, the outputs summed in ENSEMBLE_VIEWS order in float32."""
+    n = len(ENSEMBLE_VIEWS)
+    bar = None
+    acc: Tensor | None = None
+    try:
+        for i, (k, flip) in enumerate(ENSEMBLE_VIEWS):
+            def view_done(done: int, total: int, i: int = i) -> None:
+                nonlocal bar
+                if progress and bar is None:
+                    from tqdm.auto import tqdm
+
+                    bar = tqdm(total=n * total, desc="self-ensemble views x tiles", unit="tile")
+                if bar is not None:
+                    bar.update()
+                if on_tile is not None:
+                    on_tile(i * total + done, n * total)
+
+            y = _unview(run(model, _view(x, k, flip), on_tile=view_done, **kwargs), k, flip)
+            acc = y if acc is None else acc.add_(y)
+    finally:
+        if bar is not None:
+            bar.close()
+    return acc.div_(n)
 
 
 def _run_global(model, forward, x, scale, tile, progress, on_tile=None) -> Tensor:

@@ -60,6 +60,9 @@ def add_image_options(p: argparse.ArgumentParser, suffix: str) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="compute precision (bfloat16/float16 via autocast)")
     p.add_argument("--channels-last", action="store_true", help="run the model in channels_last memory format")
+    p.add_argument("--self-ensemble", action="store_true",
+                   help="x8 geometric self-ensemble (the papers' '+' rows): the mean of the outputs over the 8 flips "
+                        "and rotations, 8x the time")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="op backend (default: auto)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-file lines")
@@ -81,7 +84,7 @@ def run_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of inference.super_resolve_file / restore_file chosen on the command line: those of
     inference.run() and max_pixels."""
     return {"tile": args.tile, "overlap": args.overlap, "stats": args.stats, "dtype": getattr(torch, args.dtype),
-            "channels_last": args.channels_last, "max_pixels": args.max_pixels}
+            "channels_last": args.channels_last, "self_ensemble": args.self_ensemble, "max_pixels": args.max_pixels}
 
 
 @dataclass(frozen=True)
