@@ -26,7 +26,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m ruff check .
-	$(VPY) -m pytest -q -n 2 --dist loadfile tests
+	$(VPY) -m pytest -q -n 2 --dist loadfile -p no:benchmark tests
 
 bench: $(STAMP)
 	$(VPY) -m bench

@@ -155,6 +155,85 @@ def test_folders_and_unreadable_files(restorer, tmp_path, monkeypatch, capsys):
     assert "locked.png" in err[0] and "permission denied" in err[0], err
 
 
+def _folder_with_bad_files(d: Path) -> list[str]:
+    """Three good photographs and three files that cannot be used (truncated, empty, CMYK); the good names."""
+    d.mkdir()
+    pic = photo("coffee")
+    good = ["a_good", "c_good", "e_good"]
+    for i, name in enumerate(good):
+        Image.fromarray(crop(pic, 24, 20, 30 * i, 40)).save(d / f"{name}.png")
+    data = (d / "a_good.png").read_bytes()
+    (d / "b_truncated.png").write_bytes(data[: len(data) // 2])
+    (d / "d_empty.png").write_bytes(b"")
+    Image.fromarray(crop(pic, 16, 16)).convert("CMYK").save(d / "f_cmyk.jpg")
+    return good
+
+
+def test_folder_run_goes_on_past_bad_files(restorer, tmp_path):
+    """By default a folder run writes every good file, reports each bad one as it is met, lists them after the
+    summary and exits with status 1; --fail-fast stops at the first one with status 2 and one error line."""
+    d = tmp_path / "mixed"
+    good = _folder_with_bad_files(d)
+    r = denoise(restorer, d, "-o", tmp_path / "o")
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    for name in good:
+        out = decoded(tmp_path / "o" / f"{name}_restored.png")[0]
+        src = np.asarray(Image.open(d / f"{name}.png"))
+        assert_pixels(out, quantized(model_on(restorer[1], src, 1.0), 1.0, np.uint8), name)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [f"{n}_restored.png" for n in good]
+    assert "3 files, 3 failed" in r.stdout, r.stdout
+    err = r.stderr.strip().splitlines()
+    skipped = [ln for ln in err if ln.startswith("lattice-denoise: skipped: ")]
+    assert len(skipped) == 3, err
+    assert "lattice-denoise: 3 files failed (not written):" in err, err
+    listed = err[err.index("lattice-denoise: 3 files failed (not written):") + 1:]
+    assert [ln.split(": ")[0].strip() for ln in listed] == [str(d / n) for n in
+                                                            ("b_truncated.png", "d_empty.png", "f_cmyk.jpg")], listed
+    assert "truncated" in listed[0] and "CMYK" in listed[2], listed
+
+    r = denoise(restorer, d, "-o", tmp_path / "ff", "--fail-fast")
+    assert_user_error(r, "lattice-denoise", "cannot read image", "b_truncated.png")
+    assert sorted(p.name for p in (tmp_path / "ff").iterdir()) == ["a_good_restored.png"]
+
+
+def test_interrupted_run_leaves_no_partial_output_and_resumes(restorer, tmp_path):
+    """Ctrl-C (SIGINT) during a folder run: exit status 130, every output present is complete (no temporary or
+    half-written file), and --skip-existing then does only the rest."""
+    import os
+    import signal
+    import time
+
+    from .test_cli import BIN
+
+    d = tmp_path / "many"
+    d.mkdir()
+    pic = photo("astronaut")
+    names = [f"im{i:02d}" for i in range(12)]
+    for i, name in enumerate(names):
+        Image.fromarray(crop(pic, 160, 160, 20 * i, 30)).save(d / f"{name}.png")
+    out = tmp_path / "o"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([str(BIN / "lattice-denoise"), "-c", str(restorer[0]), "-q", str(d), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (out.exists() and any(out.glob("*_restored.png"))) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, stderr)
+    assert "lattice-denoise: interrupted" in stderr
+    first = sorted(p.name for p in out.iterdir())
+    assert first and all(n.endswith("_restored.png") for n in first), first  # no temporary files
+    assert len(first) < len(names), "the run finished before the interrupt: use more or bigger images"
+    for n in first:
+        Image.open(out / n).load()  # complete files only
+    r = denoise(restorer, d, "-o", out, "--skip-existing")
+    assert r.returncode == 0, r.stderr
+    rest = len(names) - len(first)
+    assert f"{rest} file{'s' if rest != 1 else ''}, {len(first)} skipped (output exists)" in r.stdout, r.stdout
+    assert sorted(p.name for p in out.iterdir()) == [f"{n}_restored.png" for n in names]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # sizes and modes
 

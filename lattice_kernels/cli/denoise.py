@@ -9,7 +9,7 @@ import lattice_kernels as lk
 
 from .. import inference
 from . import HelpFormatter, command
-from .images import add_image_options, check_device, collect_inputs, plan_jobs, process, run_options
+from .images import add_image_options, check_device, collect_inputs, exit_status, plan_jobs, process, run_options
 
 DESCRIPTION = """\
 Denoise (or derain) images with a LatticeRestorer checkpoint, e.g. the model.safetensors that lattice-train
@@ -45,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
         return inference.restore_file(net, src, dst, format=args.format, quality=args.quality, on_tile=on_tile,
                                       **opts)
 
-    process("lattice-denoise", jobs, work, 1, skip_existing=args.skip_existing, quiet=args.quiet)
-    return 0
+    summary = process("lattice-denoise", jobs, work, 1, skip_existing=args.skip_existing, quiet=args.quiet,
+                      fail_fast=args.fail_fast)
+    return exit_status(summary)
 
 
 main = command("lattice-denoise", build_parser, run)

@@ -1,6 +1,6 @@
 """What lattice-upscale and lattice-denoise share: the image options, the inputs (files, folders searched
 recursively, `-` for a list of paths on stdin), the output names (never an input), and the loop over the files with
-one progress bar and a summary line."""
+one progress bar, a summary line, and the files that could not be used listed at the end."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from typing import TextIO
 import torch
 
 from .. import BACKENDS
-from ..image_files import IMAGE_SUFFIXES
+from ..image_files import IMAGE_SUFFIXES, ImageError
 from ..inference import MAX_IMAGE_PIXELS, LoadedImage
+from . import one_line
 
 TileCallback = Callable[[int, int], None]
 
@@ -49,6 +50,9 @@ def add_image_options(p: argparse.ArgumentParser, suffix: str) -> None:
     p.add_argument("--glob", default=None,
                    help=f"pattern of the files taken from folders, e.g. '*.png' (default: {' '.join(IMAGE_SUFFIXES)})")
     p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output file exists")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop at the first file that cannot be used (default: report it, go on with the others, "
+                        "list the failed files at the end and exit with status 1)")
     p.add_argument("--max-pixels", type=positive_int, default=MAX_IMAGE_PIXELS,
                    help="refuse input files declaring more pixels (width*height) than this: a guard against "
                         "decompression bombs (default: Pillow's limit)")
@@ -166,15 +170,24 @@ def plan_jobs(inputs: list[tuple[Path, Path]], out_dir: Path, suffix: str, fmt: 
 
 
 def process(prog: str, jobs: list[Job], work: Callable[[Path, Path, TileCallback], LoadedImage], scale: int,
-            skip_existing: bool = False, quiet: bool = False) -> dict:
+            skip_existing: bool = False, quiet: bool = False, fail_fast: bool = False) -> dict:
     """work(src, dst, on_tile) for each job, under one progress bar over the files (its postfix counts the tiles of
     the current file; shown on a terminal unless quiet), printing `src -> dst` per file unless quiet and a summary
-    line at the end (files, megapixels in and out, seconds). Returns the summary's numbers."""
+    line at the end (files, megapixels in and out, seconds). Returns the summary's numbers, with "failed": the
+    (file, reason) of each file that could not be used.
+
+    A file that cannot be used (ImageError: unreadable, truncated, an unsupported mode, too many pixels, ...) is
+    reported on stderr as it is met and the run goes on; the failed files are listed after the summary. With
+    fail_fast, or when the run has a single file, its error stops the run instead (the command's exit status 2).
+    Any other error stops the run. Outputs are written to a temporary file and renamed, so an interrupted run leaves
+    no partial output and skip_existing resumes it."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     done = skipped = 0
     mp_in = 0.0
+    failed: list[tuple[str, str]] = []
+    stop_on_error = fail_fast or len(jobs) == 1
     with tqdm(total=len(jobs), unit="file", desc=prog, disable=True if quiet else None, file=sys.stderr) as bar:
         for job in jobs:
             if skip_existing and job.dst.exists():
@@ -188,16 +201,34 @@ def process(prog: str, jobs: list[Job], work: Callable[[Path, Path, TileCallback
                 if n > 1:
                     bar.set_postfix_str(f"{name} tile {i}/{n}")
 
-            img = work(job.src, job.dst, on_tile)
+            try:
+                img = work(job.src, job.dst, on_tile)
+            except ImageError as e:
+                if stop_on_error:
+                    raise
+                failed.append((str(job.src), one_line(e)))
+                bar.write(f"{prog}: skipped: {one_line(e)}", file=sys.stderr)
+                bar.update()
+                continue
             done += 1
             mp_in += img.megapixels
             bar.update()
             if not quiet:
                 bar.write(f"{job.src} -> {job.dst}", file=sys.stdout)
     seconds = time.perf_counter() - t0
-    summary = {"files": done, "skipped": skipped, "megapixels_in": mp_in, "megapixels_out": mp_in * scale * scale,
-               "seconds": seconds}
+    summary = {"files": done, "skipped": skipped, "failed": failed, "megapixels_in": mp_in,
+               "megapixels_out": mp_in * scale * scale, "seconds": seconds}
     extra = f", {skipped} skipped (output exists)" if skipped else ""
+    extra += f", {len(failed)} failed" if failed else ""
     print(f"{prog}: {done} file{'s' if done != 1 else ''}{extra}, {mp_in:.2f} megapixels in, "
           f"{mp_in * scale * scale:.2f} out, {seconds:.1f} s", flush=True)
+    if failed:
+        lines = [f"{prog}: {len(failed)} file{'s' if len(failed) != 1 else ''} failed (not written):"]
+        lines += [f"  {src}: {reason}" for src, reason in failed]
+        print("\n".join(lines), file=sys.stderr, flush=True)
     return summary
+
+
+def exit_status(summary: dict) -> int:
+    """The image commands' exit status: 0, or 1 when some file failed (the others were written)."""
+    return 1 if summary["failed"] else 0

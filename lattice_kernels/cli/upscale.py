@@ -9,7 +9,7 @@ import lattice_kernels as lk
 
 from .. import inference
 from . import HelpFormatter, command
-from .images import add_image_options, check_device, collect_inputs, plan_jobs, process, run_options
+from .images import add_image_options, check_device, collect_inputs, exit_status, plan_jobs, process, run_options
 
 DESCRIPTION = """\
 Upscale images 2x, 3x or 4x with LatticeNet: the authors' published weights by scale (found in
@@ -63,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
         return inference.super_resolve_file(net, src, dst, alpha=args.alpha, format=args.format,
                                             quality=args.quality, on_tile=on_tile, **opts)
 
-    process("lattice-upscale", jobs, work, net.scale, skip_existing=args.skip_existing, quiet=args.quiet)
-    return 0
+    summary = process("lattice-upscale", jobs, work, net.scale, skip_existing=args.skip_existing, quiet=args.quiet,
+                      fail_fast=args.fail_fast)
+    return exit_status(summary)
 
 
 main = command("lattice-upscale", build_parser, run)
