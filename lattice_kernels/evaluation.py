@@ -32,7 +32,7 @@ from torch import nn
 from . import inference
 from .image_files import IMAGE_SUFFIXES, DataError, list_images
 from .imresize import imresize
-from .metrics import psnr, psnr_y, ssim, ssim_y
+from .metrics import psnr, scores_y, ssim
 
 TASKS = ("sr", "denoise")
 
@@ -102,8 +102,8 @@ def evaluate_sr(model: nn.Module, hr: np.ndarray, lr: np.ndarray | None = None, 
                          f"divided by the scale {s})")
     sr = inference.super_resolve(model, lr, **run_kwargs)
     up = imresize(lr, size=hr.shape[:2])
-    return ImageScore(name, hr.shape[1], hr.shape[0], psnr_y(sr, hr, s), ssim_y(sr, hr, s), psnr_y(up, hr, s),
-                      ssim_y(up, hr, s))
+    (p, q), (bp, bq) = scores_y([sr, up], hr, s)
+    return ImageScore(name, hr.shape[1], hr.shape[0], p, q, bp, bq)
 
 
 # ---------------------------------------------------------------------------------------------------------------

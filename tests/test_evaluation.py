@@ -18,7 +18,7 @@ from lattice_kernels.cli import evaluate as cli
 from lattice_kernels.evaluation import add_noise, crop_to_scale, evaluate_denoise, make_lr, noise_rng, to_gray
 from lattice_kernels.imresize import imresize
 from lattice_kernels.inference import ImageError
-from lattice_kernels.metrics import psnr, psnr_y, ssim, ssim_y
+from lattice_kernels.metrics import psnr, psnr_y, scores_y, ssim, ssim_y
 from lattice_kernels.models import save_safetensors
 
 from .conftest import weights_dir
@@ -66,6 +66,29 @@ def test_metrics_match_scikit_image():
                                                                   channel_axis=2, **kw), abs=1e-9)
     with pytest.raises(ValueError, match="11x11"):
         ssim(noisy[:8, :8], hr[:8, :8])
+
+
+def test_scores_y_are_psnr_y_and_ssim_y():
+    """scores_y (the evaluation's one pass over an output and its baseline, the reference's luma and window means
+    shared) gives psnr_y and ssim_y's numbers, and scikit-image's SSIM, for non-square images down to the window."""
+    from skimage.metrics import structural_similarity
+
+    kw = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255)
+    y = lambda a: 16 + (65.481 * a[..., 0] + 128.553 * a[..., 1] + 24.966 * a[..., 2]) / 255  # noqa: E731
+    rng = np.random.default_rng(1)
+    for h, w, shave in ((150, 97, 4), (21, 40, 5), (13, 14, 1)):
+        hr = crop(photo("astronaut"), h, w, 60, 70)
+        a, b = (np.clip(hr + rng.normal(0, sd, hr.shape), 0, 255).round().astype(np.uint8) for sd in (4, 12))
+        got = scores_y([a, b], hr, shave)
+        for img, (p, q) in zip((a, b), got):
+            assert p == pytest.approx(psnr_y(img, hr, shave), abs=1e-12)
+            assert q == pytest.approx(ssim_y(img, hr, shave), abs=1e-12)
+            sl = slice(shave, -shave)
+            assert q == pytest.approx(structural_similarity(y(img)[sl, sl], y(hr)[sl, sl], **kw), abs=1e-9)
+    with pytest.raises(ValueError, match="11x11"):
+        scores_y([a[:12, :12]], hr[:12, :12], 1)
+    with pytest.raises(ValueError, match="differ in shape"):
+        scores_y([a], hr[:, :10], 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
