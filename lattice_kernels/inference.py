@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ._files import atomic_write
 from .image_files import MAX_IMAGE_PIXELS, ImageError, open_image
+from .imresize import imresize
 from .nn import LatticeBlock
 
 
@@ -559,13 +560,57 @@ def _run_gray_as_rgb(model: nn.Module, x: Tensor, scale: int, **kwargs) -> Tenso
     return run(model, x.expand(1, 3, *x.shape[2:]), scale=scale, **kwargs).mean(dim=1, keepdim=True)
 
 
-def super_resolve_image(model: nn.Module, img: LoadedImage, alpha: str = "bicubic", **kwargs) -> LoadedImage:
+@dataclass(frozen=True)
+class OutputSize:
+    """The size of an upscaled image when it is not the network's: `outscale` (any factor > 0 of the input size),
+    or `width` and/or `height` in pixels (one of them alone keeps the aspect ratio). Real-ESRGAN's --outscale: the
+    network's scale first, then a resize of its float output to the target (`imresize`, MATLAB bicubic,
+    antialiased when shrinking), rounded once."""
+
+    outscale: float | None = None
+    width: int | None = None
+    height: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.outscale is not None and (self.width is not None or self.height is not None):
+            raise ValueError("give either outscale or a width/height, not both")
+        if self.outscale is not None and not (self.outscale > 0 and math.isfinite(self.outscale)):
+            raise ValueError(f"outscale must be a positive factor, got {self.outscale}")
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if v is not None and (int(v) != v or v < 1):
+                raise ValueError(f"{name} must be a positive number of pixels, got {v}")
+
+    def of(self, height: int, width: int) -> tuple[int, int]:
+        """The output (height, width) for an input of height x width pixels (halves rounded up)."""
+        def rounded(x: float) -> int:
+            return max(1, math.floor(x + 0.5))
+
+        if self.outscale is not None:
+            return rounded(height * self.outscale), rounded(width * self.outscale)
+        if self.width is not None and self.height is not None:
+            return int(self.height), int(self.width)
+        if self.width is not None:
+            return rounded(height * self.width / width), int(self.width)
+        if self.height is not None:
+            return int(self.height), rounded(width * self.height / height)
+        raise ValueError("OutputSize needs outscale, width or height")
+
+
+def super_resolve_image(model: nn.Module, img: LoadedImage, alpha: str = "bicubic",
+                        output_size: OutputSize | None = None, **kwargs) -> LoadedImage:
     """Upscale a LoadedImage by model.scale with a LatticeNet: RGB as is, gray through the RGB model (replicated,
     then averaged), computed in float (16-bit images stay 16-bit). The alpha channel is upscaled apart: bicubic
-    interpolation (alpha="bicubic") or the model on its gray replica (alpha="model"). kwargs: see run()."""
+    interpolation (alpha="bicubic") or the model on its gray replica (alpha="model"). output_size: resize the
+    float result to another size (OutputSize) before it is rounded. kwargs: see run()."""
     if alpha not in ALPHA_METHODS:
         raise ValueError(f"alpha must be one of {', '.join(ALPHA_METHODS)}, got {alpha!r}")
     rng, scale = float(getattr(model, "rgb_range", 255.0)), model.scale
+    target = None if output_size is None else output_size.of(*img.color.shape[:2])
+
+    def resized(t: Tensor) -> Tensor:
+        return t if target is None or tuple(t.shape[-2:]) == target else imresize(t.float(), size=target)
+
     x = _to_model(img.color, rng)
     y = run(model, x, scale=scale, **kwargs) if x.shape[1] == 3 else _run_gray_as_rgb(model, x, scale, **kwargs)
     out_alpha = None
@@ -575,8 +620,8 @@ def super_resolve_image(model: nn.Module, img: LoadedImage, alpha: str = "bicubi
             ya = _run_gray_as_rgb(model, a, scale, **kwargs)
         else:
             ya = torch.nn.functional.interpolate(a, scale_factor=scale, mode="bicubic", align_corners=False)
-        out_alpha = _from_model(ya, rng, img.alpha.dtype)[..., 0]
-    return LoadedImage(_from_model(y, rng, img.color.dtype), out_alpha, img.icc_profile, img.mode)
+        out_alpha = _from_model(resized(ya), rng, img.alpha.dtype)[..., 0]
+    return LoadedImage(_from_model(resized(y), rng, img.color.dtype), out_alpha, img.icc_profile, img.mode)
 
 
 def restore_image(model: nn.Module, img: LoadedImage, **kwargs) -> LoadedImage:
@@ -596,11 +641,13 @@ def restore_image(model: nn.Module, img: LoadedImage, **kwargs) -> LoadedImage:
 
 def super_resolve_file(model: nn.Module, src: str | os.PathLike, dst: str | os.PathLike, *, alpha: str = "bicubic",
                        format: str | None = None, quality: int = 95, max_pixels: int | None = MAX_IMAGE_PIXELS,
-                       **kwargs) -> LoadedImage:
-    """Read `src` (any mode of read_image_file, at most max_pixels pixels), upscale it (super_resolve_image) and
-    write `dst` (write_image_file: PNG, or JPEG by suffix or `format`). Returns the image read."""
+                       output_size: OutputSize | None = None, **kwargs) -> LoadedImage:
+    """Read `src` (any mode of read_image_file, at most max_pixels pixels), upscale it (super_resolve_image, to
+    output_size when given) and write `dst` (write_image_file: PNG, or JPEG by suffix or `format`). Returns the
+    image read."""
     img = read_image_file(src, max_pixels)
-    write_image_file(dst, super_resolve_image(model, img, alpha=alpha, **kwargs), format=format, quality=quality)
+    out = super_resolve_image(model, img, alpha=alpha, output_size=output_size, **kwargs)
+    write_image_file(dst, out, format=format, quality=quality)
     return img
 
 

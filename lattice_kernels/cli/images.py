@@ -17,7 +17,7 @@ import torch
 
 from .. import BACKENDS
 from ..image_files import IMAGE_SUFFIXES, ImageError
-from ..inference import MAX_IMAGE_PIXELS, LoadedImage
+from ..inference import MAX_IMAGE_PIXELS, LoadedImage, OutputSize
 from . import one_line
 
 TileCallback = Callable[[int, int], None]
@@ -170,11 +170,13 @@ def plan_jobs(inputs: list[tuple[Path, Path]], out_dir: Path, suffix: str, fmt: 
 
 
 def process(prog: str, jobs: list[Job], work: Callable[[Path, Path, TileCallback], LoadedImage], scale: int,
-            skip_existing: bool = False, quiet: bool = False, fail_fast: bool = False) -> dict:
+            skip_existing: bool = False, quiet: bool = False, fail_fast: bool = False,
+            output_size: OutputSize | None = None) -> dict:
     """work(src, dst, on_tile) for each job, under one progress bar over the files (its postfix counts the tiles of
     the current file; shown on a terminal unless quiet), printing `src -> dst` per file unless quiet and a summary
-    line at the end (files, megapixels in and out, seconds). Returns the summary's numbers, with "failed": the
-    (file, reason) of each file that could not be used.
+    line at the end (files, megapixels in and out, seconds; out = in x scale^2, or the output_size the files were
+    resized to). Returns the summary's numbers, with "failed": the (file, reason) of each file that could not be
+    used.
 
     A file that cannot be used (ImageError: unreadable, truncated, an unsupported mode, too many pixels, ...) is
     reported on stderr as it is met and the run goes on; the failed files are listed after the summary. With
@@ -185,7 +187,7 @@ def process(prog: str, jobs: list[Job], work: Callable[[Path, Path, TileCallback
 
     t0 = time.perf_counter()
     done = skipped = 0
-    mp_in = 0.0
+    mp_in = mp_out = 0.0
     failed: list[tuple[str, str]] = []
     stop_on_error = fail_fast or len(jobs) == 1
     with tqdm(total=len(jobs), unit="file", desc=prog, disable=True if quiet else None, file=sys.stderr) as bar:
@@ -212,16 +214,21 @@ def process(prog: str, jobs: list[Job], work: Callable[[Path, Path, TileCallback
                 continue
             done += 1
             mp_in += img.megapixels
+            if output_size is None:
+                mp_out += img.megapixels * scale * scale
+            else:
+                h, w = output_size.of(*img.color.shape[:2])
+                mp_out += h * w / 1e6
             bar.update()
             if not quiet:
                 bar.write(f"{job.src} -> {job.dst}", file=sys.stdout)
     seconds = time.perf_counter() - t0
     summary = {"files": done, "skipped": skipped, "failed": failed, "megapixels_in": mp_in,
-               "megapixels_out": mp_in * scale * scale, "seconds": seconds}
+               "megapixels_out": mp_out, "seconds": seconds}
     extra = f", {skipped} skipped (output exists)" if skipped else ""
     extra += f", {len(failed)} failed" if failed else ""
     print(f"{prog}: {done} file{'s' if done != 1 else ''}{extra}, {mp_in:.2f} megapixels in, "
-          f"{mp_in * scale * scale:.2f} out, {seconds:.1f} s", flush=True)
+          f"{mp_out:.2f} out, {seconds:.1f} s", flush=True)
     if failed:
         lines = [f"{prog}: {len(failed)} file{'s' if len(failed) != 1 else ''} failed (not written):"]
         lines += [f"  {src}: {reason}" for src, reason in failed]

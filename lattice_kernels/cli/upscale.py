@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import lattice_kernels as lk
 
 from .. import inference
 from . import HelpFormatter, command
-from .images import add_image_options, check_device, collect_inputs, exit_status, plan_jobs, process, run_options
+from .images import (
+    add_image_options,
+    check_device,
+    collect_inputs,
+    exit_status,
+    plan_jobs,
+    positive_int,
+    process,
+    run_options,
+)
 
 DESCRIPTION = """\
 Upscale images 2x, 3x or 4x with LatticeNet: the authors' published weights by scale (found in
@@ -19,6 +29,8 @@ examples:
   lattice-upscale --scale 4 photo.jpg                        # writes ./photo_x4.png
   lattice-upscale --scale 2 photos/ -o big/ --format jpg --quality 92 --skip-existing
   find shots -name '*.png' | lattice-upscale --checkpoint LatticeNet_x3.pt - -o sr/ --tile 256
+  lattice-upscale --scale 4 photo.jpg --outscale 3.5             # x4 network, then resized to 3.5x
+  lattice-upscale --scale 2 photos/ -o hd/ --width 1920          # every output 1920 wide, aspect kept
 
 RGB, gray, palette, RGBA/LA (alpha upscaled apart, see --alpha), 16-bit PNG (kept 16-bit), EXIF-rotated and
 ICC-tagged images are handled; outputs keep the mode, depth and ICC profile of their input. Refused with an
@@ -36,7 +48,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", choices=inference.ALPHA_METHODS, default="bicubic",
                    help="how an alpha channel is upscaled: bicubic interpolation, or the model on a gray copy")
     add_image_options(p, suffix="_x{scale}")
+    size = p.add_argument_group("output size (default: the network's scale; otherwise the network's output is "
+                                "resized to it with MATLAB-bicubic imresize, as Real-ESRGAN's --outscale)")
+    size.add_argument("--outscale", type=positive_float, default=None,
+                      help="output size = input size x this factor (any float, e.g. 1.5 or 6); {scale} in --suffix "
+                           "becomes it")
+    size.add_argument("--size", type=pixel_size, default=None, metavar="WxH", help="output width x height, exactly")
+    size.add_argument("--width", type=positive_int, default=None, help="output width; the aspect ratio is kept")
+    size.add_argument("--height", type=positive_int, default=None, help="output height; the aspect ratio is kept")
     return p
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a positive factor, got {text}")
+    return v
+
+
+def pixel_size(text: str) -> tuple[int, int]:
+    """'1920x1080' -> (1920, 1080): width x height."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"must be WIDTHxHEIGHT in pixels, e.g. 1920x1080, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def output_size(args: argparse.Namespace) -> inference.OutputSize | None:
+    """The OutputSize chosen on the command line, or None for the network's own scale."""
+    given = [name for name in ("outscale", "size", "width", "height") if getattr(args, name) is not None]
+    if len(given) > 1 and ("outscale" in given or "size" in given):
+        raise ValueError(f"--{given[0]} and --{given[1]} both set the output size: give --outscale, --size, or "
+                         f"--width and/or --height")
+    if args.size is not None:
+        return inference.OutputSize(width=args.size[0], height=args.size[1])
+    if given:
+        return inference.OutputSize(outscale=args.outscale, width=args.width, height=args.height)
+    return None
 
 
 def load_model(args: argparse.Namespace) -> lk.LatticeNet:
@@ -55,16 +106,17 @@ def load_model(args: argparse.Namespace) -> lk.LatticeNet:
 def run(args: argparse.Namespace) -> int:
     inputs = collect_inputs(args.inputs, args.glob, exclude=args.out_dir)
     net = load_model(args)
-    suffix = args.suffix.replace("{scale}", str(net.scale))
+    size = output_size(args)
+    suffix = args.suffix.replace("{scale}", f"{args.outscale:g}" if args.outscale is not None else str(net.scale))
     jobs = plan_jobs(inputs, args.out_dir, suffix, args.format)
     opts = run_options(args)
 
     def work(src: Path, dst: Path, on_tile) -> inference.LoadedImage:
         return inference.super_resolve_file(net, src, dst, alpha=args.alpha, format=args.format,
-                                            quality=args.quality, on_tile=on_tile, **opts)
+                                            quality=args.quality, output_size=size, on_tile=on_tile, **opts)
 
     summary = process("lattice-upscale", jobs, work, net.scale, skip_existing=args.skip_existing, quiet=args.quiet,
-                      fail_fast=args.fail_fast)
+                      fail_fast=args.fail_fast, output_size=size)
     return exit_status(summary)
 
 
