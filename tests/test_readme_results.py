@@ -69,3 +69,19 @@ def test_headline_shows_each_ratio_with_its_spread():
     assert SPREAD in text
     report = full_report(_new_run())
     assert "| 300.0 (299.0-301.0) | 500 | 0.50x | 2.10x (1.90-2.30) | 1.40x (1.30-1.50) |" in report
+
+
+def test_photo_table_matches_the_recorded_json():
+    """README's "Quality on real photographs" table and bench/results/photos-psnr-ssim.md are python/
+    evaluate_photos.py's table of the recorded JSON (plain and LatticeNet+ columns)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_photos", ROOT / "python" / "evaluate_photos.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    record = json.loads((ROOT / "bench" / "results" / "photos-psnr-ssim.json").read_text())
+    want = mod.table(record)
+    assert (ROOT / "bench" / "results" / "photos-psnr-ssim.md").read_text() == want, (
+        "photos-psnr-ssim.md differs from its JSON: rerun python python/evaluate_photos.py "
+        "--out bench/results/photos-psnr-ssim")
+    assert want in README, "README.md's photo table differs from bench/results/photos-psnr-ssim.json"
