@@ -216,6 +216,9 @@ def test_interrupted_run_leaves_no_partial_output_and_resumes(restorer, tmp_path
     # --self-ensemble makes each file take 8 forwards (about half a second), so the interrupt lands mid-run
     proc = subprocess.Popen([str(BIN / "lattice-denoise"), "-c", str(restorer[0]), "-q", "--self-ensemble", str(d),
                              "-o", str(out)],
+                            # a pytest-xdist worker ignores SIGINT, and an ignored signal stays ignored across exec
+                            # (Python then installs no KeyboardInterrupt handler): give the command the default
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
     while not (out.exists() and any(out.glob("*_restored.png"))) and time.monotonic() < deadline:
