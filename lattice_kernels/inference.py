@@ -7,11 +7,19 @@ tile, in the order the network needs them (one pass per group of statistics, eac
 runs the tiles with them: the output equals the untiled one up to float rounding, and memory stays that of one
 tile plus the input and output images. It costs about 4-6x the compute of one pass. stats="tile" runs each tile
 once with its own statistics and blends the overlaps (fast, approximate).
+
+max_memory (a byte budget) picks the tile instead: the largest whose modelled peak fits, with stats="global". The
+model is peak = MEMORY_MARGIN * c * (padded tile pixels) (+ the output image when tiled), c the peak per pixel of
+a probe run of the smallest tile (CPU: the growth of the resident memory, Linux only; CUDA: max_memory_allocated).
+On the CPU glibc's heap makes the growth per pixel vary by +-20% between runs and sizes; the smallest tile has the
+highest (3.5-4.4 kB per LR pixel for LatticeNet x4, 3.0-3.5 kB at 100-256 px), so the model errs on the safe side
+for the larger ones. Between tiles, glibc's free heap pages are handed back (malloc_trim).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -26,6 +34,12 @@ from ._files import atomic_write
 from .image_files import MAX_IMAGE_PIXELS, ImageError, open_image
 from .imresize import imresize
 from .nn import LatticeBlock
+
+MIN_TILE = 16  # the smallest tile max_memory will choose, in input pixels
+MEMORY_MARGIN = 1.2  # headroom over the linear model; tests/test_memory_budget.py measures the peaks it gives
+# What a tiled run holds besides the output image and one tile: 11-15 MiB more resident memory in the last pass,
+# LatticeNet x4 at LR 256x256 and 512x512 on the 2-core EPYC, 2026-12-06.
+TILED_OVERHEAD = 16 * 2 ** 20
 
 
 def receptive_radius(model: nn.Module) -> int:
@@ -175,14 +189,18 @@ def _unview(t: Tensor, k: int, flip: bool) -> Tensor:
 def run(model: nn.Module, x: Tensor, *, scale: int, tile: int | None = None, overlap: int = 16,
         stats: str = "global", dtype: torch.dtype = torch.float32, channels_last: bool = False,
         device: torch.device | str | None = None, progress: bool = False,
-        on_tile: Callable[[int, int], None] | None = None, self_ensemble: bool = False) -> Tensor:
+        on_tile: Callable[[int, int], None] | None = None, self_ensemble: bool = False,
+        max_memory: int | None = None) -> Tensor:
     """model(x) for x (1, C, H, W) float32 (on any device; the result is float32 on the CPU), optionally in tiles of
     `tile` input pixels. dtype float16/bfloat16 runs the model under autocast. See the module docstring for
     `stats`; `overlap` is the blended margin of stats="tile". progress: a tqdm bar of its own over the tile passes;
     on_tile(done, total) is called after each tile pass instead (for a caller's own bar).
     self_ensemble: the x8 geometric self-ensemble ("LatticeNet+"): the float mean over ENSEMBLE_VIEWS of
     unview(model(view(x))), each view run as above (tiles, statistics and dtype alike; a rotated non-square image
-    is run in its rotated shape), 8x the time."""
+    is run in its rotated shape), 8x the time.
+    max_memory: the bytes the call may add (to the process's memory on the CPU, the output included; to the
+    device's allocated memory on CUDA): picks the largest tile that fits (see the module docstring), untiled when
+    the whole image fits; ValueError naming the amount needed when even MIN_TILE does not. Not with `tile`."""
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"x must be (1, C, H, W), got {tuple(x.shape)}")
     if stats not in ("global", "tile"):
@@ -194,9 +212,17 @@ def run(model: nn.Module, x: Tensor, *, scale: int, tile: int | None = None, ove
     if x.shape[2] * x.shape[3] < 2:
         raise ImageError(f"a {x.shape[3]}x{x.shape[2]} image is too small: a Lattice Block normalises by the "
                          "standard deviation of each channel over the image, which needs at least 2 pixels")
+    if max_memory is not None:
+        if tile is not None:
+            raise ValueError("give tile or max_memory, not both: max_memory picks the tile")
+        if stats != "global":
+            raise ValueError("max_memory tiles with exact whole-image statistics: use stats='global'")
     if self_ensemble:
+        if max_memory is not None:  # the views' sum, and a rotated or flipped copy of a view's output
+            max_memory -= 2 * _image_bytes(x, scale)
         return _run_self_ensemble(model, x, scale=scale, tile=tile, overlap=overlap, stats=stats, dtype=dtype,
-                                  channels_last=channels_last, device=device, progress=progress, on_tile=on_tile)
+                                  channels_last=channels_last, device=device, progress=progress, on_tile=on_tile,
+                                  max_memory=max_memory)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -208,13 +234,122 @@ def run(model: nn.Module, x: Tensor, *, scale: int, tile: int | None = None, ove
 
     h, w = x.shape[2:]
     with torch.no_grad():
+        if max_memory is not None:
+            tile = tile_for_memory(model, forward, x, scale, max_memory, dev)
         if tile is None or (tile >= h and tile >= w):
             y = forward(x).cpu()
             _tile_done(None, on_tile, 1, 1)
             return y
         if stats == "tile":
             return _run_blended(forward, x, scale, tile, overlap, progress, on_tile)
-        return _run_global(model, forward, x, scale, tile, progress, on_tile)
+        return _run_global(model, forward, x, scale, tile, progress, on_tile, trim=max_memory is not None)
+
+
+def _image_bytes(x: Tensor, scale: int) -> int:
+    """Bytes of run()'s float32 output for x."""
+    return x.shape[1] * x.shape[2] * scale * x.shape[3] * scale * 4
+
+
+def _added_peak(fn: Callable[[], object], dev: torch.device) -> int:
+    """The most memory fn() added at once: on the CPU to the process's resident memory (Linux; VmHWM after
+    resetting it, over the resident memory after glibc has handed its free pages back), on CUDA to the allocated
+    device memory."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        base = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        fn()
+        torch.cuda.synchronize(dev)
+        return torch.cuda.max_memory_allocated(dev) - base
+    if dev.type != "cpu":
+        raise ValueError(f"max_memory is measured on cpu and cuda devices, not {dev.type}")
+    base = resident_bytes()
+    global _peak_before_reset
+    _peak_before_reset = max(_peak_before_reset, _proc_status_bytes("VmHWM"))
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the resident memory now
+    except OSError as e:
+        raise RuntimeError(f"max_memory on the CPU measures the peak resident memory through /proc/self (Linux), "
+                           f"which this system does not give ({e}); give a tile instead") from None
+    fn()
+    return _proc_status_bytes("VmHWM") - base
+
+
+_peak_before_reset = 0
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory so far (Linux VmHWM), including the peaks before max_memory's probes
+    reset the kernel's counter."""
+    return max(_peak_before_reset, _proc_status_bytes("VmHWM"))
+
+
+def _proc_status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux), after the garbage collector has run and glibc has handed its free
+    heap pages back to the system."""
+    import gc
+
+    gc.collect()
+    release_free_pages()
+    return _proc_status_bytes("VmRSS")
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(libc).malloc_trim if libc else None
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_free_pages() -> None:
+    """glibc's malloc_trim(0): free pages inside the heap go back to the system. Between tiles under max_memory,
+    without it the heap's free holes grow the resident memory by about a tile's output per tile."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def tile_for_memory(model: nn.Module, forward: Callable[[Tensor], Tensor], x: Tensor, scale: int,
+                    max_memory: int, dev: torch.device) -> int | None:
+    """The tile (input pixels; None = untiled) that run(max_memory=...) uses for x: the largest whose modelled
+    peak (module docstring) fits max_memory."""
+    h, w = x.shape[2:]
+    halo = receptive_radius(model)
+    side = 2 * halo + MIN_TILE  # the smallest tile: the probe itself stays within any budget that fits one
+    probe = torch.rand(1, x.shape[1], side, side + 1)[..., :side]  # strided: forward copies it, as a tile of x
+    per_pixel = _added_peak(lambda: forward(probe), dev) / side ** 2
+
+    def need(pixels: int, tiled: bool) -> float:
+        return MEMORY_MARGIN * per_pixel * pixels + (_image_bytes(x, scale) + TILED_OVERHEAD if tiled else 0)
+
+    if need(h * w, False) <= max_memory:
+        return None
+
+    def padded(n: int, t: int) -> int:  # the largest padded tile of _grid along an axis of n pixels
+        return min(n, math.ceil(n / math.ceil(n / t)) + 2 * halo)
+
+    for t in range(max(h, w) - 1, MIN_TILE - 1, -1):
+        if need(padded(h, t) * padded(w, t), True) <= max_memory:
+            return t
+    mib = 2 ** 20
+    raise ValueError(
+        f"max_memory {max_memory / mib:.0f} MiB is too small for this {w}x{h} image: tiles of {MIN_TILE} pixels "
+        f"need about {need(padded(h, MIN_TILE) * padded(w, MIN_TILE), True) / mib:.0f} MiB (the output image "
+        f"alone is {_image_bytes(x, scale) / mib:.0f} MiB); allow more memory")
 
 
 def _run_self_ensemble(model: nn.Module, x: Tensor, *, progress: bool, on_tile, **kwargs) -> Tensor:
@@ -243,7 +378,7 @@ def _run_self_ensemble(model: nn.Module, x: Tensor, *, progress: bool, on_tile, 
     return acc.div_(n)
 
 
-def _run_global(model, forward, x, scale, tile, progress, on_tile=None) -> Tensor:
+def _run_global(model, forward, x, scale, tile, progress, on_tile=None, trim=False) -> Tensor:
     h, w = x.shape[2:]
     blocks = [m for m in model.modules() if isinstance(m, LatticeBlock)]
     tiles = _grid(h, w, tile, receptive_radius(model))
@@ -260,6 +395,8 @@ def _run_global(model, forward, x, scale, tile, progress, on_tile=None) -> Tenso
                 hook.interior = (slice(t.y0 - t.py0, t.y1 - t.py0), slice(t.x0 - t.px0, t.x1 - t.px0))
                 with contextlib.suppress(_Stop):
                     forward(x[:, :, t.py0:t.py1, t.px0:t.px1])
+                if trim:
+                    release_free_pages()
                 done += 1
                 _tile_done(bar, on_tile, done, total)
             for k in group:
@@ -272,6 +409,9 @@ def _run_global(model, forward, x, scale, tile, progress, on_tile=None) -> Tenso
             oy, ox = (t.y0 - t.py0) * scale, (t.x0 - t.px0) * scale
             out[:, :, t.y0 * scale:t.y1 * scale, t.x0 * scale:t.x1 * scale] = \
                 y[:, :, oy:oy + (t.y1 - t.y0) * scale, ox:ox + (t.x1 - t.x0) * scale]
+            del y
+            if trim:
+                release_free_pages()
             done += 1
             _tile_done(bar, on_tile, done, total)
     return out
@@ -551,8 +691,21 @@ def _from_model(y: Tensor, rng: float, dtype: np.dtype) -> np.ndarray:
         raise ValueError(f"the model's output holds {bad} NaN or infinite values; under --dtype float16 a value may "
                          "have overflowed (use bfloat16 or float32), or the model's weights hold NaN")
     maxval = float(np.iinfo(dtype).max)
-    q = (y[0].double() * (maxval / rng)).round().clamp(0, maxval)
-    return q.permute(1, 2, 0).numpy().astype(dtype)
+    out = np.empty((y.shape[2], y.shape[3], y.shape[1]), dtype=dtype)
+    for r in range(0, y.shape[2], 64):  # in bands: the double temporaries stay small
+        q = (y[0, :, r:r + 64].double() * (maxval / rng)).round_().clamp_(0, maxval)
+        out[r:r + 64] = q.permute(1, 2, 0).numpy()
+    return out
+
+
+def _buffer_bytes(img: LoadedImage, out_pixels: int, area_scale: int) -> int:
+    """What super_resolve_image/restore_image hold besides run(): the float input, the rounded output and the
+    encoder's copy of it, and the alpha channel's float input and output (counted as 3 channels, as a gray image
+    runs through an RGB model)."""
+    h, w, c = img.color.shape
+    size = img.color.dtype.itemsize
+    alpha = 0 if img.alpha is None else 3 * 4 * h * w * (1 + area_scale)
+    return 3 * 4 * h * w + 2 * c * size * out_pixels + alpha
 
 
 def _run_gray_as_rgb(model: nn.Module, x: Tensor, scale: int, **kwargs) -> Tensor:
@@ -611,6 +764,10 @@ def super_resolve_image(model: nn.Module, img: LoadedImage, alpha: str = "bicubi
     def resized(t: Tensor) -> Tensor:
         return t if target is None or tuple(t.shape[-2:]) == target else imresize(t.float(), size=target)
 
+    if kwargs.get("max_memory") is not None:
+        out_px = (target[0] * target[1]) if target is not None else img.color.shape[0] * img.color.shape[1] * scale ** 2
+        reserve = _buffer_bytes(img, out_px, scale ** 2) + (3 * 4 * 3 * out_px if target is not None else 0)
+        kwargs["max_memory"] -= reserve  # + imresize's float target and its pass between the axes
     x = _to_model(img.color, rng)
     y = run(model, x, scale=scale, **kwargs) if x.shape[1] == 3 else _run_gray_as_rgb(model, x, scale, **kwargs)
     out_alpha = None
@@ -629,6 +786,8 @@ def restore_image(model: nn.Module, img: LoadedImage, **kwargs) -> LoadedImage:
     takes gray images replicated to RGB (output averaged back to gray), a gray model takes color images channel by
     channel. The alpha channel is kept as it is. kwargs: see run()."""
     channels = getattr(model, "channels", 3)
+    if kwargs.get("max_memory") is not None:
+        kwargs["max_memory"] -= _buffer_bytes(img, img.color.shape[0] * img.color.shape[1], 1)
     x = _to_model(img.color, 1.0)
     if x.shape[1] == channels:
         y = run(model, x, scale=1, **kwargs)
@@ -644,8 +803,9 @@ def super_resolve_file(model: nn.Module, src: str | os.PathLike, dst: str | os.P
                        output_size: OutputSize | None = None, **kwargs) -> LoadedImage:
     """Read `src` (any mode of read_image_file, at most max_pixels pixels), upscale it (super_resolve_image, to
     output_size when given) and write `dst` (write_image_file: PNG, or JPEG by suffix or `format`). Returns the
-    image read."""
+    image read. max_memory: the bytes the call may add, the images it reads and writes included (run())."""
     img = read_image_file(src, max_pixels)
+    kwargs = _less_decoded(kwargs, img)
     out = super_resolve_image(model, img, alpha=alpha, output_size=output_size, **kwargs)
     write_image_file(dst, out, format=format, quality=quality)
     return img
@@ -654,7 +814,16 @@ def super_resolve_file(model: nn.Module, src: str | os.PathLike, dst: str | os.P
 def restore_file(model: nn.Module, src: str | os.PathLike, dst: str | os.PathLike, *, format: str | None = None,
                  quality: int = 95, max_pixels: int | None = MAX_IMAGE_PIXELS, **kwargs) -> LoadedImage:
     """Read `src` (at most max_pixels pixels), restore it (restore_image) and write `dst` (write_image_file).
-    Returns the image read."""
+    Returns the image read. max_memory: as super_resolve_file's."""
     img = read_image_file(src, max_pixels)
+    kwargs = _less_decoded(kwargs, img)
     write_image_file(dst, restore_image(model, img, **kwargs), format=format, quality=quality)
     return img
+
+
+def _less_decoded(kwargs: dict, img: LoadedImage) -> dict:
+    """kwargs with max_memory less the decoded image (its arrays and the decoder's copy)."""
+    if kwargs.get("max_memory") is None:
+        return kwargs
+    held = img.color.nbytes + (0 if img.alpha is None else img.alpha.nbytes)
+    return {**kwargs, "max_memory": kwargs["max_memory"] - 2 * held}

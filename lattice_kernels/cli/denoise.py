@@ -9,7 +9,16 @@ import lattice_kernels as lk
 
 from .. import inference
 from . import HelpFormatter, command
-from .images import add_image_options, check_device, collect_inputs, exit_status, plan_jobs, process, run_options
+from .images import (
+    add_image_options,
+    check_device,
+    collect_inputs,
+    exit_status,
+    memory_left,
+    plan_jobs,
+    process,
+    run_options,
+)
 
 DESCRIPTION = """\
 Denoise (or derain) images with a LatticeRestorer checkpoint, e.g. the model.safetensors that lattice-train
@@ -40,10 +49,11 @@ def run(args: argparse.Namespace) -> int:
                                              backend=args.backend).eval()
     jobs = plan_jobs(inputs, args.out_dir, args.suffix, args.format)
     opts = run_options(args)
+    device = next(net.parameters()).device
 
     def work(src: Path, dst: Path, on_tile) -> inference.LoadedImage:
         return inference.restore_file(net, src, dst, format=args.format, quality=args.quality, on_tile=on_tile,
-                                      **opts)
+                                      max_memory=memory_left(args, device), **opts)
 
     summary = process("lattice-denoise", jobs, work, 1, skip_existing=args.skip_existing, quiet=args.quiet,
                       fail_fast=args.fail_fast)

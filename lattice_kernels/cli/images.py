@@ -17,7 +17,7 @@ import torch
 
 from .. import BACKENDS
 from ..image_files import IMAGE_SUFFIXES, ImageError
-from ..inference import MAX_IMAGE_PIXELS, LoadedImage, OutputSize
+from ..inference import MAX_IMAGE_PIXELS, LoadedImage, OutputSize, resident_bytes
 from . import one_line
 
 TileCallback = Callable[[int, int], None]
@@ -35,6 +35,25 @@ def jpeg_quality(text: str) -> int:
     if not 1 <= v <= 100:
         raise argparse.ArgumentTypeError(f"must be in 1..100, got {text}")
     return v
+
+
+_UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "m": 10 ** 6, "mb": 10 ** 6, "g": 10 ** 9, "gb": 10 ** 9,
+          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "t": 10 ** 12, "tb": 10 ** 12, "tib": 2 ** 40}
+
+
+def byte_size(text: str) -> int:
+    """'2GiB' -> 2147483648: a number and an optional unit (B, kB, MB, GB, TB powers of 1000; KiB, MiB, GiB, TiB
+    powers of 1024)."""
+    t = text.strip().lower()
+    number = t.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
+    unit = t[len(t.rstrip("abcdefghijklmnopqrstuvwxyz")):]
+    try:
+        v = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"must be a size such as 2GiB, 1.5GB or 800MiB, got {text!r}") from None
+    if not v >= 1:
+        raise argparse.ArgumentTypeError(f"must be a positive size, got {text!r}")
+    return int(v)
 
 
 def add_image_options(p: argparse.ArgumentParser, suffix: str) -> None:
@@ -58,6 +77,9 @@ def add_image_options(p: argparse.ArgumentParser, suffix: str) -> None:
                         "decompression bombs (default: Pillow's limit)")
     p.add_argument("--tile", type=positive_int, default=None,
                    help="process in tiles of this many input pixels (bounded memory; same result with --stats global)")
+    p.add_argument("--max-memory", type=byte_size, default=None, metavar="SIZE",
+                   help="the most memory the command may hold, e.g. 2GiB or 800MB (its peak RSS on the CPU; the "
+                        "allocated device memory on CUDA): picks the largest tile that fits, exact statistics")
     p.add_argument("--overlap", type=int, default=16, help="blended margin of the tiles with --stats tile")
     p.add_argument("--stats", choices=["global", "tile"], default="global",
                    help="global: the exact whole-image result (several passes); tile: one pass, approximate")
@@ -84,9 +106,26 @@ def check_device(name: str) -> torch.device:
     return dev
 
 
+def memory_left(args: argparse.Namespace, device: torch.device) -> int | None:
+    """The max_memory of the next file's call under --max-memory: on the CPU the budget less what the process holds
+    now (ValueError when nothing is left); on CUDA the budget less the device memory allocated now."""
+    if args.max_memory is None:
+        return None
+    held = torch.cuda.memory_allocated(device) if device.type == "cuda" else resident_bytes()
+    if held >= args.max_memory:
+        where = "on the device" if device.type == "cuda" else "in this process (the model, torch and the libraries)"
+        raise ValueError(f"--max-memory {args.max_memory / 2**20:.0f} MiB: {held / 2**20:.0f} MiB is already held "
+                         f"{where}; allow more memory")
+    return args.max_memory - held
+
+
 def run_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of inference.super_resolve_file / restore_file chosen on the command line: those of
-    inference.run() and max_pixels."""
+    inference.run() and max_pixels (max_memory is per file: memory_left)."""
+    if args.max_memory is not None and args.tile is not None:
+        raise ValueError("--max-memory picks the tile: give --max-memory or --tile, not both")
+    if args.max_memory is not None and args.stats != "global":
+        raise ValueError("--max-memory tiles with exact statistics: it needs --stats global")
     return {"tile": args.tile, "overlap": args.overlap, "stats": args.stats, "dtype": getattr(torch, args.dtype),
             "channels_last": args.channels_last, "self_ensemble": args.self_ensemble, "max_pixels": args.max_pixels}
 

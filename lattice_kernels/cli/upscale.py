@@ -15,6 +15,7 @@ from .images import (
     check_device,
     collect_inputs,
     exit_status,
+    memory_left,
     plan_jobs,
     positive_int,
     process,
@@ -31,6 +32,7 @@ examples:
   find shots -name '*.png' | lattice-upscale --checkpoint LatticeNet_x3.pt - -o sr/ --tile 256
   lattice-upscale --scale 4 photo.jpg --outscale 3.5             # x4 network, then resized to 3.5x
   lattice-upscale --scale 2 photos/ -o hd/ --width 1920          # every output 1920 wide, aspect kept
+  lattice-upscale --scale 4 big.png --max-memory 2GiB             # the largest tile that fits in 2 GiB
 
 RGB, gray, palette, RGBA/LA (alpha upscaled apart, see --alpha), 16-bit PNG (kept 16-bit), EXIF-rotated and
 ICC-tagged images are handled; outputs keep the mode, depth and ICC profile of their input. Refused with an
@@ -110,10 +112,12 @@ def run(args: argparse.Namespace) -> int:
     suffix = args.suffix.replace("{scale}", f"{args.outscale:g}" if args.outscale is not None else str(net.scale))
     jobs = plan_jobs(inputs, args.out_dir, suffix, args.format)
     opts = run_options(args)
+    device = next(net.parameters()).device
 
     def work(src: Path, dst: Path, on_tile) -> inference.LoadedImage:
         return inference.super_resolve_file(net, src, dst, alpha=args.alpha, format=args.format,
-                                            quality=args.quality, output_size=size, on_tile=on_tile, **opts)
+                                            quality=args.quality, output_size=size, on_tile=on_tile,
+                                            max_memory=memory_left(args, device), **opts)
 
     summary = process("lattice-upscale", jobs, work, net.scale, skip_existing=args.skip_existing, quiet=args.quiet,
                       fail_fast=args.fail_fast, output_size=size)
