@@ -7,13 +7,14 @@ from pathlib import Path
 
 import lattice_kernels as lk
 
-from .. import inference
+from .. import inference, video_files
 from . import HelpFormatter, command
 from .images import (
     add_image_options,
     check_device,
     collect_inputs,
     exit_status,
+    frame_options,
     memory_left,
     plan_jobs,
     process,
@@ -27,6 +28,7 @@ Denoise (or derain) images with a LatticeRestorer checkpoint, e.g. the model.saf
 examples:
   lattice-denoise --checkpoint runs/dn/model.safetensors noisy.png      # writes ./noisy_restored.png
   lattice-denoise -c model.safetensors scans/ -o clean/ --glob '*.tif' --tile 512
+  lattice-denoise -c model.safetensors clip.mkv -o clean/ --video-codec ffv1   # a video, losslessly encoded
 
 RGB, gray, palette, RGBA/LA (the alpha channel is kept as it is), 16-bit PNG/TIFF (kept 16-bit), EXIF-rotated and
 ICC-tagged images are handled. A color model takes gray images as RGB; a gray model takes color images channel
@@ -51,8 +53,11 @@ def run(args: argparse.Namespace) -> int:
     opts = run_options(args)
     device = next(net.parameters()).device
 
-    def work(src: Path, dst: Path, on_tile) -> inference.LoadedImage:
-        return inference.restore_file(net, src, dst, format=args.format, quality=args.quality, on_tile=on_tile,
+    def work(src: Path, dst: Path, on_progress) -> inference.LoadedImage | video_files.VideoResult:
+        if video_files.is_video(src):
+            return video_files.restore_video(net, src, dst, codec=args.video_codec, crf=args.crf, on_frame=on_progress,
+                                             max_memory=memory_left(args, device), **frame_options(opts))
+        return inference.restore_file(net, src, dst, format=args.format, quality=args.quality, on_tile=on_progress,
                                       max_memory=memory_left(args, device), **opts)
 
     summary = process("lattice-denoise", jobs, work, 1, skip_existing=args.skip_existing, quiet=args.quiet,

@@ -18,9 +18,10 @@ import torch
 from .. import BACKENDS
 from ..image_files import IMAGE_SUFFIXES, ImageError
 from ..inference import MAX_IMAGE_PIXELS, LoadedImage, OutputSize, resident_bytes
+from ..video_files import DEFAULT_CRF, VIDEO_SUFFIXES, VideoResult, ffmpeg_exe, is_video
 from . import one_line
 
-TileCallback = Callable[[int, int], None]
+ProgressCallback = Callable[[int, int | None], None]  # (tiles or frames done, total)
 
 
 def positive_int(text: str) -> int:
@@ -39,6 +40,13 @@ def jpeg_quality(text: str) -> int:
 
 _UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "m": 10 ** 6, "mb": 10 ** 6, "g": 10 ** 9, "gb": 10 ** 9,
           "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "t": 10 ** 12, "tb": 10 ** 12, "tib": 2 ** 40}
+
+
+def crf_value(text: str) -> int:
+    v = int(text)
+    if not 0 <= v <= 63:
+        raise argparse.ArgumentTypeError(f"must be in 0..63, got {text}")
+    return v
 
 
 def byte_size(text: str) -> int:
@@ -92,6 +100,15 @@ def add_image_options(p: argparse.ArgumentParser, suffix: str) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="op backend (default: auto)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-file lines")
+    video = p.add_argument_group(f"video files ({', '.join(VIDEO_SUFFIXES)}, given by name; needs the video extra: "
+                                 f"pip install 'lattice_kernels[video]')",
+                                 "each frame is processed as an image; the output keeps the input's container and "
+                                 "frame rate, and copies its audio and subtitle streams")
+    video.add_argument("--video-codec", default=None, metavar="ENCODER",
+                       help="the ffmpeg encoder of the output (default: libx264, libvpx-vp9 for .webm; lossless: "
+                            "ffv1 in .mkv/.avi)")
+    video.add_argument("--crf", type=crf_value, default=DEFAULT_CRF,
+                       help="the encoder's quality, 0 (lossless for x264) to 51/63; lower is better")
 
 
 def check_device(name: str) -> torch.device:
@@ -128,6 +145,11 @@ def run_options(args: argparse.Namespace) -> dict:
         raise ValueError("--max-memory tiles with exact statistics: it needs --stats global")
     return {"tile": args.tile, "overlap": args.overlap, "stats": args.stats, "dtype": getattr(torch, args.dtype),
             "channels_last": args.channels_last, "self_ensemble": args.self_ensemble, "max_pixels": args.max_pixels}
+
+
+def frame_options(opts: dict) -> dict:
+    """run_options() for the frames of a video (max_pixels is a guard of image files)."""
+    return {k: v for k, v in opts.items() if k != "max_pixels"}
 
 
 @dataclass(frozen=True)
@@ -190,12 +212,14 @@ def collect_inputs(inputs: Iterable[str], pattern: str | None = None, exclude: P
 
 
 def plan_jobs(inputs: list[tuple[Path, Path]], out_dir: Path, suffix: str, fmt: str) -> list[Job]:
-    """One Job per input: out_dir / <relative folder> / <stem><suffix>.<fmt>. Refuses (ValueError) an output that
+    """One Job per input: out_dir / <relative folder> / <stem><suffix>.<fmt> (a video: <stem><suffix> and its own
+    suffix). Refuses (ValueError) an output that
     is one of the inputs, and two inputs that would write the same output."""
     sources = {src.resolve(): src for src, _ in inputs}
     jobs, targets = [], {}
     for src, rel in inputs:
-        dst = out_dir / rel.parent / f"{rel.stem}{suffix}.{fmt}"
+        ext = src.suffix if is_video(src) else f".{fmt}"  # a video keeps its container
+        dst = out_dir / rel.parent / f"{rel.stem}{suffix}{ext}"
         key = dst.resolve()
         if key in sources or (dst.exists() and any(os.path.samefile(dst, s) for s in sources.values())):
             raise ValueError(f"the output {dst} would overwrite the input {sources.get(key, dst)}; outputs never "
@@ -208,13 +232,14 @@ def plan_jobs(inputs: list[tuple[Path, Path]], out_dir: Path, suffix: str, fmt: 
     return jobs
 
 
-def process(prog: str, jobs: list[Job], work: Callable[[Path, Path, TileCallback], LoadedImage], scale: int,
-            skip_existing: bool = False, quiet: bool = False, fail_fast: bool = False,
+def process(prog: str, jobs: list[Job], work: Callable[[Path, Path, ProgressCallback], LoadedImage | VideoResult],
+            scale: int, skip_existing: bool = False, quiet: bool = False, fail_fast: bool = False,
             output_size: OutputSize | None = None) -> dict:
-    """work(src, dst, on_tile) for each job, under one progress bar over the files (its postfix counts the tiles of
-    the current file; shown on a terminal unless quiet), printing `src -> dst` per file unless quiet and a summary
-    line at the end (files, megapixels in and out, seconds; out = in x scale^2, or the output_size the files were
-    resized to). Returns the summary's numbers, with "failed": the (file, reason) of each file that could not be
+    """work(src, dst, on_progress) for each job, under one progress bar over the files (shown on a terminal unless
+    quiet; on_progress(i, n) counts the tiles of an image in its postfix, the frames of a video in a
+    FrameProgress), printing `src -> dst` per file unless quiet and a summary line at the end (files, megapixels in
+    and out, all frames of a video counted, seconds; out = in x scale^2, or the output_size the files were resized
+    to). Returns the summary's numbers, with "failed": the (file, reason) of each file that could not be
     used.
 
     A file that cannot be used (ImageError: unreadable, truncated, an unsupported mode, too many pixels, ...) is
@@ -224,6 +249,8 @@ def process(prog: str, jobs: list[Job], work: Callable[[Path, Path, TileCallback
     no partial output and skip_existing resumes it."""
     from tqdm.auto import tqdm
 
+    if any(is_video(job.src) for job in jobs):
+        ffmpeg_exe()  # the video extra is missing: say so before any file is processed
     t0 = time.perf_counter()
     done = skipped = 0
     mp_in = mp_out = 0.0
@@ -242,8 +269,11 @@ def process(prog: str, jobs: list[Job], work: Callable[[Path, Path, TileCallback
                 if n > 1:
                     bar.set_postfix_str(f"{name} tile {i}/{n}")
 
+            frames = FrameProgress(prog, job.src.name, bar, quiet) if is_video(job.src) else None
             try:
-                img = work(job.src, job.dst, on_tile)
+                img = work(job.src, job.dst, on_tile if frames is None else frames.update)
+                if frames is not None:
+                    frames.close(finished=True)
             except ImageError as e:
                 if stop_on_error:
                     raise
@@ -251,9 +281,14 @@ def process(prog: str, jobs: list[Job], work: Callable[[Path, Path, TileCallback
                 bar.write(f"{prog}: skipped: {one_line(e)}", file=sys.stderr)
                 bar.update()
                 continue
+            finally:
+                if frames is not None:
+                    frames.close()
             done += 1
             mp_in += img.megapixels
-            if output_size is None:
+            if isinstance(img, VideoResult):
+                mp_out += img.megapixels_out
+            elif output_size is None:
                 mp_out += img.megapixels * scale * scale
             else:
                 h, w = output_size.of(*img.color.shape[:2])
@@ -273,6 +308,60 @@ def process(prog: str, jobs: list[Job], work: Callable[[Path, Path, TileCallback
         lines += [f"  {src}: {reason}" for src, reason in failed]
         print("\n".join(lines), file=sys.stderr, flush=True)
     return summary
+
+
+class FrameProgress:
+    """The frames of one video: a second tqdm bar under the files' bar on a terminal; elsewhere (a log), unless
+    quiet, a line `prog: name: frame i/n (p%), mm:ss elapsed, ETA mm:ss` at each tenth of the estimated frame count."""
+
+    def __init__(self, prog: str, name: str, files_bar, quiet: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.prog, self.name, self.quiet = prog, name, quiet
+        self.bar = None if files_bar.disable else tqdm(unit="frame", desc=name, position=1, leave=False,
+                                                       file=sys.stderr)
+        self.t0 = time.perf_counter()
+        self.step = -1
+        self.done = 0
+
+    def update(self, done: int, total: int | None) -> None:
+        self.done = done
+        if self.bar is not None:
+            if total is not None and self.bar.total != max(total, done):
+                self.bar.total = max(total, done)
+            self.bar.update(done - self.bar.n)
+            return
+        if self.quiet:
+            return
+        step = done * 10 // total if total else done // 100
+        if step == self.step:
+            return
+        self.step = step
+        elapsed = time.perf_counter() - self.t0
+        if total and done <= total:
+            eta = elapsed / done * (total - done)
+            text = (f"frame {done}/{total} ({100 * done // total}%), {self._clock(elapsed)} elapsed, "
+                    f"ETA {self._clock(eta)}")
+        else:
+            text = f"frame {done}, {self._clock(elapsed)} elapsed"
+        print(f"{self.prog}: {self.name}: {text}", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _clock(seconds: float) -> str:
+        from tqdm import tqdm
+
+        return tqdm.format_interval(seconds)
+
+    def close(self, finished: bool = False) -> None:
+        """Ends the bar; in a log, when the video was written, a last line with the frames done (the estimated
+        count may differ)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        elif finished and not self.quiet:
+            elapsed = time.perf_counter() - self.t0
+            print(f"{self.prog}: {self.name}: {self.done} frames in {self._clock(elapsed)} "
+                  f"({self.done / max(elapsed, 1e-9):.1f} frames/s)", file=sys.stderr, flush=True)
 
 
 def exit_status(summary: dict) -> int:

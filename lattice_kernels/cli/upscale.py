@@ -8,13 +8,14 @@ from pathlib import Path
 
 import lattice_kernels as lk
 
-from .. import inference
+from .. import inference, video_files
 from . import HelpFormatter, command
 from .images import (
     add_image_options,
     check_device,
     collect_inputs,
     exit_status,
+    frame_options,
     memory_left,
     plan_jobs,
     positive_int,
@@ -33,6 +34,7 @@ examples:
   lattice-upscale --scale 4 photo.jpg --outscale 3.5             # x4 network, then resized to 3.5x
   lattice-upscale --scale 2 photos/ -o hd/ --width 1920          # every output 1920 wide, aspect kept
   lattice-upscale --scale 4 big.png --max-memory 2GiB             # the largest tile that fits in 2 GiB
+  lattice-upscale --scale 2 clip.mp4 -o out/                     # every frame; audio and subtitles copied
 
 RGB, gray, palette, RGBA/LA (alpha upscaled apart, see --alpha), 16-bit PNG (kept 16-bit), EXIF-rotated and
 ICC-tagged images are handled; outputs keep the mode, depth and ICC profile of their input. Refused with an
@@ -114,9 +116,13 @@ def run(args: argparse.Namespace) -> int:
     opts = run_options(args)
     device = next(net.parameters()).device
 
-    def work(src: Path, dst: Path, on_tile) -> inference.LoadedImage:
+    def work(src: Path, dst: Path, on_progress) -> inference.LoadedImage | video_files.VideoResult:
+        if video_files.is_video(src):
+            return video_files.super_resolve_video(net, src, dst, codec=args.video_codec, crf=args.crf,
+                                                   on_frame=on_progress, output_size=size,
+                                                   max_memory=memory_left(args, device), **frame_options(opts))
         return inference.super_resolve_file(net, src, dst, alpha=args.alpha, format=args.format,
-                                            quality=args.quality, output_size=size, on_tile=on_tile,
+                                            quality=args.quality, output_size=size, on_tile=on_progress,
                                             max_memory=memory_left(args, device), **opts)
 
     summary = process("lattice-upscale", jobs, work, net.scale, skip_existing=args.skip_existing, quiet=args.quiet,
