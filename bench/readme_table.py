@@ -1,10 +1,11 @@
 """Markdown from a recorded benchmark JSON, so that every number the README quotes comes from a file:
 the full report (bench/results/<device>.md: every op, model and deployment table) and the README's short headline
 table, which sits between `<!-- headline: bench/results/<device>.json -->` and `<!-- /headline -->` in README.md
+or a page of docs/
 (tests/test_readme_results.py fails when either disagrees with the JSON).
 
     python -m bench.readme_table bench/results/<device>.json            # print the full report
-    python -m bench.readme_table bench/results/<device>.json --write    # write <device>.md, update README.md
+    python -m bench.readme_table bench/results/<device>.json --write    # write <device>.md, update its headline block
 """
 
 from __future__ import annotations
@@ -199,18 +200,26 @@ def replace_headline(readme: str, results: str, table: str) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path)
-    p.add_argument("--write", action="store_true", help="write <results>.md and the README's headline block")
-    p.add_argument("--readme", type=Path, default=Path("README.md"))
+    p.add_argument("--write", action="store_true",
+                   help="write <results>.md and the headline block of the page that holds it")
+    p.add_argument("--page", type=Path, action="append", default=None,
+                   help="a Markdown page to update (default: README.md and docs/*.md)")
     a = p.parse_args(argv)
     run = json.loads(a.results.read_text())
     if not a.write:
         print(full_report(run))
         return 0
     a.results.with_suffix(".md").write_text(full_report(run))
-    readme = a.readme.read_text()
-    if HEADLINE_START.format(a.results.as_posix()) in readme:
-        a.readme.write_text(replace_headline(readme, a.results.as_posix(), headline(run)))
+    for page in a.page or doc_pages():
+        text = page.read_text()
+        if HEADLINE_START.format(a.results.as_posix()) in text:
+            page.write_text(replace_headline(text, a.results.as_posix(), headline(run)))
     return 0
+
+
+def doc_pages(root: Path = Path(".")) -> list[Path]:
+    """The pages that may hold headline blocks: the README (the front page) and docs/*.md."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The numbers the README and bench/results/*.md quote are the recorded JSON's: regenerated from the JSON, each
-headline block of README.md and each full report equals what is committed (python -m bench.readme_table --write)."""
+"""The numbers the README, docs/*.md and bench/results/*.md quote are the recorded JSON's: regenerated from the
+JSON, each headline block (on the front page or a docs page) and each full report equals what is committed
+(python -m bench.readme_table --write), and so do the photo tables."""
 
 from __future__ import annotations
 
@@ -9,25 +10,35 @@ from pathlib import Path
 
 import pytest
 
-from bench.readme_table import HEADLINE_END, full_report, headline
+from bench.readme_table import HEADLINE_END, doc_pages, full_report, headline
 from bench.rounds import SPREAD
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"<!-- headline: (\S+) -->\n(.*?)\n" + re.escape(HEADLINE_END), README, flags=re.S)
+PAGES = {p.relative_to(ROOT).as_posix(): p.read_text() for p in doc_pages(ROOT)}
+HEADLINE = r"<!-- headline: (\S+) -->\n(.*?)\n" + re.escape(HEADLINE_END)
+BLOCKS = [(page, results, block) for page, text in PAGES.items()
+          for results, block in re.findall(HEADLINE, text, flags=re.S)]
 REPORTS = sorted(p for p in (ROOT / "bench" / "results").glob("*.json") if p.with_suffix(".md").exists()
                  and "rows" in json.loads(p.read_text()))
 
 
 def test_the_readme_has_a_headline_block():
-    assert BLOCKS, "README.md has no <!-- headline: bench/results/<device>.json --> block"
+    assert re.search(HEADLINE, README, flags=re.S), "README.md has no <!-- headline: bench/results/<device>.json -->"
 
 
-@pytest.mark.parametrize("results, block", BLOCKS, ids=[b[0] for b in BLOCKS])
-def test_readme_headline_matches_the_recorded_json(results, block):
+@pytest.mark.parametrize("page, results, block", BLOCKS, ids=[f"{b[0]}:{b[1]}" for b in BLOCKS])
+def test_headline_matches_the_recorded_json(page, results, block):
     run = json.loads((ROOT / results).read_text())
-    assert block == headline(run), (f"README.md's headline for {results} differs from the JSON: run "
+    assert block == headline(run), (f"{page}'s headline for {results} differs from the JSON: run "
                                     f"`python -m bench.readme_table {results} --write`")
+
+
+def test_every_recorded_run_with_a_report_has_its_headline_on_a_page():
+    named = {results for _, results, _ in BLOCKS}
+    missing = [p.relative_to(ROOT).as_posix() for p in REPORTS if p.relative_to(ROOT).as_posix() not in named
+               and p.name.startswith("cpu-")]
+    assert not missing, f"recorded CPU runs with no headline block on README.md or docs/*.md: {missing}"
 
 
 @pytest.mark.parametrize("results", REPORTS, ids=[p.name for p in REPORTS])
@@ -84,4 +95,9 @@ def test_photo_table_matches_the_recorded_json():
     assert (ROOT / "bench" / "results" / "photos-psnr-ssim.md").read_text() == want, (
         "photos-psnr-ssim.md differs from its JSON: rerun python python/evaluate_photos.py "
         "--out bench/results/photos-psnr-ssim")
-    assert want in README, "README.md's photo table differs from bench/results/photos-psnr-ssim.json"
+    evaluation = PAGES["docs/evaluation.md"]
+    assert want in evaluation, "docs/evaluation.md's photo table differs from bench/results/photos-psnr-ssim.json"
+    # the front page's rows of means: the header and the mean rows of the same table
+    front = [ln for ln in README.splitlines() if "**mean**" in ln or ln.startswith("| scale | photo |")]
+    assert len(front) == 4, front
+    assert all(ln in want.splitlines() for ln in front), "README.md's mean rows differ from the photo table"
