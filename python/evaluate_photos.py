@@ -1,7 +1,7 @@
 """The published LatticeNet x2/x3/x4, plain and with the x8 self-ensemble (LatticeNet+), against bicubic on
 scikit-image's photographs, with the SR papers' protocol (lattice_kernels.evaluation: HR cropped to a multiple of
-the scale, LR by MATLAB-bicubic imresize, uint8 outputs, PSNR/SSIM on Y with the scale shaved). Prints the README's
-Markdown table and writes it with a JSON record.
+the scale, LR by MATLAB-bicubic imresize, uint8 outputs, PSNR/SSIM on Y with the scale shaved). Prints the
+Markdown table of docs/evaluation.md and writes it with a JSON record.
 
     python python/evaluate_photos.py [--weights DIR] [--photos astronaut chelsea ...] \\
         [--out bench/results/photos-psnr-ssim]     (writes .md and .json)
@@ -21,8 +21,8 @@ from lattice_kernels.train.photos import PHOTOS, photo
 
 
 def table(record: dict) -> str:
-    """The README's table from the JSON record: one row per (scale, photo), then the means per scale; the
-    LatticeNet+ column is the x8 self-ensemble of the same images."""
+    """The photo table of docs/evaluation.md from the JSON record: one row per (scale, photo), then the means per
+    scale; the LatticeNet+ column is the x8 self-ensemble of the same images."""
     rows = ["| scale | photo | HR size | bicubic PSNR / SSIM | LatticeNet PSNR / SSIM | LatticeNet+ PSNR / SSIM |",
             "|---|---|---|---|---|---|"]
     pairs = list(zip(record["datasets"], record["datasets_self_ensemble"], strict=True))

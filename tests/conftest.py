@@ -167,5 +167,6 @@ def allow_tf32(on: bool) -> None:
 
 # float32 in IEEE float32 for every test: with torch's defaults cuDNN runs float32 convolutions in TF32 on Ampere
 # and later (about 1e-3 relative error), which the float32 rules (1e-5) cannot hold. The library leaves the setting
-# to the user (README, Backends); test_gpu_full_size.py::test_tf32_error_of_float32_convolutions states the error.
+# to the user (docs/ops-and-backends.md, TF32); test_gpu_full_size.py::test_tf32_error_of_float32_convolutions
+# states the error.
 allow_tf32(False)

@@ -1,6 +1,6 @@
 """tools/gpu_check.sh, the two prepared device calls, checked without a GPU: the script parses, refuses unknown
 stages, lists test files that exist and select GPU tests, and its planted-defect program for compute-sanitizer
-compiles with nvcc. (GPU_CHECK_DRY_RUN=1 runs the whole script; README "Building on a GPU machine".)"""
+compiles with nvcc. (GPU_CHECK_DRY_RUN=1 runs the whole script; docs/gpu.md.)"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The install paths of the README, as a user types them, each in a fresh virtual environment that sees only an
+"""The install paths of docs/install.md, as a user types them, each in a fresh virtual environment that sees only an
 installed torch: `pip install .`, `pip install -e .` and `pip install <sdist>`, with and without
 --no-build-isolation, from a copy of the checkout's files (what a fresh clone holds). Afterwards the package imports
 with the `cpu` backend, an op equals the float64 spec, and `lattice-upscale` runs.
@@ -143,7 +143,7 @@ def install_and_use(how: str, isolation: bool, fresh_clone: Path, torch_only: Pa
     site = Path(_run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
     (site / "torch_only.pth").write_text(f"{torch_only}\n")
     pip = [*PIP, "--python", py, "install", "-q"]
-    if not isolation:  # the README: --no-build-isolation needs setuptools and wheel in the environment
+    if not isolation:  # docs/install.md: --no-build-isolation needs setuptools and wheel in the environment
         _run([*pip, "setuptools>=64", "wheel"])
     target = sdist if how == "pip install sdist" else fresh_clone
     _run([*pip, *([] if isolation else ["--no-build-isolation"]), *(["-e"] if "-e" in how else []), target])

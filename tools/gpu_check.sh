@@ -44,7 +44,7 @@ if [ "$DRY" != 1 ]; then export LATTICE_REQUIRE_WEIGHTS=1; fi
 [ -f "$OUT/build_flags.sh" ] && . "$OUT/build_flags.sh"
 note() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/stages.txt"; }
 
-# Seconds per stage; measured budgets are in README "Building on a GPU machine".
+# Seconds per stage; measured budgets are in docs/gpu.md.
 declare -A LIMIT=([env]=60 [build]=300 [aot]=120 [tests]=330 [sanitize]=150 [bench]=$(( BENCH_MINUTES * 60 + 60 )))
 
 stage_prepare() {  # on the machine with the network

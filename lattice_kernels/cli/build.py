@@ -6,7 +6,7 @@ examples:
   LATTICE_KERNELS_CUDA=1 lattice-kernels-build --force    # compile again, failing unless the CUDA kernels build
 
 Environment flags: LATTICE_KERNELS_CUDA=auto|1|0, TORCH_CUDA_ARCH_LIST, LATTICE_KERNELS_DEBUG=1,
-LATTICE_KERNELS_BUILD_DIR, MAX_JOBS (see the README's install section).
+LATTICE_KERNELS_BUILD_DIR, MAX_JOBS (see docs/install.md).
 """
 
 from __future__ import annotations
