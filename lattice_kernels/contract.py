@@ -6,6 +6,8 @@ Imports nothing of the package."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -16,6 +18,19 @@ FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 def stats_dtype(dtype: torch.dtype) -> torch.dtype:
     """Statistics and coefficients: float64 for float64 inputs, float32 for every other floating dtype."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """torch.is_autocast_enabled(device_type), False on devices autocast does not know (meta: a model run for its
+    shapes), where torch's own call raises."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def no_autocast(device_type: str):
+    """A context that turns autocast off on `device_type` (nothing to turn off on a device autocast does not know)."""
+    if not torch.amp.is_autocast_available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
 
 
 def memory_format_of(x: Tensor) -> torch.memory_format:

@@ -330,7 +330,8 @@ def tile_for_memory(model: nn.Module, forward: Callable[[Tensor], Tensor], x: Te
     h, w = x.shape[2:]
     halo = receptive_radius(model)
     side = 2 * halo + MIN_TILE  # the smallest tile: the probe itself stays within any budget that fits one
-    probe = torch.rand(1, x.shape[1], side, side + 1)[..., :side]  # strided: forward copies it, as a tile of x
+    gen = torch.Generator().manual_seed(0)  # not the global generator: a budget must not change seeded results
+    probe = torch.rand(1, x.shape[1], side, side + 1, generator=gen)[..., :side]  # strided: copied, as a tile
     per_pixel = _added_peak(lambda: forward(probe), dev) / side ** 2
 
     def need(pixels: int, tiled: bool) -> float:

@@ -2,10 +2,11 @@
 pipes as 8-bit RGB (no frames on disk), each is processed on its own, and the result is encoded at the input's frame
 rate with the audio and subtitle streams copied unchanged from the input.
 
-What changes: the video is re-encoded (the encoder of `codec`, default libx264 at `crf` 18; .webm: libvpx-vp9),
-decoded to 8-bit RGB first (a 10-bit or HDR input loses its depth; an alpha plane is dropped), rotated upright when
-the input carries a rotation, and written at a constant frame rate (a variable-rate input's timestamps are not
-kept). The output container is the input's (its suffix); metadata and chapters are copied."""
+What changes: the video is re-encoded (the encoder of `codec`, default libx264 at `crf` 18; .webm: libvpx-vp9; YUV
+outputs in BT.709), decoded to 8-bit RGB first (a 10-bit or HDR input loses its depth; an alpha plane is dropped),
+rotated upright when the input carries a rotation, and written at a constant frame rate (a variable-rate input is
+decoded at its average rate, frames repeated or dropped, so the copied audio stays in sync). The output container is
+the input's (its suffix); metadata and chapters are copied."""
 
 from __future__ import annotations
 
@@ -33,7 +34,17 @@ _CRF_CODECS = {"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libaom-av1", "
 
 
 class VideoError(ImageError):
-    """An input video that cannot be used (no video stream, undecodable), or an encoder that refused the output."""
+    """An input video that cannot be used (no video stream, undecodable): a folder run skips it, like an image."""
+
+
+class VideoEncoderError(ValueError):
+    """The encoder refused the output (an unknown --video-codec, a codec the container cannot hold, a full disk):
+    it would refuse every video, so a run stops."""
+
+
+def default_codec(path: str | Path) -> str:
+    """The encoder a video is written with unless one is named: libvpx-vp9 for .webm, else libx264."""
+    return "libvpx-vp9" if Path(path).suffix.lower() == ".webm" else "libx264"
 
 
 def is_video(path: str | Path) -> bool:
@@ -52,8 +63,9 @@ def ffmpeg_exe() -> str:
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """The first video stream of a file, as decoded (upright): width, height, frame rate, the frame count estimated
-    from the duration (None when unknown), and how many audio and subtitle streams the file has."""
+    """The first video stream of a file, as decoded (upright): width, height, the (average) frame rate, the frame
+    count estimated from the duration (None when unknown), how many audio and subtitle streams the file has, and
+    the pixels' aspect ratio."""
 
     width: int
     height: int
@@ -61,6 +73,7 @@ class VideoInfo:
     frames: int | None
     audio_streams: int
     subtitle_streams: int
+    sample_aspect: Fraction = Fraction(1)  # the pixels' width over height (SAR; not 1 for anamorphic video)
 
 
 def _rate(text: str) -> Fraction:
@@ -80,6 +93,11 @@ def probe_video(path: str | Path) -> VideoInfo:
         raise FileNotFoundError(f"input not found: {path}")
     text = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True,
                           errors="replace").stderr
+    return parse_probe(text, path)
+
+
+def parse_probe(text: str, path: str | Path) -> VideoInfo:
+    """VideoInfo from ffmpeg's description of a file's streams (`ffmpeg -i path` on stderr)."""
     streams = re.findall(r"^\s*Stream #\d+:\d+.*?: (Video|Audio|Subtitle): (.*)$", text, flags=re.M)
     video = next((desc for kind, desc in streams if kind == "Video" and "attached pic" not in desc), None)
     if video is None:
@@ -100,16 +118,24 @@ def probe_video(path: str | Path) -> VideoInfo:
         seconds = int(duration[1]) * 3600 + int(duration[2]) * 60 + float(duration[3])
         frames = max(1, round(seconds * fps))
     kinds = [kind for kind, _ in streams]
-    return VideoInfo(w, h, fps, frames, kinds.count("Audio"), kinds.count("Subtitle"))
+    sar = re.search(r"SAR (\d+):(\d+)", video)
+    aspect = Fraction(int(sar[1]), int(sar[2])) if sar and int(sar[1]) > 0 and int(sar[2]) > 0 else Fraction(1)
+    if rotation and round(float(rotation[1])) % 180 == 90:
+        aspect = 1 / aspect
+    return VideoInfo(w, h, fps, frames, kinds.count("Audio"), kinds.count("Subtitle"), aspect)
 
 
 def read_frames(path: str | Path, info: VideoInfo | None = None) -> Iterator[np.ndarray]:
-    """The frames of the first video stream of `path`, each (H, W, 3) uint8 RGB, decoded by ffmpeg into a pipe."""
+    """The frames of the first video stream of `path` (not a cover picture), each (H, W, 3) uint8 RGB, decoded by
+    ffmpeg into a pipe at the constant rate info.fps (a variable-rate stream's frames repeated or dropped)."""
     info = info or probe_video(path)
     frame_bytes = info.width * info.height * 3
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path), "-map", "0:v:0", "-an",
-                                 "-sn", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        # 0:V: video streams that are not attached pictures (cover art); -fps_mode cfr -r: the frames of a
+        # variable-rate input at the (average) rate the encoder is given, so the copied audio stays in sync
+        proc = subprocess.Popen([ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path), "-map", "0:V:0", "-an",
+                                 "-sn", "-fps_mode", "cfr", "-r", str(info.fps), "-f", "rawvideo", "-pix_fmt",
+                                 "rgb24", "-"],
                                 stdout=subprocess.PIPE, stderr=log)
         try:
             while True:
@@ -134,13 +160,34 @@ def _last_line(err: bytes) -> str:
     return lines[-1].strip() if lines else "ffmpeg failed without a message"
 
 
-def _encoder_options(codec: str, crf: int, width: int, height: int) -> list[str]:
+_YUV_CODECS = {"libx264", "libx265", "libvpx-vp9", "libaom-av1", "libsvtav1"}
+
+
+def _encoder_options(codec: str, crf: int, width: int, height: int, sample_aspect: Fraction) -> list[str]:
+    """The encoder's options: crf for the codecs that take it; for the YUV codecs 4:2:0 (4:4:4 when a side is
+    odd) converted with the BT.709 matrix and tagged so (players assume BT.709 for untagged HD); the input's pixel
+    aspect ratio."""
     opts = ["-c:v", codec]
     if codec in _CRF_CODECS:
         opts += ["-crf", str(crf)] + (["-b:v", "0"] if codec == "libvpx-vp9" else [])
-    if codec in ("libx264", "libx265"):  # 4:2:0 needs even sides; an odd side is kept, in 4:4:4
-        opts += ["-pix_fmt", "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"]
-    return opts
+    filters = []
+    if codec in _YUV_CODECS:
+        even = width % 2 == 0 and height % 2 == 0
+        filters.append("scale=out_color_matrix=bt709:out_range=tv")
+        opts += ["-pix_fmt", "yuv420p" if even or codec not in ("libx264", "libx265") else "yuv444p",
+                 "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv"]
+    if sample_aspect != 1:
+        filters.append(f"setsar={sample_aspect.numerator}/{sample_aspect.denominator}")
+    return opts + (["-vf", ",".join(filters)] if filters else [])
+
+
+def check_encoder(codec: str) -> None:
+    """VideoEncoderError when this ffmpeg has no encoder `codec` (before any video is processed)."""
+    r = subprocess.run([ffmpeg_exe(), "-hide_banner", "-h", f"encoder={codec}"], capture_output=True, text=True,
+                       errors="replace")
+    if r.returncode != 0 or f"Encoder {codec} " not in r.stdout:
+        raise VideoEncoderError(f"ffmpeg has no video encoder {codec!r}: name one of `ffmpeg -encoders` (e.g. "
+                                f"libx264, libx265, libvpx-vp9, ffv1)")
 
 
 @dataclass(frozen=True)
@@ -164,10 +211,12 @@ def process_video(src: str | Path, dst: str | Path, frame_fn: Callable[[np.ndarr
                   codec: str | None = None, crf: int = DEFAULT_CRF,
                   on_frame: Callable[[int, int | None], None] | None = None) -> VideoResult:
     """Write `dst` (atomically) with frame_fn(frame) for each frame of `src`: frames (H, W, 3) uint8 in, (H', W', 3)
-    uint8 out, every output frame the size of the first. The frame rate is kept; audio and subtitle streams,
-    metadata and chapters are copied from `src`. codec: an ffmpeg encoder (default libx264, libvpx-vp9 for .webm;
-    'ffv1' (.mkv, .avi) or 'libx264rgb' with crf 0 are lossless); crf: its quality (x264/x265/VP9/AV1).
-    on_frame(done, estimated_total) after each frame. Sizes are (width, height)."""
+    uint8 out, every output frame the size of the first. The frame rate (a variable one: its average) and the
+    pixel aspect ratio are kept; audio and subtitle streams, metadata and chapters are copied from `src`.
+    codec: an ffmpeg encoder (default_codec: libx264, libvpx-vp9 for .webm; 'ffv1' (.mkv, .avi) or 'libx264rgb'
+    with crf 0 are lossless); crf: its quality (x264/x265/VP9/AV1). on_frame(done, estimated_total) after each
+    frame. Sizes are (width, height). VideoError for an input that cannot be decoded, VideoEncoderError when the
+    encoder refuses the output."""
     src, dst = Path(src), Path(dst)
     muxer = VIDEO_CONTAINERS.get(dst.suffix.lower())
     if muxer is None:
@@ -175,7 +224,7 @@ def process_video(src: str | Path, dst: str | Path, frame_fn: Callable[[np.ndarr
     if not 0 <= crf <= 63:
         raise ValueError(f"crf must be in 0..63, got {crf}")
     info = probe_video(src)
-    codec = codec or ("libvpx-vp9" if muxer == "webm" else "libx264")
+    codec = codec or default_codec(dst)
     result: list[VideoResult] = []
 
     def write(tmp: Path) -> None:
@@ -195,7 +244,7 @@ def process_video(src: str | Path, dst: str | Path, frame_fn: Callable[[np.ndarr
                          "-s", f"{size_out[0]}x{size_out[1]}", "-r", str(info.fps), "-i", "-", "-i", str(src),
                          "-map", "0:v:0", "-map", "1:a?", "-map", "1:s?", "-c:a", "copy", "-c:s", "copy",
                          "-map_metadata", "1", "-map_chapters", "1",
-                         *_encoder_options(codec, crf, *size_out), "-f", muxer, str(tmp)],
+                         *_encoder_options(codec, crf, *size_out, info.sample_aspect), "-f", muxer, str(tmp)],
                         stdin=subprocess.PIPE, stderr=log)
                 elif (out.shape[1], out.shape[0]) != size_out:
                     raise ValueError(f"frame {n} came out {out.shape[1]}x{out.shape[0]}, the first was "
@@ -217,8 +266,8 @@ def process_video(src: str | Path, dst: str | Path, frame_fn: Callable[[np.ndarr
                 if (info.audio_streams or info.subtitle_streams) and dst.suffix.lower() != src.suffix.lower():
                     hint = (f" (the audio and subtitle streams of {src.name} are copied unchanged: write them to "
                             f"a {src.suffix} file)")
-                raise VideoError(f"ffmpeg could not write {dst} with the {codec} encoder: "
-                                 f"{_last_line(log.read())}{hint}")
+                raise VideoEncoderError(f"ffmpeg could not write {dst} with the {codec} encoder: "
+                                        f"{_last_line(log.read())}{hint}")
             result.append(VideoResult(n, (info.width, info.height), size_out))
         finally:
             if encoder is not None and encoder.poll() is None:

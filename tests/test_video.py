@@ -42,11 +42,12 @@ def make_clip(path: Path, frames: list[np.ndarray], codec: list[str], audio: str
     subprocess.run(cmd, input=b"".join(f.tobytes() for f in frames), check=True)
 
 
-def packets_md5(path: Path, stream: str) -> str:
-    """The MD5 of the packets of `path`'s stream ('a', 's'), copied out without decoding."""
-    r = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-map", f"0:{stream}", "-c", "copy", "-f", "md5",
+def packets(path: Path, stream: str) -> list[str]:
+    """The packets of `path`'s stream ('v', 'a', 's'), copied out without decoding: the time base, then per packet
+    its timestamps, duration, size and MD5 (ffmpeg's framemd5)."""
+    r = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-map", f"0:{stream}", "-c", "copy", "-f", "framemd5",
                         "-"], capture_output=True, text=True, check=True)
-    return r.stdout.strip()
+    return [ln for ln in r.stdout.splitlines() if ln.startswith("#tb") or not ln.startswith("#")]
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +80,8 @@ def assert_frames_are(out: Path, src: Path, want: list[np.ndarray], size: tuple[
         diff = np.abs(g.astype(int) - w.astype(int))
         # the command's process and this one round the same float32 results; they may differ at a rounding tie
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (i, diff.max(), (diff > 0).mean())
-    for stream in ("a", "s"):
-        assert packets_md5(out, stream) == packets_md5(src, stream), f"the {stream} stream was not copied"
+    for stream in ("a", "s"):  # packet for packet, timestamps included
+        assert packets(out, stream) == packets(src, stream), f"the {stream} stream was not copied"
 
 
 def test_upscale_a_video_keeps_frames_rate_and_streams(clips, tmp_path):
@@ -109,6 +110,9 @@ def test_denoise_a_video(clips, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     want = [inference.restore_image(net, inference.LoadedImage(f)).color for f in clips["frames"]]
     assert_frames_are(tmp_path / "clip_restored.mp4", clips["mp4"], want, (W, H))
+    # the rate, exactly: MP4's video time base 1/24000, each frame 1001 ticks, as in the input
+    video = packets(tmp_path / "clip_restored.mp4", "v")
+    assert video[0] == "#tb 0: 1/24000" and [ln.split(",")[3].strip() for ln in video[1:]] == ["1001"] * 4, video
 
 
 def test_video_with_an_output_size_and_the_default_codec(clips, tmp_path):
@@ -158,17 +162,84 @@ def test_an_unreadable_video_is_skipped_and_listed(clips, tmp_path):
     assert not (tmp_path / "out2").exists() or not list((tmp_path / "out2").iterdir())
 
 
-def test_an_encoder_that_fails_leaves_no_file(clips, tmp_path):
+def test_an_unknown_encoder_is_refused_before_any_file(clips, tmp_path):
     ckpt = tmp_path / "dn.safetensors"
     lk.LatticeRestorer(3, "small").save_safetensors(ckpt)
-    r = cli("lattice-denoise", "-c", ckpt, clips["mkv"], "-o", tmp_path / "out", "--video-codec", "no-such-codec")
+    Image.fromarray(clips["frames"][0]).save(tmp_path / "a.png")
+    r = cli("lattice-denoise", "-c", ckpt, tmp_path / "a.png", clips["mkv"], "-o", tmp_path / "out",
+            "--video-codec", "no-such-codec")
+    assert_user_error(r, "lattice-denoise", "no video encoder 'no-such-codec'")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_an_encoder_that_fails_stops_the_run_and_leaves_no_file(clips, tmp_path):
+    """H.263 takes only its standard picture sizes (not 40x32): the encoder fails on the first frame. That is not
+    a bad input file (the next video would fail alike): the run stops with status 2, no partial or temporary file
+    is left."""
+    ckpt = tmp_path / "dn.safetensors"
+    lk.LatticeRestorer(3, "small").save_safetensors(ckpt)
+    r = cli("lattice-denoise", "-c", ckpt, clips["mp4"], clips["mkv"], "-o", tmp_path / "out", "--video-codec",
+            "h263")
     assert r.returncode == 2, r.stderr[-3000:]
     last = r.stderr.strip().splitlines()[-1]  # after the lines of frame progress
-    assert last.startswith("lattice-denoise: error: ffmpeg could not write") and "no-such-codec" in last, last
-    assert "Encoder not found" in last and " frames in " not in r.stderr, r.stderr
+    assert last.startswith("lattice-denoise: error: ffmpeg could not write") and "h263" in last, last
+    assert " frames in " not in r.stderr and "skipped" not in r.stderr, r.stderr
+    assert not list((tmp_path / "out").iterdir()), "a partial output or temporary file was left"
     assert not list((tmp_path / "out").iterdir()), "a partial output or temporary file was left"
 
 
 def test_crf_out_of_range(clips, tmp_path):
     r = cli("lattice-upscale", "--scale", "2", clips["mkv"], "--crf", "70", weights=False)
     assert r.returncode == 2 and "--crf: must be in 0..63" in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what real files carry: rotation, anamorphic pixels, cover art, a variable frame rate
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run([FFMPEG, "-v", "error", "-y", *args], check=True)
+
+
+def test_a_rotated_video_is_processed_upright(clips, tmp_path):
+    _ffmpeg("-display_rotation", "90", "-i", str(clips["mp4"]), "-c", "copy", str(tmp_path / "rot.mp4"))
+    info = video_files.probe_video(tmp_path / "rot.mp4")
+    assert (info.width, info.height) == (H, W)
+    frames = list(video_files.read_frames(tmp_path / "rot.mp4"))
+    assert len(frames) == 4 and frames[0].shape == (W, H, 3)
+    res = video_files.process_video(tmp_path / "rot.mp4", tmp_path / "out.mp4", lambda f: f, codec="libx264rgb",
+                                    crf=0)
+    assert res.size_out == (H, W)
+    np.testing.assert_array_equal(next(video_files.read_frames(tmp_path / "out.mp4")), frames[0])
+
+
+def test_the_pixel_aspect_ratio_is_kept(clips, tmp_path):
+    _ffmpeg("-i", str(clips["mp4"]), "-map", "0:v", "-vf", "setsar=8/9", "-c:v", "libx264", str(tmp_path / "a.mp4"))
+    assert video_files.probe_video(tmp_path / "a.mp4").sample_aspect == Fraction(8, 9)
+    video_files.process_video(tmp_path / "a.mp4", tmp_path / "b.mp4", lambda f: np.repeat(f, 2, axis=0))
+    assert video_files.probe_video(tmp_path / "b.mp4").sample_aspect == Fraction(8, 9)
+
+
+def test_cover_art_is_not_taken_for_the_video(clips, tmp_path):
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(tmp_path / "cover.png")
+    _ffmpeg("-i", str(tmp_path / "cover.png"), "-i", str(clips["mp4"]), "-map", "0", "-map", "1", "-c", "copy",
+            "-disposition:v:0", "attached_pic", str(tmp_path / "c.mp4"))
+    info = video_files.probe_video(tmp_path / "c.mp4")
+    assert (info.width, info.height) == (W, H)
+    frames = list(video_files.read_frames(tmp_path / "c.mp4", info))
+    assert len(frames) == 4
+    np.testing.assert_array_equal(frames[0], clips["frames"][0])
+
+
+def test_a_variable_frame_rate_keeps_the_audio_in_sync(tmp_path):
+    """30 fps with every fifth frame dropped (average 24, time base rate 30): the output runs as long as the
+    audio it carries."""
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=40x32:rate=30:duration=2", "-f", "lavfi", "-i", "sine=duration=2",
+            "-vf", "select='not(eq(mod(n\\,5)\\,4))'", "-fps_mode", "vfr", "-c:v", "libx264", "-c:a", "aac",
+            str(tmp_path / "vfr.mp4"))
+    info = video_files.probe_video(tmp_path / "vfr.mp4")
+    res = video_files.process_video(tmp_path / "vfr.mp4", tmp_path / "out.mp4", lambda f: f)
+    out = video_files.probe_video(tmp_path / "out.mp4")
+    assert out.fps == info.fps
+    seconds = res.frames / out.fps
+    assert abs(seconds - 2.0) <= 1.5 / out.fps, (res.frames, out.fps, float(seconds))

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                                       max_memory=memory_left(args, device), **opts)
 
     summary = process("lattice-denoise", jobs, work, 1, skip_existing=args.skip_existing, quiet=args.quiet,
-                      fail_fast=args.fail_fast)
+                      fail_fast=args.fail_fast, video_codec=args.video_codec)
     return exit_status(summary)
 
 

@@ -18,7 +18,15 @@ import torch
 from .. import BACKENDS
 from ..image_files import IMAGE_SUFFIXES, ImageError
 from ..inference import MAX_IMAGE_PIXELS, LoadedImage, OutputSize, resident_bytes
-from ..video_files import DEFAULT_CRF, VIDEO_SUFFIXES, VideoResult, ffmpeg_exe, is_video
+from ..video_files import (
+    DEFAULT_CRF,
+    VIDEO_SUFFIXES,
+    VideoResult,
+    check_encoder,
+    default_codec,
+    ffmpeg_exe,
+    is_video,
+)
 from . import one_line
 
 ProgressCallback = Callable[[int, int | None], None]  # (tiles or frames done, total)
@@ -87,7 +95,8 @@ def add_image_options(p: argparse.ArgumentParser, suffix: str) -> None:
                    help="process in tiles of this many input pixels (bounded memory; same result with --stats global)")
     p.add_argument("--max-memory", type=byte_size, default=None, metavar="SIZE",
                    help="the most memory the command may hold, e.g. 2GiB or 800MB (its peak RSS on the CPU; the "
-                        "allocated device memory on CUDA): picks the largest tile that fits, exact statistics")
+                        "allocated device memory on CUDA; not ffmpeg's own processes for a video): picks the "
+                        "largest tile that fits, exact statistics")
     p.add_argument("--overlap", type=int, default=16, help="blended margin of the tiles with --stats tile")
     p.add_argument("--stats", choices=["global", "tile"], default="global",
                    help="global: the exact whole-image result (several passes); tile: one pass, approximate")
@@ -108,7 +117,8 @@ def add_image_options(p: argparse.ArgumentParser, suffix: str) -> None:
                        help="the ffmpeg encoder of the output (default: libx264, libvpx-vp9 for .webm; lossless: "
                             "ffv1 in .mkv/.avi)")
     video.add_argument("--crf", type=crf_value, default=DEFAULT_CRF,
-                       help="the encoder's quality, 0 (lossless for x264) to 51/63; lower is better")
+                       help="the encoder's quality, lower is better: x264/x265 0..51, VP9/AV1 0..63 (0 with "
+                            "libx264rgb: lossless; lossless codecs such as ffv1 ignore it)")
 
 
 def check_device(name: str) -> torch.device:
@@ -234,7 +244,7 @@ def plan_jobs(inputs: list[tuple[Path, Path]], out_dir: Path, suffix: str, fmt: 
 
 def process(prog: str, jobs: list[Job], work: Callable[[Path, Path, ProgressCallback], LoadedImage | VideoResult],
             scale: int, skip_existing: bool = False, quiet: bool = False, fail_fast: bool = False,
-            output_size: OutputSize | None = None) -> dict:
+            output_size: OutputSize | None = None, video_codec: str | None = None) -> dict:
     """work(src, dst, on_progress) for each job, under one progress bar over the files (shown on a terminal unless
     quiet; on_progress(i, n) counts the tiles of an image in its postfix, the frames of a video in a
     FrameProgress), printing `src -> dst` per file unless quiet and a summary line at the end (files, megapixels in
@@ -244,13 +254,17 @@ def process(prog: str, jobs: list[Job], work: Callable[[Path, Path, ProgressCall
 
     A file that cannot be used (ImageError: unreadable, truncated, an unsupported mode, too many pixels, ...) is
     reported on stderr as it is met and the run goes on; the failed files are listed after the summary. With
-    fail_fast, or when the run has a single file, its error stops the run instead (the command's exit status 2).
-    Any other error stops the run. Outputs are written to a temporary file and renamed, so an interrupted run leaves
-    no partial output and skip_existing resumes it."""
+    fail_fast, or when the run has a single file, its error stops the run instead (the command's exit status 2). Any
+    other error stops the run (a video encoder that refuses the output, VideoEncoderError, included; the encoder
+    `video_codec` of the videos is checked before the first file). Outputs are written to a temporary file and
+    renamed, so an interrupted run leaves no partial output and skip_existing resumes it."""
     from tqdm.auto import tqdm
 
-    if any(is_video(job.src) for job in jobs):
-        ffmpeg_exe()  # the video extra is missing: say so before any file is processed
+    videos = [job for job in jobs if is_video(job.src)]
+    if videos:  # the video extra or the encoder is missing: say so before any file is processed
+        ffmpeg_exe()
+        for codec in sorted({video_codec or default_codec(job.dst) for job in videos}):
+            check_encoder(codec)
     t0 = time.perf_counter()
     done = skipped = 0
     mp_in = mp_out = 0.0

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
                                             max_memory=memory_left(args, device), **opts)
 
     summary = process("lattice-upscale", jobs, work, net.scale, skip_existing=args.skip_existing, quiet=args.quiet,
-                      fail_fast=args.fail_fast, output_size=size)
+                      fail_fast=args.fail_fast, video_codec=args.video_codec, output_size=size)
     return exit_status(summary)
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..contract import memory_format_of
+from ..contract import autocast_enabled, memory_format_of
 from .combination_coefficient import CombinationCoefficient
 from .conv import ResidualBlock
 
@@ -140,7 +140,7 @@ def _bmm2(a1: Tensor, b1: Tensor, a2: Tensor, b2: Tensor, start: Tensor | None) 
     whose casts in-place ops skip). start is added last: baddbmm's copy of a broadcast bias into its output cost
     more than the add (1x57600x64 fp32 on the 2-core Xeon, same process: 7.7 against 5.0 ms for the whole fold)."""
     out = torch.bmm(a1, b1)
-    if torch.is_autocast_enabled(a1.device.type):
+    if autocast_enabled(a1.device.type):
         out = torch.baddbmm(out, a2, b2)
         return out if start is None else out + start.to(out.dtype)
     out.baddbmm_(a2, b2)

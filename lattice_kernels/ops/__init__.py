@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
+from ..contract import autocast_enabled
 from . import _checks, _opsets, reference
 
 __all__ = [
@@ -153,7 +154,7 @@ def conv3x3(
     input patch holds it (the transforms mix a tile's inputs). On GPUs (``cuda``, ``triton``) and
     with ``torch`` it is torch's own convolution (cuDNN on CUDA)."""
     device_type = x.device.type if isinstance(x, Tensor) else "cpu"
-    if isinstance(x, Tensor) and torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:
+    if isinstance(x, Tensor) and autocast_enabled(device_type) and x.dtype != torch.float64:
         dt = torch.get_autocast_dtype(device_type)
         x = x.to(dt)
         weight = weight.to(dt) if isinstance(weight, Tensor) else weight

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..contract import stats_dtype
+from ..contract import no_autocast, stats_dtype
 
 __all__ = ["butterfly", "channel_stats", "coefficients_from_stats", "combination_coefficients", "conv3x3",
            "stats_dtype"]
@@ -38,7 +38,7 @@ def coefficients_from_stats(
 ) -> Tensor:
     """The combination-coefficient MLP on (N, C) statistics, weights 2-D (w1: (R, C), w2: (C, R)):
     0.5 * (sigmoid(w2m relu(w1m mean + b1m) + b2m) + sigmoid(w2s relu(w1s std + b1s) + b2s)). Never autocast."""
-    with torch.autocast(device_type=mean.device.type, enabled=False):
+    with no_autocast(mean.device.type):
         m = torch.sigmoid(F.linear(F.relu(F.linear(mean, w1m, b1m)), w2m, b2m))
         s = torch.sigmoid(F.linear(F.relu(F.linear(std, w1s, b1s)), w2s, b2s))
     return 0.5 * (m + s)
