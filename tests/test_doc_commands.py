@@ -61,6 +61,12 @@ def _install_cases() -> list[str]:
     return [f"{how}{'' if isolation else ' --no-build-isolation'}" for how, isolation in CASES]
 
 
+def _export_test_runs(command: str) -> bool:
+    from . import test_export
+
+    return command in (test_export.DOC_EXPORT, test_export.DOC_EXPORT_FP16)
+
+
 ELSEWHERE = {
     "pip install .": ("tests/test_install.py::test_install_paths", lambda: "pip install ." in _install_cases()),
     "pip install -e .": ("tests/test_install.py::test_install_paths",
@@ -68,6 +74,13 @@ ELSEWHERE = {
     "pip install --no-build-isolation .": ("tests/test_install.py::test_install_paths",
                                            lambda: "pip install . --no-build-isolation" in _install_cases()),
     "make test": (".ci/run (CI runs the suite with it)", lambda: "make test" in (ROOT / ".ci" / "run").read_text()),
+    # the exported files are what tests/test_export.py checks in ONNX Runtime and OpenVINO
+    "lattice-export --checkpoint LatticeNet_x4.pt --out latticenet_x4.onnx": (
+        "tests/test_export.py (the latticenet_x4_onnx fixture)", lambda: _export_test_runs(
+            "lattice-export --checkpoint LatticeNet_x4.pt --out latticenet_x4.onnx")),
+    "lattice-export --checkpoint LatticeNet_x4.pt --out x4_fp16.onnx --dtype float16": (
+        "tests/test_export.py::test_float16_export_runs_in_onnxruntime_within_half_precision",
+        lambda: _export_test_runs("lattice-export --checkpoint LatticeNet_x4.pt --out x4_fp16.onnx --dtype float16")),
     "torchrun --nproc_per_node 4 -m lattice_kernels.cli.train --data DIV2K/HR --out-dir runs/x2": (
         "tests/test_cli.py::test_train_under_torchrun_as_in_help (the same line, from lattice-train --help)",
         lambda: "torchrun --nproc_per_node 4 -m lattice_kernels.cli.train --data DIV2K/HR --out-dir runs/x2"

@@ -6,7 +6,10 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
+import shlex
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,11 +56,28 @@ def latticenet_x4():
     return lk.LatticeNet.from_checkpoint(ckpt(4)).eval(), plain.double().eval()
 
 
+# The export commands of docs/deployment.md, run as written (tests/test_doc_commands.py counts them as run here).
+DOC_EXPORT = "lattice-export --checkpoint LatticeNet_x4.pt --out latticenet_x4.onnx"
+DOC_EXPORT_FP16 = "lattice-export --checkpoint LatticeNet_x4.pt --out x4_fp16.onnx --dtype float16"
+
+
+def run_doc_export(command: str, folder: Path) -> Path:
+    """`command` in `folder` (holding the published LatticeNet_x4.pt) with the installed lattice-export; the ONNX
+    file it wrote, after its own ONNX Runtime check passed."""
+    (folder / "LatticeNet_x4.pt").symlink_to(Path(ckpt(4)).resolve())
+    words = shlex.split(command)
+    exe = Path(sys.executable).parent / words[0]
+    r = subprocess.run([str(exe), *words[1:]], cwd=folder, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ONNX Runtime check at" in r.stdout and r.stdout.rstrip().endswith(": ok"), r.stdout
+    return folder / words[words.index("--out") + 1]
+
+
 @pytest.fixture(scope="module")
 def latticenet_x4_onnx(latticenet_x4, tmp_path_factory):
-    net, _ = latticenet_x4
-    path = tmp_path_factory.mktemp("onnx") / "latticenet_x4.onnx"
-    return export_onnx(net, photo_crop("astronaut", 24, 32, 0, 0), path)
+    """The published x4 exported by the documented command (dynamic N, H, W)."""
+    return run_doc_export(DOC_EXPORT, tmp_path_factory.mktemp("onnx"))
 
 
 @needs_weights
@@ -198,8 +218,8 @@ def test_float16_export_runs_in_onnxruntime_within_half_precision(tmp_path, latt
     within 2x the error of the plain model itself run in float16 by PyTorch (the repository's rule for half
     results; statistics and coefficients stay float32 in both)."""
     onnx = pytest.importorskip("onnx")
-    net, plain64 = latticenet_x4
-    path = export_onnx(net, photo_crop("astronaut", 16, 16, 0, 0), tmp_path / "x4_fp16.onnx", dtype=torch.float16)
+    _, plain64 = latticenet_x4
+    path = run_doc_export(DOC_EXPORT_FP16, tmp_path)  # export_onnx(dtype=torch.float16) under the command
     graph = onnx.load(str(path)).graph
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     x = photo_crop("chelsea", 23, 29, 60, 140)
@@ -211,7 +231,10 @@ def test_float16_export_runs_in_onnxruntime_within_half_precision(tmp_path, latt
     err = (got.double() - want).abs().max().item()
     eager_err = (half_eager.double() - want).abs().max().item()
     assert err <= 2 * eager_err, f"float16 ONNX error {err:.3g} > 2x PyTorch's float16 error {eager_err:.3g}"
-    assert net.conv1.weight.dtype == torch.float32, "export_onnx(dtype=float16) must not change the model"
+    small = lk.LatticeRestorer(3, "small").eval()  # in this process: the exported model is left as it was
+    export_onnx(small, torch.rand(1, 3, 8, 8), tmp_path / "small_fp16.onnx", dtype=torch.float16)
+    assert all(t.dtype == torch.float32 for t in small.state_dict().values() if t.is_floating_point()), \
+        "export_onnx(dtype=float16) must not change the model"
 
 
 @needs_weights

@@ -285,3 +285,15 @@ def test_latticenet_output_keeps_the_input_memory_format(backend_device):
     assert y.is_contiguous()
     assert y_cl.is_contiguous(memory_format=torch.channels_last) and not y_cl.is_contiguous()
     torch.testing.assert_close(y_cl, y, rtol=0, atol=0)
+
+
+def test_models_run_on_meta_tensors_for_their_shapes():
+    """A model built on the meta device gives its output shapes without data (torch.is_autocast_enabled raises
+    for meta; the library asks only where autocast exists)."""
+    with torch.device("meta"):
+        net = lk.LatticeNet(scale=3).eval()
+        restorer = lk.LatticeRestorer(channels=1, preset="small").eval()
+        y = net(torch.empty(2, 3, 10, 14))
+        z = restorer(torch.empty(1, 1, 12, 12))
+    assert (y.device.type, tuple(y.shape)) == ("meta", (2, 3, 30, 42))
+    assert (z.device.type, tuple(z.shape)) == ("meta", (1, 1, 12, 12))
