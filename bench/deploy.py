@@ -83,19 +83,51 @@ def _onnxruntime(path: Path, x: torch.Tensor, threads: int, cuda: bool):
     return call
 
 
-def _openvino(path: Path, x: torch.Tensor, threads: int):
+def _openvino(path: Path, x: torch.Tensor, threads: int, precision: str | None = "f32"):
+    """OpenVINO on the CPU, latency hint, `threads` threads; precision "f32" forced, or None: its own default (bf16
+    where the CPU has it, f32 otherwise). Returns (call, the inference precision it compiled with)."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                          "PERFORMANCE_HINT": "LATENCY",
-                                                          "INFERENCE_NUM_THREADS": threads})
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
 
     def call(t):
         request.infer({0: t.numpy()})
         return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
-    return call
+    return call, precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+
+def precision_name(t) -> str:
+    """An OpenVINO element type as its short name ('f32', 'bf16'); its repr was "<Type: 'float32'>"."""
+    name = t.get_type_name() if hasattr(t, "get_type_name") else str(t)
+    return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(name.split("'")[1] if "'" in name else name,
+                                                                        name)
+
+
+def peers_table(record: dict) -> str:
+    """Markdown of a recorded peers run (bench/results/deploy-peers-*.json): per case each runner's median time,
+    its time over the library's float32 (median and range of the per-round ratios) and the precision it ran in."""
+    env = record["environment"]
+    lines = [f"Measured on {env['cpu']} ({env['threads']} threads), {env['date']}: torch {env['torch']}, ONNX "
+             f"Runtime {env['onnxruntime']}, OpenVINO {env['openvino']}, {env['malloc']}.", "",
+             "| case | runner | precision | median | time / library float32 |", "|---|---|---|---|---|"]
+    names = {"cpu": "lattice_kernels `cpu`", "cpu-bf16-autocast": "lattice_kernels `cpu` under bf16 autocast",
+             "eager": "eager PyTorch (plain model)", "compile": "torch.compile (plain model)",
+             "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO, f32 forced",
+             "openvino-default": "OpenVINO, its defaults"}
+    for row in record["rows"]:
+        n, _, h, w = row["shape"]
+        case = (f"batch {n} of " if n > 1 else "") + f"LR {w}x{h} ({row['rounds']} rounds)"
+        for k, ms in row["median_ms"].items():
+            lo, hi = row["ratio_range"][k]
+            prec = row["precision"].get(k, row["dtype"])
+            lines.append(f"| {case} | {names.get(k, k)} | {precision_name(prec)} | {ms:.1f} ms | "
+                         f"{row['ratio_to_library'][k]:.2f}x ({lo:.2f}-{hi:.2f}) |")
+    return "\n".join(lines)
 
 
 def _library_call(model, tile: int | None, stats: str):
@@ -108,7 +140,8 @@ def _library_call(model, tile: int | None, stats: str):
 
 
 def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
-    """case: shape (N, 3, H, W), rounds, warmup (default 2), prime (untimed calls right before each timed one,
+    """case: shape (N, 3, H, W), rounds, warmup (default 2), peer_defaults (also OpenVINO at its own default
+    precision and the library under bf16 autocast; default False), prime (untimed calls right before each timed one,
     default 0: a 0.2 s pause instead on CPU; see run_rounds), tile (the library's tile size; None: the whole input),
     stats (of the tiles, default "global"; see _library_call), plain: which of "eager" and "compile" (the plain
     model; compile on CPU only) are timed too (default both; an untimed eager runs once, for the reference output)."""
@@ -129,6 +162,17 @@ def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
     plain = case.get("plain", ["eager", "compile"])
     stats = case.get("stats", "global")
     calls = {b: on_input(_library_call(models[b], tile, stats)) for b in lib}
+    precision = {b: str(dtype).replace("torch.", "") for b in lib}
+    if case.get("peer_defaults") and device == "cpu" and "cpu" in lib and dtype == torch.float32:
+        # the library's reduced-precision mode: the same model under bf16 autocast
+        library_call = _library_call(models["cpu"], tile, stats)
+
+        def bf16(t):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return library_call(t)
+
+        calls["cpu-bf16-autocast"] = on_input(bf16)
+        precision["cpu-bf16-autocast"] = "bf16 autocast"
     if "eager" in plain:
         calls["eager"] = on_input(models["eager"])
     if "compile" in plain and device == "cpu":
@@ -160,8 +204,11 @@ def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
             if importlib.util.find_spec("openvino") is None:
                 skipped["openvino"] = "openvino not installed (pip install 'lattice_kernels[deploy]')"
             else:
-                run = _openvino(path, x, threads)
+                run, precision["openvino"] = _openvino(path, x, threads)
                 calls["openvino"] = on_input(run)
+                if case.get("peer_defaults"):
+                    run, precision["openvino-default"] = _openvino(path, x, threads, None)
+                    calls["openvino-default"] = on_input(run)
 
     def sync():
         if device == "cuda":
@@ -192,7 +239,7 @@ def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
     out = {"device": device, "shape": shape, "dtype": str(dtype).replace("torch.", ""), "rounds": rounds,
            "threads": threads, "baseline": base, "median_ms": {n: statistics.median(s) for n, s in samples.items()},
            "ratio_to_library": ratio, "ratio_range": spread, "max_abs_diff_vs_eager": max_diff,
-           "samples_ms": samples, "skipped": skipped, "versions": versions,
+           "samples_ms": samples, "skipped": skipped, "versions": versions, "precision": precision,
            "sample": (f"each timed call right after {prime} untimed one(s) of the same runtime, calls alternating "
                       "between two inputs" if prime else
                       "each timed call after a 0.2 s pause" if device == "cpu" else "10 calls per sample")}

@@ -162,8 +162,8 @@ def case_rows_interleaved(case: Case, backends: list[str], device: torch.device,
 # float16.
 DEPLOY_CASE = "deployment runtimes"
 DEPLOY = {"cpu": {"device": "cpu", "cases": [
-              {"shape": [1, 3, 180, 320], "rounds": 10, "prime": 1},
-              {"shape": [8, 3, 128, 128], "rounds": 6, "prime": 1, "plain": ["eager"]},
+              {"shape": [1, 3, 180, 320], "rounds": 10, "prime": 1, "peer_defaults": True},
+              {"shape": [8, 3, 128, 128], "rounds": 6, "prime": 1, "plain": ["eager"], "peer_defaults": True},
               {"shape": [1, 3, 720, 1280], "rounds": 2, "warmup": 1, "tile": 512, "plain": []},
               # The same frame with the library untiled too: exact tiling costs several passes over the tiles
               # (the coefficients need whole-image statistics), which this row separates from the kernels' speed.
