@@ -20,6 +20,8 @@ ratios: > 1 is slower than the library) and the max |difference| of its output f
                                                         {"shape": [1, 3, 720, 1280], "rounds": 2, "tile": 512,
                                                          "plain": []}]}'
     python -m bench.deploy '{"device": "cpu", "shape": [1, 3, 180, 320], "rounds": 10}'     # one case
+    python -m bench.deploy '{"device": "cpu", "cases": [{"shape": [1, 3, 180, 320], "rounds": 10, "prime": 1,
+        "peer_defaults": true}], "record": "bench/results/deploy-peers-<cpu>.json"}'   # a peers record
 (run by models_bench; prints one JSON line per case and dtype)."""
 
 from __future__ import annotations
@@ -112,8 +114,10 @@ def peers_table(record: dict) -> str:
     """Markdown of a recorded peers run (bench/results/deploy-peers-*.json): per case each runner's median time,
     its time over the library's float32 (median and range of the per-round ratios) and the precision it ran in."""
     env = record["environment"]
-    lines = [f"Measured on {env['cpu']} ({env['threads']} threads), {env['date']}: torch {env['torch']}, ONNX "
-             f"Runtime {env['onnxruntime']}, OpenVINO {env['openvino']}, {env['malloc']}.", "",
+    caps = f" (OpenVINO's capabilities here: {', '.join(env['openvino_capabilities'])})" \
+        if "openvino_capabilities" in env else ""
+    lines = [f"Measured on {env['cpu']}, {env['threads']} threads, {env['date']}: torch {env['torch']}, ONNX "
+             f"Runtime {env['onnxruntime']}, OpenVINO {env['openvino']}{caps}, {env['malloc']}.", "",
              "| case | runner | precision | median | time / library float32 |", "|---|---|---|---|---|"]
     names = {"cpu": "lattice_kernels `cpu`", "cpu-bf16-autocast": "lattice_kernels `cpu` under bf16 autocast",
              "eager": "eager PyTorch (plain model)", "compile": "torch.compile (plain model)",
@@ -255,6 +259,35 @@ def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
     return out
 
 
+def environment() -> dict:
+    """What a peers record needs to be read: the CPU and its instruction sets, the allocator settings of this
+    process, the versions, OpenVINO's capabilities on this CPU, the date."""
+    import datetime
+    import os
+    import platform
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
+    flags = set(next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("flags")), [])) if Path("/proc/cpuinfo").exists() else set()
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile") if f in flags]
+    tuning = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD")}
+    libc = " ".join(platform.libc_ver())
+    env = {"cpu": f"{cpu} ({', '.join(isa)})", "threads": torch.get_num_threads(),
+           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "torch": torch.__version__,
+           "malloc": (f"{libc} malloc with {tuning}" if tuning else
+                      f"{libc}'s default malloc (no allocator settings in the environment)")}
+    for m in ("onnxruntime", "openvino"):
+        if importlib.util.find_spec(m) is not None:
+            env[m] = str(__import__(m).__version__).split("-")[0]
+    if importlib.util.find_spec("openvino") is not None:
+        import openvino as ov
+
+        env["openvino_capabilities"] = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    return env
+
+
 def main() -> None:
     cfg = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     device = cfg.get("device", "cpu")
@@ -265,10 +298,15 @@ def main() -> None:
     cases = cfg.get("cases") or [{"shape": cfg.get("shape", [1, 3, 180, 320] if device == "cpu" else [1, 3, 256, 256]),
                                   "rounds": cfg.get("rounds", 10)}]
     dtypes = cfg.get("dtypes", ["float32"] if device == "cpu" else ["float32", "float16"])
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases:
             for d in dtypes:
-                print(json.dumps(run_one(device, case, getattr(torch, d), Path(tmp))), flush=True)
+                rows.append(run_one(device, case, getattr(torch, d), Path(tmp)))
+                print(json.dumps(rows[-1]), flush=True)
+    if cfg.get("record"):  # a peers record: bench/results/deploy-peers-*.json, read by peers_table
+        Path(cfg["record"]).write_text(json.dumps({"environment": {**environment(), "command": " ".join(sys.argv)},
+                                                   "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ docs/benchmarks.md."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,14 @@ def test_peer_defaults_are_run_and_labelled(tmp_path):
     eager_err = (eager_bf16 - ref).abs().max().item()
     assert 0 < res["max_abs_diff_vs_eager"]["cpu-bf16-autocast"] <= 2 * eager_err, (res["max_abs_diff_vs_eager"],
                                                                                      eager_err)
+
+
+def test_the_readme_quotes_the_recorded_ratios():
+    """The README's caveat under its headline quotes ratios of this record: each must be in its table."""
+    readme = (ROOT / "README.md").read_text()
+    a = readme.index("Measured without either")
+    quoted = re.findall(r"\b(\d+\.\d\d)x\b", readme[a:readme.index("\n\n", a)])
+    assert quoted, "the README's caveat quotes no ratio of the peers record"
+    table = peers_table(json.loads(RECORD.read_text()))
+    missing = [q for q in quoted if f"| {q}x (" not in table]
+    assert not missing, f"README quotes {missing}, which {RECORD.name} does not hold"

@@ -76,19 +76,51 @@ def counts(record) -> dict[str, dict]:
     return L.count_all(record["lr"])
 
 
-def test_latticenet_counts_follow_the_structure(counts):
+def test_latticenet_counts_follow_the_structure(record, counts):
     """LatticeNet x4: 4 blocks, each 2 residual blocks of 3 convs with LeakyReLU; the library computes the
-    statistics of x, f and g (3 channel_stats per block) and one butterfly per block (the second is folded into the
-    compress conv), and never syncs with the host."""
+    coefficients of x, f and g by one combination_coefficients op each (3 per block) and one butterfly per block
+    with q1's statistics (the second butterfly is folded into the compress conv), each priced exactly as its
+    launcher launches at that shape, and never syncs with the host."""
+    emu = pytest.importorskip("tools.cuda_emu").load("plain")
+    shape = (1, 64, record["lr"] ** 2, True)  # channels_last, as the model runs
+    per_call = {"combination_coefficients": len(emu.dry("combination_coefficients", 0, shape, True, 4)),
+                "butterfly": len(emu.dry("butterfly", 0, shape, True, 4))}
     for dtype, by_model in counts.items():
         cuda, eager = by_model["cuda"], by_model["eager"]
         assert cuda["aten_by_op"]["leaky_relu"] == eager["aten_by_op"]["leaky_relu"] == 4 * 2 * 3, dtype
-        calls = {"channel_stats": 12, "butterfly": 4}
-        assert set(cuda["library_by_op"]) == set(calls), cuda
-        assert all(n % calls[op] == 0 and n >= calls[op] for op, n in cuda["library_by_op"].items()), cuda
+        assert cuda["library_by_op"] == {"combination_coefficients": 12 * per_call["combination_coefficients"],
+                                         "butterfly": 4 * per_call["butterfly"]}, (dtype, cuda)
         assert all(c["host_syncs"] == 0 for c in by_model.values()), by_model
-        # the plain model's coefficient MLPs are 1x1 convolutions; the library's run as linear layers
+        # the plain model's coefficient MLPs are 1x1 convolutions with biases; the library's run as linear layers
         assert eager["aten_by_op"]["convolution"] > cuda["aten_by_op"]["convolution"]
+
+
+def test_butterfly_pricing_follows_q_stats():
+    """A butterfly without q statistics launches only its elementwise kernel; with them, the split merge too."""
+    emu = pytest.importorskip("tools.cuda_emu").load("plain")
+    x = torch.empty(1, 64, 96, 96, device="meta").contiguous(memory_format=torch.channels_last)
+    a = torch.empty(1, 64, device="meta")
+    for q_stats in (False, True):
+        want = len(emu.dry("butterfly", 0, (1, 64, 96 * 96, True), q_stats, 4))
+        assert L._CudaLaunches()("butterfly", (x, x, None, a, a, None, q_stats)) == want
+    assert len(emu.dry("butterfly", 0, (1, 64, 96 * 96, True), False, 4)) < \
+        len(emu.dry("butterfly", 0, (1, 64, 96 * 96, True), True, 4))
+
+
+def test_biased_convolutions_and_single_row_addmm_count_two():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.nobias = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, bias=False)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(self.nobias(self.conv(x)).mean(dim=(2, 3)))
+
+    with torch.device("meta"):
+        m = M()
+    c = count_module(m)
+    assert c.aten == {"convolution": 3, "mean": 1, "addmm": 2}, c.as_dict()
 
 
 def test_the_recorded_counts_are_the_tools(record, counts):

@@ -134,3 +134,25 @@ def test_compile_dynamic_shapes(backend_device):
             torch.testing.assert_close(compiled(x), module(x), rtol=1e-5, atol=1e-5)
         assert counter.frame_count == expected, \
             f"{type(module).__name__}: {counter.frame_count} graphs for four sizes in two tile ranges"
+
+
+@pytest.mark.slow
+@needs_ext
+def test_compile_fullgraph_under_bf16_autocast():
+    """A LatticeBlock on the cpu backend compiles in one graph under bf16 autocast (the library asks whether
+    autocast is on through contract.autocast_enabled, which dynamo must fold to a constant), with eager's result
+    under the same autocast (the compiled graph may round differently in bf16: within 2x eager bf16's own error
+    against float32)."""
+    torch.manual_seed(0)
+    block = lk.LatticeBlock(32, diff=8, backend="cpu").eval()
+    x = make_input((1, 32, 14, 12), torch.float32, "cpu", "nhwc")
+    with torch.no_grad():
+        ref = block(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            eager = block(x).float()
+            torch._dynamo.reset()
+            counter = torch._dynamo.testing.CompileCounter()
+            compiled = torch.compile(block, fullgraph=True, backend=counter)(x).float()
+    assert counter.frame_count == 1
+    eager_err = (eager - ref).abs().max().item()
+    assert (compiled - ref).abs().max().item() <= 2 * eager_err + 1e-6, (eager_err,)

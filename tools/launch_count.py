@@ -4,8 +4,9 @@ The forward runs on meta tensors (shapes, strides and dtypes, no data, no device
 resolved to the `cuda` backend's op set as on a GPU, under a dispatch mode that sees every ATen op and every op of
 the library:
 
-- an ATen op is one launch, except views, allocations (empty*) and the other ops that launch nothing (NO_LAUNCH);
-  a convolution is counted as one launch (cuDNN may use more; the same convolutions are in every model counted);
+- an ATen op is one launch, except views, allocations (empty*) and the other ops that launch nothing (NO_LAUNCH),
+  and a convolution with a bias or a one-row addmm, two (launches_of_aten; cuDNN may use more kernels for a
+  convolution, which this does not see);
 - an op of the library is the launches its backend's launcher makes at that shape: for `cuda`, those the real
   launchers of csrc/cuda/kernels.h make, recorded by the CPU execution harness in its dry mode
   (tools/cuda_emu); for `triton`, the kernel launches of lattice_kernels/triton's launchers (called with a
@@ -31,16 +32,25 @@ from collections.abc import Iterator
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-NO_LAUNCH = {"empty", "empty_strided", "new_empty", "new_empty_strided", "lift_fresh", "_local_scalar_dense",
-             "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "is_contiguous", "_unsafe_view"}
+NO_LAUNCH = {"empty", "empty_strided", "empty_like", "empty_permuted", "new_empty", "new_empty_strided", "resize_",
+             "set_", "lift_fresh", "_local_scalar_dense", "sym_size", "sym_stride", "sym_numel",
+             "sym_storage_offset", "is_contiguous", "_unsafe_view"}
 LIBRARY_NAMESPACES = ("lattice_kernels", "lattice_kernels_triton")
 EMU_DTYPE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
 
-def launches_of_aten(func) -> int:
-    """1 for an ATen op that runs a kernel on a CUDA device, 0 for views, allocations and metadata."""
+def launches_of_aten(func, args: tuple) -> int:
+    """The kernels an ATen op runs on a CUDA device: 0 for views, allocations and metadata; 2 for a convolution
+    with a bias (cuDNN's kernel, then ATen adds the bias) and for addmm of a single row (cuBLAS: the bias copied
+    into the output, then the GEMM; the bias epilogue of cuBLASLt needs more than one row); 1 otherwise."""
     name = func._schema.name.split("::")[-1]
-    return 0 if func.is_view or name in NO_LAUNCH else 1
+    if func.is_view or name in NO_LAUNCH:
+        return 0
+    if name == "convolution":
+        return 2 if len(args) > 2 and args[2] is not None else 1
+    if name == "addmm":
+        return 2 if args[1].shape[0] == 1 else 1
+    return 1
 
 
 @dataclasses.dataclass
@@ -131,6 +141,8 @@ class _TritonLaunches:
                                   rec)
             else:
                 raise NotImplementedError(f"launch count of the triton op {op}")
+        if inner.syncs:
+            raise RuntimeError(f"the triton launcher of {op} reads a device value on the host")
         return len(rec.launches) + inner.total
 
 
@@ -152,7 +164,7 @@ class _Counting(TorchDispatchMode):
         elif name == "_local_scalar_dense":
             self.count.syncs += 1
         else:
-            n = launches_of_aten(func)
+            n = launches_of_aten(func, args)
             if n:
                 self.count.aten[name] += n
         if name == "_local_scalar_dense":  # a meta tensor has no value: any number lets the forward go on
@@ -179,7 +191,8 @@ def _library_ops_of_cuda() -> Iterator[None]:
 
 
 def count_forward(model: str, lr: int = 256, dtype: torch.dtype = torch.float32, scale: int = 4) -> Count:
-    """The launches of one inference forward of LatticeNet x`scale` on a (1, 3, lr, lr) CUDA input in `dtype`:
+    """The launches of one inference forward of LatticeNet x`scale` on a (1, 3, lr, lr) CUDA input, the model cast
+    to `dtype` (model.to(dtype): autocast, the library's reduced-precision mode, cannot run on meta tensors):
     model "eager" (the plain model, eager PyTorch), "cuda" or "triton" (lattice_kernels on that backend)."""
     import lattice_kernels as lk
     from lattice_kernels.models.reference import PlainLatticeNet
@@ -207,8 +220,9 @@ def count_all(lr: int, dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dic
 
 def table(record: dict) -> str:
     """Markdown: launches per forward for each model and dtype, and the ratio to eager plain."""
-    lines = [f"LatticeNet x4 forward, LR {record['lr']}x{record['lr']}, batch 1: GPU kernel launches counted on the "
-             "CPU (tools/launch_count.py; a count, not a measurement on a GPU)", "",
+    lines = [f"LatticeNet x4 forward, LR {record['lr']}x{record['lr']}, batch 1, the model cast to each dtype "
+             "(model.to(dtype)): GPU kernel launches counted on the CPU (tools/launch_count.py; a count, not a "
+             "measurement on a GPU)", "",
              "| dtype | model | launches | of eager plain | ATen ops | library ops | host syncs |",
              "|---|---|---|---|---|---|---|"]
     for dtype, counts in record["counts"].items():

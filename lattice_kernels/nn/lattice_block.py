@@ -22,6 +22,7 @@ PLACEMENTS: dict[str, tuple[str, ...]] = {
 # Published parameter names (cross placement: fea_ca{u} is alpha2, x_ca{u} is beta1); the others are new.
 _MODULE_NAME = {"alpha1": "x_ca_p{}", "alpha2": "fea_ca{}", "beta1": "x_ca{}", "beta2": "fea_ca_q{}"}
 _TERM = {"alpha1": 0, "alpha2": 1, "beta1": 0, "beta2": 1}  # which input of the unit the coefficient weights
+_STAT_NAMES = {1: ("x", "f"), 2: ("g", "q1")}  # the statistics of each unit's inputs, as statistics_hook names them
 
 
 def residual_block(channels: int, diff: int, backend: str | None = None) -> ResidualBlock:
@@ -49,10 +50,11 @@ class LatticeBlock(nn.Module):
         p3 = g + CC_fea2(q1) q1; q3 = q1 + CC_x2(g) g; out = compress(cat(p3, q3))   (the 'cross' placement)
     State-dict keys as published (conv_block{0,1}.{0,2,4}, fea_ca1, x_ca1, fea_ca2, x_ca2, compress).
 
-    The non-conv work runs the fused plan: the statistics of x, f and g once each, butterfly 1 returning q1's
-    statistics from its own pass; butterfly 2 and the compress conv are one 1x1 conv over g and q1 with per-sample
-    folded weights (fold_compress), so p3 and q3 are never formed. The 3x3 convs (with their LeakyReLU) are
-    ops.conv3x3: the library's Winograd convolution on the cpu backend, torch's convolution on the others."""
+    The non-conv work runs the fused plan: the coefficients of x, f and g each from one combination_coefficients
+    op (statistics and MLP), q1's from butterfly 1's own statistics pass; butterfly 2 and the compress conv are
+    one 1x1 conv over g and q1 with per-sample folded weights (fold_compress), so p3 and q3 are never formed. The
+    3x3 convs (with their LeakyReLU) are ops.conv3x3: the library's Winograd convolution on the cpu backend,
+    torch's convolution on the others."""
 
     def __init__(self, channels: int = 64, diff: int = 16, reduction: int = 16,
                  placement: str | tuple[str, ...] = "cross", backend: str | None = None):
@@ -68,9 +70,24 @@ class LatticeBlock(nn.Module):
                 self.add_module(_MODULE_NAME[name].format(u), CombinationCoefficient(channels, reduction, backend))
         self.compress = nn.Conv2d(2 * channels, channels, 1)
 
-    def _coefficients(self, unit: int, stats: tuple) -> dict[str, Tensor]:
-        return {name: getattr(self, _MODULE_NAME[name].format(unit)).from_stats(*stats[_TERM[name]])
-                for name in self.placement}
+    def _coefficients(self, unit: int, inputs: tuple[Tensor, Tensor], needed: tuple[str, ...],
+                      given: tuple[tuple[Tensor, Tensor] | None, ...] = (None, None)) -> dict[str, Tensor]:
+        """The unit's coefficients, each from the statistics of the butterfly input it weights (inputs: the first
+        and second). Statistics given (q1's, from butterfly 1's own pass) feed the coefficient MLP; an input whose
+        statistics no other coefficient needs goes through ops.combination_coefficients, statistics and MLP in one
+        op (on a GPU 2-3 launches instead of a dozen); otherwise (two coefficients on one input, or the whole-image
+        statistics of tiled inference) its statistics are computed once and fed to each MLP."""
+        users = [sum(_TERM[n] == t for n in self.placement) for t in (0, 1)]
+        fused = [given[t] is None and users[t] == 1 and self.statistics_hook is None for t in (0, 1)]
+        # x before f: the order in which tiled inference gathers them (q1 comes given, before g)
+        stats = [given[t] if given[t] is not None or fused[t] else self._stats(inputs[t], _STAT_NAMES[unit][t], needed)
+                 for t in (0, 1)]
+        out = {}
+        for name in self.placement:
+            t = _TERM[name]
+            cc = getattr(self, _MODULE_NAME[name].format(unit))
+            out[name] = cc.coefficients(inputs[t]) if fused[t] else cc.from_stats(*stats[t])
+        return out
 
     def needed_statistics(self) -> tuple[str, ...]:
         """The statistics the block's coefficients use, in the order forward needs them: 'x', 'f' (unit 1),
@@ -96,13 +113,15 @@ class LatticeBlock(nn.Module):
         needed = self.needed_statistics()
         f = self.conv_block0(x)
         x, f = _common_dtype(x, f)
-        coefs1 = self._coefficients(1, (self._stats(x, "x", needed), self._stats(f, "f", needed)))
+        coefs1 = self._coefficients(1, (x, f), needed)
         fused_q_stats = "q1" in needed and self.statistics_hook is None
         p1, q1, *q1_stats = ops.butterfly(x, f, **coefs1, q_stats=fused_q_stats, backend=self.backend)
-        s_q1 = tuple(q1_stats) if fused_q_stats else self._stats(q1, "q1", needed)
+        # tiled inference's whole-image statistics of q1 are gathered before g exists (needed_statistics' order)
+        s_q1 = tuple(q1_stats) if fused_q_stats else (
+            self._stats(q1, "q1", needed) if self.statistics_hook is not None else None)
         g = self.conv_block1(p1)
         g, q1 = _common_dtype(g, q1)
-        coefs2 = self._coefficients(2, (self._stats(g, "g", needed), s_q1))
+        coefs2 = self._coefficients(2, (g, q1), needed, given=(None, s_q1))
         return fold_compress(g, q1, coefs2, self.compress.weight, self.compress.bias)
 
 
