@@ -49,6 +49,23 @@ inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* n
 }
 
 // (N, C) statistics-typed tensor on x's device, made contiguous.
+// The (N, C) statistics the coefficient MLP takes on its own (coefficients_from_stats): float32 or float64, one
+// shape, one device, N and C >= 1. Returns them contiguous.
+inline std::pair<at::Tensor, at::Tensor> check_stats(const at::Tensor& mean, const at::Tensor& stdv) {
+  TORCH_CHECK(mean.defined() && stdv.defined(), "lattice_kernels: mean and std must be tensors");
+  TORCH_CHECK(mean.dim() == 2 && mean.size(0) >= 1 && mean.size(1) >= 1,
+              "lattice_kernels: mean must be a non-empty (N, C) tensor, got shape ", mean.sizes());
+  TORCH_CHECK(stdv.sizes() == mean.sizes(), "lattice_kernels: std must have mean's shape ", mean.sizes(), ", got ",
+              stdv.sizes());
+  TORCH_CHECK(mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble,
+              "lattice_kernels: mean must be float32 or float64 (the statistics' dtype), got ", mean.scalar_type());
+  TORCH_CHECK(stdv.scalar_type() == mean.scalar_type(), "lattice_kernels: std must have mean's dtype ",
+              mean.scalar_type(), ", got ", stdv.scalar_type());
+  TORCH_CHECK(stdv.device() == mean.device(), "lattice_kernels: std is on ", stdv.device(), " but mean is on ",
+              mean.device());
+  return {mean.contiguous(), stdv.contiguous()};
+}
+
 inline at::Tensor per_channel(const at::Tensor& t, const at::Tensor& x, const char* name) {
   TORCH_CHECK(t.dim() == 2 && t.size(0) == x.size(0) && t.size(1) == x.size(1), "lattice_kernels: ", name,
               " must have shape (N, C) = (", x.size(0), ", ", x.size(1), "), got ", t.sizes());

@@ -34,6 +34,15 @@ TORCH_LIBRARY(lattice_kernels, m) {
       "combination_coefficients_backward(Tensor grad, Tensor x, Tensor mean, Tensor std, Tensor w1m, Tensor b1m, "
       "Tensor w2m, Tensor b2m, Tensor w1s, Tensor b1s, Tensor w2s, Tensor b2s) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", kTags);
+  // The same MLP on given (N, C) statistics (float32 or float64): cc (N, C); its backward gives (grad_mean,
+  // grad_std, and the 8 weight gradients).
+  m.def(
+      "coefficients_from_stats(Tensor mean, Tensor std, Tensor w1m, Tensor b1m, Tensor w2m, Tensor b2m, Tensor w1s, "
+      "Tensor b1s, Tensor w2s, Tensor b2s) -> Tensor", kTags);
+  m.def(
+      "coefficients_from_stats_backward(Tensor grad, Tensor mean, Tensor std, Tensor w1m, Tensor b1m, Tensor w2m, "
+      "Tensor b2m, Tensor w1s, Tensor b1s, Tensor w2s, Tensor b2s) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", kTags);
   // p = alpha1*x1 + alpha2*x2, q = beta1*x1 + beta2*x2 with (N, C) coefficients (absent = 1). Returns
   // (p, q, mean_q, std_q); the statistics are empty unless q_stats.
   m.def(

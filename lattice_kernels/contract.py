@@ -84,6 +84,16 @@ def register_fakes(ns: str) -> None:
     def _(grad, x, mean, std, *weights):
         return (empty_in_layout_of(x), *(torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights))
 
+    @torch.library.register_fake(f"{ns}::coefficients_from_stats")
+    def _(mean, std, *weights):
+        return torch.empty_like(mean, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(f"{ns}::coefficients_from_stats_backward")
+    def _(grad, mean, std, *weights):
+        return (torch.empty_like(mean, memory_format=torch.contiguous_format),
+                torch.empty_like(std, memory_format=torch.contiguous_format),
+                *(torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights))
+
     def bf_stats(x1, q_stats):
         return (_stats_like(x1), _stats_like(x1)) if q_stats else (_empty_stats(x1), _empty_stats(x1))
 
@@ -130,6 +140,15 @@ def register_autograd(ns: str, ops) -> None:
         return ops.combination_coefficients_backward(_zeros_if_none(grad, mean), x, mean, std, *weights)
 
     torch.library.register_autograd(f"{ns}::combination_coefficients", cc_backward, setup_context=cc_setup)
+
+    def mlp_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def mlp_backward(ctx, grad):
+        mean, std, *weights = ctx.saved_tensors
+        return ops.coefficients_from_stats_backward(_zeros_if_none(grad, mean), mean, std, *weights)
+
+    torch.library.register_autograd(f"{ns}::coefficients_from_stats", mlp_backward, setup_context=mlp_setup)
 
     def bf_setup(ctx, inputs, output):
         x1, x2, a1, a2, b1, b2, q_stats = inputs

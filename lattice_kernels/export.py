@@ -107,6 +107,7 @@ def _butterfly_out(x1, x2, alpha1, alpha2, beta1, beta2, q_stats, out):
 _SPEC: dict[str, Callable] = {
     "channel_stats": spec.channel_stats,
     "combination_coefficients": _combination_coefficients,
+    "coefficients_from_stats": spec.coefficients_from_stats,
     "butterfly": _butterfly,
     "butterfly_stacked": _butterfly_stacked,
     "butterfly_out": _butterfly_out,

@@ -91,9 +91,63 @@ def test_coefficients_from_stats_matches_op(backend_device):
     x = make_input((2, 16, 7, 13), torch.float32, device, "nchw")
     w = make_weights(16, 1, torch.float32, device=device)
     mean, std = lk.ops.channel_stats(x, backend=backend)
-    a = lk.ops.coefficients_from_stats(mean, std, *w)
+    a = lk.ops.coefficients_from_stats(mean, std, *w, backend=backend)
     b = lk.ops.combination_coefficients(x, *w, backend=backend)
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def _stats(n: int, c: int, dtype: torch.dtype, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mean = (torch.randn(n, c, generator=g, dtype=torch.float64) * 2).to(device, dtype)
+    std = (torch.rand(n, c, generator=g, dtype=torch.float64) * 3 + 0.1).to(device, dtype)
+    return mean, std
+
+
+@pytest.mark.parametrize("n, c", [(1, 64), (3, 19), (2, 33)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_coefficients_from_stats_forward_and_backward_match_the_spec(backend_device, n, c, dtype):
+    """The MLP on given statistics, as an op of each backend (one kernel on the GPU backends), against the float64
+    spec: the coefficients and the gradients of the statistics and of every weight."""
+    backend, device = backend_device
+    skip_if_unsupported(backend, device, dtype)
+    mean, std = _stats(n, c, dtype, device)
+    w = make_weights(c, _reduced(c), dtype, device=device, conv_layout=False)
+    args = [t.clone().requires_grad_() for t in (mean, std, *w)]
+    cc = lk.ops.coefficients_from_stats(*args, backend=backend)
+    assert cc.dtype == dtype and cc.shape == (n, c)
+    ref_args = [t.detach().double().cpu().requires_grad_() for t in (mean, std, *w)]
+    want = ref.coefficients_from_stats(*ref_args)
+    assert_close_to_reference(cc, want, dtype, what=f"cc {n}x{c}")
+    g = torch.randn(n, c, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (cc * g.to(device, dtype)).sum().backward()
+    (want * g).sum().backward()
+    for i, (a, b) in enumerate(zip(args, ref_args)):
+        assert_close_to_reference(a.grad, b.grad, dtype, scale=b.grad.abs().max().item() + 1e-30,
+                                  what=f"grad {i} {n}x{c}")
+
+
+def test_coefficients_from_stats_gradcheck_float64(backend_device):
+    backend, device = backend_device
+    skip_if_unsupported(backend, device, torch.float64)
+    mean, std = _stats(2, 16, torch.float64, device)
+    w = make_weights(16, 2, torch.float64, device=device, conv_layout=False)
+    args = [t.clone().requires_grad_() for t in (mean, std, *w)]
+    assert torch.autograd.gradcheck(lambda *a: lk.ops.coefficients_from_stats(*a, backend=backend), args)
+
+
+def test_coefficients_from_stats_refuses_bad_statistics():
+    w = make_weights(16, 1, torch.float32, conv_layout=False)
+    mean, std = _stats(2, 16, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="non-empty \\(N, C\\)"):
+        lk.ops.coefficients_from_stats(mean[:, :, None], std, *w)
+    with pytest.raises(ValueError, match="non-empty \\(N, C\\)"):
+        lk.ops.coefficients_from_stats(mean[:0], std[:0], *w)
+    with pytest.raises(ValueError, match="one shape"):
+        lk.ops.coefficients_from_stats(mean, std[:1], *w)
+    with pytest.raises(ValueError, match="floating point"):
+        lk.ops.coefficients_from_stats(mean.long(), std.long(), *w)
+    with pytest.raises(ValueError, match="w1m must have shape"):
+        lk.ops.coefficients_from_stats(mean[:, :8], std[:, :8], *w)
 
 
 def test_autocast_does_not_lower_the_mlp():

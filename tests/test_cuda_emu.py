@@ -294,3 +294,21 @@ def test_launch_shapes_at_4k_and_8k(emu, frame, interleaved, dtype):
         for kernel, grid, block, _ in launches[1:]:
             if "merge_splits" in kernel or "sum_splits" in kernel:
                 assert grid[0] >= n * c and block[0] == 256 and -(-splits // 256) <= 256, kernel
+
+
+@pytest.mark.parametrize("code, st, dtype", [(0, np.float32, torch.float32), (1, np.float64, torch.float64)],
+                         ids=["f32", "f64"])
+@pytest.mark.parametrize("n, c", [(1, 64), (3, 33)])
+def test_coefficients_from_stats_launcher(emu, code, st, dtype, n, c):
+    """The CUDA coefficients_from_stats launcher (the coefficient MLP alone, one launch) against the float64 spec."""
+    r = max(1, c // 16)
+    rng = np.random.default_rng(c)
+    mean = rng.standard_normal((n, c)).astype(st)
+    std = (rng.random((n, c)) * 3 + 0.1).astype(st)
+    w = [(rng.standard_normal(s) * 0.5).astype(st) for s in [(r, c), (r,), (c, r), (c,)] * 2]
+    cc = np.full((n, c), np.nan, st)
+    emu.coefficients_from_stats(code, mean, std, w, r, cc)
+    want = ref.coefficients_from_stats(*(torch.from_numpy(t).double() for t in (mean, std, *w)))
+    assert_close_to_reference(torch.from_numpy(cc), want, dtype, what=f"coefficients_from_stats {n}x{c}")
+    launches = emu.dry("coefficients_from_stats", code, (n, c, 1, False), True, r)
+    assert len(launches) == 1 and "coefficient_mlp" in launches[0][0] and launches[0][1][0] == n, launches

@@ -3,6 +3,11 @@ written (in a folder holding the files it names: photographs, a short clip, chec
 or is run by the test named for it, or is listed with the reason it cannot run on this machine (shown as
 skipped). A command added to the docs without one of these fails test_every_command_is_classified.
 
+A plain `lattice-... args` line runs in this process through the installed console script's entry point (the
+function the script calls, with the line's arguments, in the line's folder and environment: a fresh Python and
+torch per line would cost 3 s each); a line with a pipe or an environment prefix, and the training commands, run in
+a shell. tests/test_cli.py runs the installed scripts themselves.
+
 Two lines are shortened, as the --help examples' tests shorten them: the training commands run 2 steps on
 16-pixel patches (the flags appended; argparse takes the last value)."""
 
@@ -178,6 +183,35 @@ def _make_clips(d: Path, frames: list[np.ndarray]) -> None:
                         "-r", "25", "-i", "-", *codec, str(d / name)], input=raw, check=True)
 
 
+IN_PROCESS = ("lattice-upscale", "lattice-denoise", "lattice-evaluate", "lattice-kernels-build")
+
+
+def _entry_point(name: str):
+    """The function the installed console script `name` calls (pyproject.toml's [project.scripts])."""
+    from importlib.metadata import entry_points
+
+    (ep,) = entry_points(group="console_scripts", name=name)
+    return ep.load()
+
+
+def _run_in_process(command: str, cwd: Path, monkeypatch, capfd) -> subprocess.CompletedProcess:
+    w = words(command)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cwd / ".cache"))
+    monkeypatch.delenv("LATTICE_WEIGHTS_DIR", raising=False)
+    if WEIGHTS is not None:
+        monkeypatch.setenv("LATTICE_WEIGHTS_DIR", str(Path(WEIGHTS).resolve()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    capfd.readouterr()
+    try:
+        rc = _entry_point(w[0])(w[1:])
+    finally:
+        torch.set_num_threads(threads)
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(w, rc, out, err)
+
+
 def _run(command: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(cwd / ".cache")}
@@ -212,7 +246,7 @@ def _expected_outputs(command: str) -> list[str]:
 
 
 @pytest.mark.parametrize("where, command", HERE, ids=[w for w, _ in HERE])
-def test_doc_command_runs(where, command, sandbox):
+def test_doc_command_runs(where, command, sandbox, monkeypatch, capfd):
     w = words(command.split("|")[-1])
     if WEIGHTS is None and ("LatticeNet_x4.pt" in w or (w[0] == "lattice-upscale" and {"--scale", "-s"} & set(w))):
         pytest.skip("the authors' published checkpoints were not found (LATTICE_WEIGHTS_DIR)")
@@ -222,7 +256,8 @@ def test_doc_command_runs(where, command, sandbox):
     for out in _expected_outputs(command):
         if (cwd / out).is_file():
             (cwd / out).unlink()  # left by another command: this one must write it
-    r = _run(run, cwd)
+    plain = "|" not in command and w[0] in IN_PROCESS and not re.match(r"^\w+=", command)
+    r = _run_in_process(run, cwd, monkeypatch, capfd) if plain else _run(run, cwd)
     if command.startswith("LATTICE_KERNELS_CUDA=1 ") and not torch.cuda.is_available() and \
             torch.version.cuda is None:
         # the documented behaviour on a CPU torch: refused, saying why

@@ -78,18 +78,23 @@ def counts(record) -> dict[str, dict]:
 
 def test_latticenet_counts_follow_the_structure(record, counts):
     """LatticeNet x4: 4 blocks, each 2 residual blocks of 3 convs with LeakyReLU; the library computes the
-    coefficients of x, f and g by one combination_coefficients op each (3 per block) and one butterfly per block
-    with q1's statistics (the second butterfly is folded into the compress conv), each priced exactly as its
-    launcher launches at that shape, and never syncs with the host."""
+    coefficients of x, f and g by one combination_coefficients op each (3 per block), one butterfly per block with
+    q1's statistics (the second butterfly is folded into the compress conv) and q1's coefficient from them by one
+    coefficients_from_stats op, each priced exactly as its launcher launches at that shape, and never syncs with
+    the host."""
     emu = pytest.importorskip("tools.cuda_emu").load("plain")
     shape = (1, 64, record["lr"] ** 2, True)  # channels_last, as the model runs
     per_call = {"combination_coefficients": len(emu.dry("combination_coefficients", 0, shape, True, 4)),
-                "butterfly": len(emu.dry("butterfly", 0, shape, True, 4))}
+                "butterfly": len(emu.dry("butterfly", 0, shape, True, 4)),
+                "coefficients_from_stats": len(emu.dry("coefficients_from_stats", 0, (1, 64, 1, False), True, 4))}
     for dtype, by_model in counts.items():
         cuda, eager = by_model["cuda"], by_model["eager"]
         assert cuda["aten_by_op"]["leaky_relu"] == eager["aten_by_op"]["leaky_relu"] == 4 * 2 * 3, dtype
         assert cuda["library_by_op"] == {"combination_coefficients": 12 * per_call["combination_coefficients"],
-                                         "butterfly": 4 * per_call["butterfly"]}, (dtype, cuda)
+                                         "butterfly": 4 * per_call["butterfly"],
+                                         "coefficients_from_stats": 4 * per_call["coefficients_from_stats"]}, \
+            (dtype, cuda)
+        assert per_call["coefficients_from_stats"] == 1
         assert all(c["host_syncs"] == 0 for c in by_model.values()), by_model
         # the plain model's coefficient MLPs are 1x1 convolutions with biases; the library's run as linear layers
         assert eager["aten_by_op"]["convolution"] > cuda["aten_by_op"]["convolution"]

@@ -34,6 +34,8 @@ def test_opcheck(device, layout, dtype):
         _opcheck(ops.channel_stats.default, (x,))
         w = [t.requires_grad_(grad) for t in make_weights(16, 1, st, conv_layout=False, device=device)]
         _opcheck(ops.combination_coefficients.default, (x, *w))
+        stats = [(torch.rand(2, 16, dtype=st, device=device) + 0.1).requires_grad_(grad) for _ in range(2)]
+        _opcheck(ops.coefficients_from_stats.default, (*stats, *w))
         a = torch.rand(2, 16, dtype=st, device=device).requires_grad_(grad)
         b = torch.rand(2, 16, dtype=st, device=device).requires_grad_(grad)
         for coefs in ((None, a, b, None), (a, None, None, b), (None, None, None, None)):
@@ -57,6 +59,7 @@ def test_opcheck(device, layout, dtype):
     w = make_weights(16, 1, st, conv_layout=False, device=device)
     cc, m, s = ops.combination_coefficients(x, *w)
     _opcheck(ops.combination_coefficients_backward.default, (torch.randn_like(cc), x, m, s, *w))
+    _opcheck(ops.coefficients_from_stats_backward.default, (torch.randn_like(cc), m, s, *w))
     p, q, mq, sq = ops.butterfly(x, y, None, a.detach(), b.detach(), None, True)
     _opcheck(ops.butterfly_backward.default,
              (torch.randn_like(p), torch.randn_like(q), torch.randn_like(mq), torch.randn_like(sq), x, y, None,

@@ -20,7 +20,7 @@ from .triton_launch_limits import GridLimitError
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[triton]')")
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = {"stats_partial_kernel", "merge_partials_kernel", "stats_finalize_kernel", "stats_backward_kernel",
-           "cc_finalize_kernel", "butterfly_kernel", "butterfly_backward_kernel"}
+           "cc_finalize_kernel", "cc_from_stats_kernel", "butterfly_kernel", "butterfly_backward_kernel"}
 
 
 def _without_interpreter(code: str, timeout: int = 900) -> subprocess.CompletedProcess:

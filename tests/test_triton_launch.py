@@ -31,6 +31,7 @@ def _every_launcher(x: torch.Tensor, wrap) -> None:
     cs.channel_stats(x, wrap)
     cs.channel_stats_backward(stats, stats, x, stats, stats, wrap)
     cc.combination_coefficients(x, tuple(w), wrap)
+    cc.coefficients_from_stats(stats, stats, tuple(w), wrap)
     bf.butterfly(x, x, (None, coef, coef, None), True, wrap)
     bf.butterfly_stacked(x, x, (coef, coef, coef, coef), False, wrap)
     bf.butterfly_backward(x, x, stats, stats, x, x, (None, coef, coef, None), stats, stats, wrap)
@@ -48,7 +49,7 @@ def test_grids_fit_the_launch_limits_at_photo_sizes(frame, layout, dtype):
     _every_launcher(x, rec)
     names = {name for name, _ in rec.grids}
     assert {"stats_partial_kernel", "stats_backward_kernel", "butterfly_kernel", "butterfly_backward_kernel",
-            "stats_finalize_kernel", "cc_finalize_kernel"} <= names
+            "stats_finalize_kernel", "cc_finalize_kernel", "cc_from_stats_kernel"} <= names
     for name, grid in rec.grids:
         assert 1 <= grid[0] < 2**31 and all(1 <= g <= 65535 for g in grid[1:]), f"{name}: grid {grid}"
     # The splits of a channel are merged in a tree: a finalize kernel's serial loop sees at most MERGE_GROUP of them.

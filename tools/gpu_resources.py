@@ -208,6 +208,7 @@ def record_triton_launches(shapes=SHAPES) -> Recorder:
                 cs.channel_stats(x, rec)
                 cs.channel_stats_backward(st, st, x, st, st, rec)
                 cc.combination_coefficients(x, w, rec)
+                cc.coefficients_from_stats(st, st, w, rec)
                 full, partial = (st, st, st, st), (None, st, st, None)
                 for coefs in (full, partial):
                     for q_stats in (True, False):

@@ -109,6 +109,9 @@ class _CudaLaunches:
 
     def __call__(self, op: str, args: tuple) -> int:
         x = args[0]
+        if op == "coefficients_from_stats":  # (N, C) statistics: the launcher reads N and C only
+            n, c = x.shape
+            return len(self.emu.dry(op, EMU_DTYPE[x.dtype], (int(n), int(c), 1, False), True, int(args[2].shape[0])))
         launcher = {"channel_stats": "channel_stats", "combination_coefficients": "combination_coefficients",
                     "butterfly": "butterfly", "butterfly_stacked": "butterfly", "butterfly_out": "butterfly"}[op]
         q_stats = bool(args[6]) if launcher == "butterfly" else True
@@ -132,6 +135,8 @@ class _TritonLaunches:
                 cs.channel_stats(args[0], rec)
             elif op == "combination_coefficients":
                 cc.combination_coefficients(args[0], tuple(args[1:9]), rec)
+            elif op == "coefficients_from_stats":
+                cc.coefficients_from_stats(args[0], args[1], tuple(args[2:10]), rec)
             elif op in ("butterfly", "butterfly_stacked"):
                 fn = bf.butterfly if op == "butterfly" else bf.butterfly_stacked
                 fn(args[0], args[1], tuple(args[2:6]), bool(args[6]), rec)

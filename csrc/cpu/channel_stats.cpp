@@ -129,11 +129,60 @@ combination_coefficients_backward(const at::Tensor& grad, const at::Tensor& x, c
   return {dx, gm.w1, gm.b1, gm.w2, gm.b2, gs.w1, gs.b1, gs.w2, gs.b2};
 }
 
+at::Tensor coefficients_from_stats(const at::Tensor& mean, const at::Tensor& stdv, const at::Tensor& w1m,
+                                   const at::Tensor& b1m, const at::Tensor& w2m, const at::Tensor& b2m,
+                                   const at::Tensor& w1s, const at::Tensor& b1s, const at::Tensor& w2s,
+                                   const at::Tensor& b2s) {
+  auto [m, s] = check_stats(mean, stdv);
+  check_cpu(m, "mean");
+  const Mlp wm = check_mlp(m, w1m, b1m, w2m, b2m, "m (mean)");
+  const Mlp ws = check_mlp(m, w1s, b1s, w2s, b2s, "s (std)");
+  const int64_t N = m.size(0), C = m.size(1), R = wm.w1.size(0);
+  TORCH_CHECK(ws.w1.size(0) == R, "lattice_kernels: w1s must have as many rows as w1m (", R, "), got ",
+              ws.w1.size(0));
+  at::Tensor cc = at::empty_like(m);
+  AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "coefficients_from_stats", [&] {
+    coefficient_mlp_forward<scalar_t>(m.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), weights_of<scalar_t>(wm),
+                                      weights_of<scalar_t>(ws), N, C, R, cc.data_ptr<scalar_t>());
+  });
+  return cc;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+coefficients_from_stats_backward(const at::Tensor& grad, const at::Tensor& mean, const at::Tensor& stdv,
+                                 const at::Tensor& w1m, const at::Tensor& b1m, const at::Tensor& w2m,
+                                 const at::Tensor& b2m, const at::Tensor& w1s, const at::Tensor& b1s,
+                                 const at::Tensor& w2s, const at::Tensor& b2s) {
+  auto [m, s] = check_stats(mean, stdv);
+  check_cpu(m, "mean");
+  const Mlp wm = check_mlp(m, w1m, b1m, w2m, b2m, "m (mean)");
+  const Mlp ws = check_mlp(m, w1s, b1s, w2s, b2s, "s (std)");
+  const at::Tensor g = per_channel(grad, m, "grad");
+  const int64_t N = m.size(0), C = m.size(1), R = wm.w1.size(0);
+  at::Tensor gmean = at::empty_like(m), gstd = at::empty_like(s);
+  Mlp gm{at::empty_like(wm.w1), at::empty_like(wm.b1), at::empty_like(wm.w2), at::empty_like(wm.b2)};
+  Mlp gs{at::empty_like(ws.w1), at::empty_like(ws.b1), at::empty_like(ws.w2), at::empty_like(ws.b2)};
+  AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "coefficients_from_stats_backward", [&] {
+    auto grads_of = [](Mlp& t) {
+      return MlpGrads<scalar_t>{t.w1.data_ptr<scalar_t>(), t.b1.data_ptr<scalar_t>(), t.w2.data_ptr<scalar_t>(),
+                                t.b2.data_ptr<scalar_t>()};
+    };
+    mlp_branch_backward<scalar_t>(g.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(), weights_of<scalar_t>(wm), N, C, R,
+                                  gmean.data_ptr<scalar_t>(), grads_of(gm));
+    mlp_branch_backward<scalar_t>(g.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), weights_of<scalar_t>(ws), N, C, R,
+                                  gstd.data_ptr<scalar_t>(), grads_of(gs));
+  });
+  return {gmean, gstd, gm.w1, gm.b1, gm.w2, gm.b2, gs.w1, gs.b1, gs.w2, gs.b2};
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace lk
 
 TORCH_LIBRARY_IMPL(lattice_kernels, CPU, m) {
+  m.impl("coefficients_from_stats", &lk::cpu::coefficients_from_stats);
+  m.impl("coefficients_from_stats_backward", &lk::cpu::coefficients_from_stats_backward);
   m.impl("channel_stats", &lk::cpu::channel_stats);
   m.impl("channel_stats_backward", &lk::cpu::channel_stats_backward);
   m.impl("combination_coefficients", &lk::cpu::combination_coefficients);

@@ -104,6 +104,15 @@ __global__ void coefficient_mlp(int64_t C, const A* __restrict__ mean, const A* 
   }
 }
 
+template <class A>
+cudaError_t launch_mlp(const A* mean, const A* stdv, int64_t N, int64_t C, const MlpWeights& w, A* cc,
+                       cudaStream_t stream) {
+  const size_t smem = sizeof(A) * size_t(2 * w.R);
+  if (smem > 48 * 1024 || N < 1) return cudaErrorInvalidConfiguration;
+  launch<coefficient_mlp<A>>(dim3(static_cast<unsigned>(N)), dim3(kThreads), smem, stream, C, mean, stdv, w, cc);
+  return cudaGetLastError();
+}
+
 template <class T>
 cudaError_t launch_stats(const View& x, const Shape& s, void* mean, void* stdv, const MlpWeights* w, void* cc,
                          void* workspace, cudaStream_t stream) {
@@ -125,11 +134,8 @@ cudaError_t launch_stats(const View& x, const Shape& s, void* mean, void* stdv, 
                           static_cast<A*>(mean), static_cast<A*>(stdv));
   err = cudaGetLastError();
   if (err != cudaSuccess || !cc) return err;
-  const size_t smem = sizeof(A) * size_t(2 * w->R);
-  if (smem > 48 * 1024) return cudaErrorInvalidConfiguration;
-  launch<coefficient_mlp<A>>(dim3(static_cast<unsigned>(s.N)), dim3(kThreads), smem, stream, s.C,
-                             static_cast<const A*>(mean), static_cast<const A*>(stdv), *w, static_cast<A*>(cc));
-  return cudaGetLastError();
+  return launch_mlp<A>(static_cast<const A*>(mean), static_cast<const A*>(stdv), s.N, s.C, *w, static_cast<A*>(cc),
+                       stream);
 }
 
 size_t stats_workspace_bytes(DType dtype, const Shape& s) {
@@ -146,6 +152,17 @@ cudaError_t channel_stats(DType dtype, const View& x, const Shape& s, void* mean
 cudaError_t combination_coefficients(DType dtype, const View& x, const Shape& s, const MlpWeights& w, void* cc,
                                      void* mean, void* stdv, void* workspace, cudaStream_t stream) {
   LK_CUDA_DISPATCH(dtype, return launch_stats<T>(x, s, mean, stdv, &w, cc, workspace, stream);)
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t coefficients_from_stats(DType stats_dtype, const void* mean, const void* stdv, int64_t N, int64_t C,
+                                    const MlpWeights& w, void* cc, cudaStream_t stream) {
+  if (stats_dtype == DType::F64)
+    return launch_mlp<double>(static_cast<const double*>(mean), static_cast<const double*>(stdv), N, C, w,
+                              static_cast<double*>(cc), stream);
+  if (stats_dtype == DType::F32)
+    return launch_mlp<float>(static_cast<const float*>(mean), static_cast<const float*>(stdv), N, C, w,
+                             static_cast<float*>(cc), stream);
   return cudaErrorInvalidValue;
 }
 

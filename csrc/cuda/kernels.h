@@ -44,6 +44,11 @@ struct MlpWeights {
 cudaError_t combination_coefficients(DType dtype, const View& x, const Shape& s, const MlpWeights& w, void* cc,
                                      void* mean, void* std, void* workspace, cudaStream_t stream);
 
+// The coefficient MLP alone on given statistics: mean, std, cc (N, C) contiguous in stats_dtype (F32 or F64), one
+// launch.
+cudaError_t coefficients_from_stats(DType stats_dtype, const void* mean, const void* std, int64_t N, int64_t C,
+                                    const MlpWeights& w, void* cc, cudaStream_t stream);
+
 // dx = a + b * (x - mean), per (n, c) a, b, mean in the statistics type.
 cudaError_t channel_stats_backward(DType dtype, const View& x, const View& dx, const Shape& s, const void* a,
                                    const void* b, const void* mean, cudaStream_t stream);

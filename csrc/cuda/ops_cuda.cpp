@@ -146,6 +146,40 @@ combination_coefficients_backward(const at::Tensor& grad, const at::Tensor& x, c
   return {dx, gw1m, gb1m, gw2m, gb2m, gw1s, gb1s, gw2s, gb2s};
 }
 
+at::Tensor coefficients_from_stats(const at::Tensor& mean, const at::Tensor& stdv, const at::Tensor& w1m,
+                                   const at::Tensor& b1m, const at::Tensor& w2m, const at::Tensor& b2m,
+                                   const at::Tensor& w1s, const at::Tensor& b1s, const at::Tensor& w2s,
+                                   const at::Tensor& b2s) {
+  auto [m, s] = check_stats(mean, stdv);
+  check_cuda(m, "mean");
+  const c10::cuda::CUDAGuard guard(m.device());
+  const auto w = mlp_weights(m, {&w1m, &b1m, &w2m, &b2m, &w1s, &b1s, &w2s, &b2s});
+  at::Tensor cc = at::empty_like(m);
+  const cuda::MlpWeights mw{w[0].data_ptr(), w[1].data_ptr(), w[2].data_ptr(), w[3].data_ptr(),
+                            w[4].data_ptr(), w[5].data_ptr(), w[6].data_ptr(), w[7].data_ptr(), w[0].size(0)};
+  check_launch(cuda::coefficients_from_stats(m.scalar_type() == at::kDouble ? cuda::DType::F64 : cuda::DType::F32,
+                                             m.data_ptr(), s.data_ptr(), m.size(0), m.size(1), mw, cc.data_ptr(),
+                                             c10::cuda::getCurrentCUDAStream().stream()),
+               "coefficients_from_stats");
+  return cc;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+coefficients_from_stats_backward(const at::Tensor& grad, const at::Tensor& mean, const at::Tensor& stdv,
+                                 const at::Tensor& w1m, const at::Tensor& b1m, const at::Tensor& w2m,
+                                 const at::Tensor& b2m, const at::Tensor& w1s, const at::Tensor& b1s,
+                                 const at::Tensor& w2s, const at::Tensor& b2s) {
+  auto [m, s] = check_stats(mean, stdv);
+  check_cuda(m, "mean");
+  const c10::cuda::CUDAGuard guard(m.device());
+  const auto w = mlp_weights(m, {&w1m, &b1m, &w2m, &b2m, &w1s, &b1s, &w2s, &b2s});
+  const at::Tensor g = per_channel(grad, m, "grad");
+  auto [dm, gw1m, gb1m, gw2m, gb2m] = branch_backward(g, m, w[0], w[1], w[2], w[3]);
+  auto [ds, gw1s, gb1s, gw2s, gb2s] = branch_backward(g, s, w[4], w[5], w[6], w[7]);
+  return {dm, ds, gw1m, gb1m, gw2m, gb2m, gw1s, gb1s, gw2s, gb2s};
+}
+
 std::tuple<at::Tensor, at::Tensor> butterfly_into(const at::Tensor& x1, const at::Tensor& x2,
                                                   const c10::optional<at::Tensor>& alpha1,
                                                   const c10::optional<at::Tensor>& alpha2,
@@ -266,6 +300,8 @@ TORCH_LIBRARY_IMPL(lattice_kernels, CUDA, m) {
   m.impl("channel_stats_backward", &lk::channel_stats_backward);
   m.impl("combination_coefficients", &lk::combination_coefficients);
   m.impl("combination_coefficients_backward", &lk::combination_coefficients_backward);
+  m.impl("coefficients_from_stats", &lk::coefficients_from_stats);
+  m.impl("coefficients_from_stats_backward", &lk::coefficients_from_stats_backward);
   m.impl("butterfly", &lk::butterfly);
   m.impl("butterfly_stacked", &lk::butterfly_stacked);
   m.impl("butterfly_out", &lk::butterfly_out);

@@ -115,6 +115,10 @@ py::list dry(const std::string& launcher, int dtype, const py::tuple& shape, boo
   } else if (launcher == "combination_coefficients") {
     const lk::cuda::MlpWeights w{p, p, p, p, p, p, p, p, R};
     err = lk::cuda::combination_coefficients(d, t, s, w, p, p, p, p, nullptr);
+  } else if (launcher == "coefficients_from_stats") {
+    const lk::cuda::MlpWeights w{p, p, p, p, p, p, p, p, R};
+    err = lk::cuda::coefficients_from_stats(d == DType::F64 ? DType::F64 : DType::F32, p, p, s.N, s.C, w, p,
+                                            nullptr);
   } else if (launcher == "channel_stats_backward") {
     err = lk::cuda::channel_stats_backward(d, t, t, s, p, p, p, nullptr);
   } else if (launcher == "butterfly") {
@@ -171,6 +175,20 @@ PYBIND11_MODULE(lk_cuda_emu, m) {
     check(lk::cuda::combination_coefficients(d, xt, s, w, a.get(cc), a.get(mean), a.get(stdv),
                                              a.scratch(lk::cuda::stats_workspace_bytes(d, s)), nullptr),
           "combination_coefficients");
+    a.copy_back();
+  });
+
+  m.def("coefficients_from_stats", [](int stats_dtype, py::array mean, py::array stdv,
+                                      const std::vector<py::array>& weights, int64_t R, py::array cc) {
+    Arena a;
+    const DType d = static_cast<DType>(stats_dtype);
+    if (weights.size() != 8) throw std::invalid_argument("lk_cuda_emu: 8 weight arrays");
+    if (mean.ndim() != 2) throw std::invalid_argument("lk_cuda_emu: mean must be (N, C)");
+    const lk::cuda::MlpWeights w{a.get(weights[0]), a.get(weights[1]), a.get(weights[2]), a.get(weights[3]),
+                                 a.get(weights[4]), a.get(weights[5]), a.get(weights[6]), a.get(weights[7]), R};
+    check(lk::cuda::coefficients_from_stats(d, a.get(mean), a.get(stdv), mean.shape(0), mean.shape(1), w, a.get(cc),
+                                            nullptr),
+          "coefficients_from_stats");
     a.copy_back();
   });
 

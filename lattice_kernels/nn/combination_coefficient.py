@@ -38,7 +38,7 @@ class CombinationCoefficient(nn.Module):
 
     def from_stats(self, mean: Tensor, std: Tensor) -> Tensor:
         """(N, C) coefficients from given (N, C) statistics."""
-        return ops.coefficients_from_stats(mean, std, *self.weights())
+        return ops.coefficients_from_stats(mean, std, *self.weights(), backend=self.backend)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.coefficients(x)[:, :, None, None]

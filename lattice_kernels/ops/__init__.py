@@ -71,14 +71,25 @@ def coefficients_from_stats(
     mean: Tensor, std: Tensor,
     w1m: Tensor, b1m: Tensor, w2m: Tensor, b2m: Tensor,
     w1s: Tensor, b1s: Tensor, w2s: Tensor, b2s: Tensor,
+    *,
+    backend: str | None = None,
 ) -> Tensor:
-    """The CC's MLP on given (N, C) statistics (e.g. the q statistics of a butterfly). Tiny: plain PyTorch on
-    every backend, never autocast."""
-    if mean.dim() != 2 or std.shape != mean.shape:
-        raise ValueError(f"mean and std must be (N, C) of one shape, got {tuple(mean.shape)} and {tuple(std.shape)}")
+    """The CC's MLP on given (N, C) statistics (e.g. the q statistics of a butterfly): (N, C) in float32 (float64
+    for float64 statistics), never autocast. One kernel on the GPU backends (a dozen ATen ops as plain PyTorch)."""
+    if not isinstance(mean, Tensor) or not isinstance(std, Tensor):
+        raise TypeError("mean and std must be torch.Tensor")
+    if mean.dim() != 2 or std.shape != mean.shape or mean.numel() == 0:
+        raise ValueError(f"mean and std must be non-empty (N, C) tensors of one shape, got {tuple(mean.shape)} and "
+                         f"{tuple(std.shape)}")
+    if not (mean.is_floating_point() and std.is_floating_point()):
+        raise ValueError(f"mean and std must be floating point, got {mean.dtype} and {std.dtype}")
+    if std.device != mean.device:
+        raise ValueError(f"std is on {std.device} but mean is on {mean.device}")
     probe = mean[:, :, None, None]
     weights = _checks.mlp_weights(probe, (w1m, b1m, w2m, b2m, w1s, b1s, w2s, b2s))
-    return reference.coefficients_from_stats(mean, std, *weights)
+    st = weights[0].dtype
+    return _opset(backend, mean.device, "coefficients_from_stats").coefficients_from_stats(mean.to(st), std.to(st),
+                                                                                           weights)
 
 
 def _butterfly_args(x1, x2, alpha1, alpha2, beta1, beta2):

@@ -27,6 +27,9 @@ class TorchOps:
     def combination_coefficients(self, x: Tensor, weights: tuple[Tensor, ...]) -> Tensor:
         return ref.combination_coefficients(x, *weights)
 
+    def coefficients_from_stats(self, mean: Tensor, std: Tensor, weights: tuple[Tensor, ...]) -> Tensor:
+        return ref.coefficients_from_stats(mean, std, *weights)
+
     def butterfly(self, x1, x2, a1, a2, b1, b2, q_stats: bool):
         p, q = ref.butterfly(x1, x2, a1, a2, b1, b2)
         mean_q, std_q = ref.channel_stats(q) if q_stats else (_empty(x1), _empty(x1))
@@ -62,6 +65,9 @@ class LibraryOps:
 
     def combination_coefficients(self, x: Tensor, weights: tuple[Tensor, ...]) -> Tensor:
         return self.ops.combination_coefficients(x, *weights)[0]
+
+    def coefficients_from_stats(self, mean: Tensor, std: Tensor, weights: tuple[Tensor, ...]) -> Tensor:
+        return self.ops.coefficients_from_stats(mean, std, *weights)
 
     def butterfly(self, x1, x2, a1, a2, b1, b2, q_stats: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.ops.butterfly(x1, x2, a1, a2, b1, b2, q_stats)

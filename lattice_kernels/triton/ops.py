@@ -24,6 +24,7 @@ T3 = tuple[Tensor, Tensor, Tensor]
 T4 = tuple[Tensor, Tensor, Tensor, Tensor]
 T6 = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 T9 = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+T10 = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
 def _empty_if_none(t: OptT, like: Tensor) -> Tensor:
@@ -49,6 +50,17 @@ def _combination_coefficients_backward(grad: Tensor, x: Tensor, mean: Tensor, st
                                        b2s: Tensor) -> T9:
     return cc.combination_coefficients_backward(grad, x, mean, std, (w1m, b1m, w2m, b2m, w1s, b1s, w2s, b2s),
                                                 wrap_triton)
+
+
+def _coefficients_from_stats(mean: Tensor, std: Tensor, w1m: Tensor, b1m: Tensor, w2m: Tensor, b2m: Tensor,
+                             w1s: Tensor, b1s: Tensor, w2s: Tensor, b2s: Tensor) -> Tensor:
+    return cc.coefficients_from_stats(mean, std, (w1m, b1m, w2m, b2m, w1s, b1s, w2s, b2s), wrap_triton)
+
+
+def _coefficients_from_stats_backward(grad: Tensor, mean: Tensor, std: Tensor, w1m: Tensor, b1m: Tensor,
+                                      w2m: Tensor, b2m: Tensor, w1s: Tensor, b1s: Tensor, w2s: Tensor,
+                                      b2s: Tensor) -> T10:
+    return cc.coefficients_from_stats_backward(grad, mean, std, (w1m, b1m, w2m, b2m, w1s, b1s, w2s, b2s))
 
 
 def _butterfly(x1: Tensor, x2: Tensor, alpha1: OptT, alpha2: OptT, beta1: OptT, beta2: OptT, q_stats: bool) -> T4:
@@ -94,6 +106,8 @@ _IMPLS = {name: on_input_device(fn) for name, fn in {
     "channel_stats_backward": _channel_stats_backward,
     "combination_coefficients": _combination_coefficients,
     "combination_coefficients_backward": _combination_coefficients_backward,
+    "coefficients_from_stats": _coefficients_from_stats,
+    "coefficients_from_stats_backward": _coefficients_from_stats_backward,
     "butterfly": _butterfly,
     "butterfly_stacked": _butterfly_stacked,
     "butterfly_out": _butterfly_out,
