@@ -48,7 +48,6 @@ inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* n
               " is on ", ref.device());
 }
 
-// (N, C) statistics-typed tensor on x's device, made contiguous.
 // The (N, C) statistics the coefficient MLP takes on its own (coefficients_from_stats): float32 or float64, one
 // shape, one device, N and C >= 1. Returns them contiguous.
 inline std::pair<at::Tensor, at::Tensor> check_stats(const at::Tensor& mean, const at::Tensor& stdv) {
@@ -66,6 +65,7 @@ inline std::pair<at::Tensor, at::Tensor> check_stats(const at::Tensor& mean, con
   return {mean.contiguous(), stdv.contiguous()};
 }
 
+// (N, C) statistics-typed tensor on x's device, made contiguous.
 inline at::Tensor per_channel(const at::Tensor& t, const at::Tensor& x, const char* name) {
   TORCH_CHECK(t.dim() == 2 && t.size(0) == x.size(0) && t.size(1) == x.size(1), "lattice_kernels: ", name,
               " must have shape (N, C) = (", x.size(0), ", ", x.size(1), "), got ", t.sizes());

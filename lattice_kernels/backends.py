@@ -33,6 +33,8 @@ BACKENDS = ("auto", "cuda", "triton", "cpu", "torch")
 AUTO_TABLE = Path(__file__).with_name("auto_backends.json")
 # Ops that are the same code on both GPU backends (torch's convolution): nothing to measure or choose.
 SAME_ON_GPU = frozenset({"conv3x3"})
+# Ops that auto_backends.json does not measure apart: the coefficient MLP alone follows the fused op's choice.
+RECORDED_AS = {"coefficients_from_stats": "combination_coefficients"}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -170,7 +172,7 @@ def _auto_gpu(index: int | None, op: str | None) -> str:
         return usable[0]
     a = availability()
     name = a.device_names.get(torch.cuda.current_device() if index is None else index, "")
-    choice = a.recorded.get(name, {}).get(op or "", None)
+    choice = a.recorded.get(name, {}).get(RECORDED_AS.get(op, op) or "", None)
     if choice in usable:
         return choice
     if name not in _warned and len(usable) > 1:

@@ -146,6 +146,10 @@ def register_autograd(ns: str, ops) -> None:
 
     def mlp_backward(ctx, grad):
         mean, std, *weights = ctx.saved_tensors
+        if torch.is_grad_enabled() and (grad.requires_grad or any(t.requires_grad for t in ctx.saved_tensors)):
+            raise RuntimeError("coefficients_from_stats is once differentiable (its backward is a fused op without "
+                               "a backward of its own); for higher-order gradients (create_graph=True) use "
+                               "backend='torch'")
         return ops.coefficients_from_stats_backward(_zeros_if_none(grad, mean), mean, std, *weights)
 
     torch.library.register_autograd(f"{ns}::coefficients_from_stats", mlp_backward, setup_context=mlp_setup)

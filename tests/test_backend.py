@@ -168,3 +168,21 @@ def test_unavailable_backend_inside_compile_keeps_its_message():
     torch._dynamo.reset()
     with pytest.raises(Exception, match="backend 'cuda' is not available: .*LATTICE_KERNELS_CUDA=1"):
         torch.compile(fn, fullgraph=True, backend="eager")(torch.randn(1, 4, 5, 5))
+
+
+def test_auto_gives_the_coefficient_mlp_the_fused_ops_recorded_choice(monkeypatch):
+    """auto_backends.json records combination_coefficients, not the MLP alone: coefficients_from_stats follows it
+    (instead of warning that the card has no record)."""
+    import dataclasses
+    import warnings
+
+    from lattice_kernels import backends
+
+    fake = dataclasses.replace(backends.availability(), extension_error=None, cuda_built=True, cuda_device=True,
+                               triton_installed=True, device_names={0: "Card X"},
+                               recorded={"Card X": {"combination_coefficients": "triton"}})
+    monkeypatch.setattr(backends, "_availability", fake)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends._auto_gpu(0, "coefficients_from_stats") == "triton"
+        assert backends._auto_gpu(0, "combination_coefficients") == "triton"

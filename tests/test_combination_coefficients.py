@@ -188,3 +188,28 @@ def test_single_pixel_gives_nan_like_the_spec(backend_device):
                                                       for t in w])
     assert torch.isnan(want).all()
     assert_close_to_reference(cc, want, torch.float32, what="cc at H*W = 1")
+
+
+def test_coefficients_from_stats_is_once_differentiable_and_says_so(backend_device):
+    backend, device = backend_device
+    if backend == "torch":
+        pytest.skip("the spec is plain PyTorch: differentiable to any order")
+    mean, std = _stats(2, 16, torch.float32, device)
+    w = [t.requires_grad_() for t in make_weights(16, 1, torch.float32, device=device)]  # Conv2d layout, as modules
+    mean.requires_grad_()
+    cc = lk.ops.coefficients_from_stats(mean, std, *w, backend=backend)
+    (g,) = torch.autograd.grad(cc.sum(), [w[0]], retain_graph=True)
+    assert g.shape == w[0].shape  # the (R, C, 1, 1) parameter gets a gradient of its own shape
+    with pytest.raises(RuntimeError, match="once differentiable.*backend='torch'"):
+        torch.autograd.grad(cc.sum(), [mean], create_graph=True)
+
+
+def test_coefficients_from_stats_takes_half_statistics(backend_device):
+    backend, device = backend_device
+    skip_if_unsupported(backend, device, torch.bfloat16)
+    mean, std = _stats(2, 16, torch.float32, device)
+    w = make_weights(16, 1, torch.float32, device=device)
+    half = lk.ops.coefficients_from_stats(mean.bfloat16(), std.bfloat16(), *w, backend=backend)
+    full = lk.ops.coefficients_from_stats(mean.bfloat16().float(), std.bfloat16().float(), *w, backend=backend)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, full, rtol=1e-6, atol=1e-6)

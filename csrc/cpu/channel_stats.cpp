@@ -112,6 +112,8 @@ combination_coefficients_backward(const at::Tensor& grad, const at::Tensor& x, c
   const at::Tensor g = per_channel(grad, x, "grad");
   const at::Tensor m = per_channel(mean, x, "mean"), s = per_channel(stdv, x, "std");
   const int64_t N = x.size(0), C = x.size(1), R = wm.w1.size(0);
+  TORCH_CHECK(ws.w1.size(0) == R, "lattice_kernels: w1s must have as many rows as w1m (", R, "), got ",
+              ws.w1.size(0));
   at::Tensor gmean = at::empty_like(m), gstd = at::empty_like(s);
   Mlp gm{at::empty_like(wm.w1), at::empty_like(wm.b1), at::empty_like(wm.w2), at::empty_like(wm.b2)};
   Mlp gs{at::empty_like(ws.w1), at::empty_like(ws.b1), at::empty_like(ws.w2), at::empty_like(ws.b2)};
@@ -160,6 +162,8 @@ coefficients_from_stats_backward(const at::Tensor& grad, const at::Tensor& mean,
   const Mlp ws = check_mlp(m, w1s, b1s, w2s, b2s, "s (std)");
   const at::Tensor g = per_channel(grad, m, "grad");
   const int64_t N = m.size(0), C = m.size(1), R = wm.w1.size(0);
+  TORCH_CHECK(ws.w1.size(0) == R, "lattice_kernels: w1s must have as many rows as w1m (", R, "), got ",
+              ws.w1.size(0));
   at::Tensor gmean = at::empty_like(m), gstd = at::empty_like(s);
   Mlp gm{at::empty_like(wm.w1), at::empty_like(wm.b1), at::empty_like(wm.w2), at::empty_like(wm.b2)};
   Mlp gs{at::empty_like(ws.w1), at::empty_like(ws.b1), at::empty_like(ws.w2), at::empty_like(ws.b2)};

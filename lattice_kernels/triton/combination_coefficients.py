@@ -20,6 +20,7 @@ def _branch(u, w1_ptr, b1_ptr, w2_ptr, b2_ptr, c, cmask, r, rmask, C, R):
     w1 = tl.load(w1_ptr + r[:, None] * C + c[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
     h = tl.sum(w1 * u[None, :], axis=1) + tl.load(b1_ptr + r, mask=rmask, other=0.0)
     h = tl.maximum(h, 0.0, propagate_nan=tl.PropagateNan.ALL)  # relu keeping NaN (std at H*W = 1), as torch
+    h = tl.where(rmask, h, 0.0)  # padded rows: 0 * an infinite statistic would be NaN in every output
     w2 = tl.load(w2_ptr + c[:, None] * R + r[None, :], mask=cmask[:, None] & rmask[None, :], other=0.0)
     z = tl.sum(w2 * h[None, :], axis=1) + tl.load(b2_ptr + c, mask=cmask, other=0.0)
     return tl.sigmoid(z)
