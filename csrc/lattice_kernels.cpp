@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "cpu/workspace.h"
+
 namespace lk {
 const char* cpu_isa_name();
 namespace cpu {
@@ -122,12 +124,45 @@ PyObject* cuda_built(PyObject*, PyObject*) {
 #endif
 }
 
+// The CPU workspace's scope, for lattice_kernels.ops.workspace (see cpu/workspace.cpp).
+PyObject* workspace_enter(PyObject*, PyObject*) { return PyBool_FromLong(lk::cpu::workspace_enter()); }
+
+PyObject* workspace_exit(PyObject*, PyObject*) {
+  try {
+    lk::cpu::workspace_exit();
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* workspace_release(PyObject*, PyObject*) {
+  lk::cpu::workspace_release();
+  Py_RETURN_NONE;
+}
+
+PyObject* workspace_info(PyObject*, PyObject*) {
+  const lk::cpu::WorkspaceInfo i = lk::cpu::workspace_info();
+  return Py_BuildValue("{s:n,s:n,s:n,s:K,s:K,s:K,s:i,s:O}", "live_bytes", static_cast<Py_ssize_t>(i.live_bytes),
+                       "cached_bytes", static_cast<Py_ssize_t>(i.cached_bytes), "peak_bytes",
+                       static_cast<Py_ssize_t>(i.peak_bytes), "hits", static_cast<unsigned long long>(i.hits),
+                       "misses", static_cast<unsigned long long>(i.misses), "evictions",
+                       static_cast<unsigned long long>(i.evictions), "depth", i.depth, "installed",
+                       i.installed ? Py_True : Py_False);
+}
+
 PyMethodDef methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS, "Instruction set of the CPU kernels chosen at load time."},
     {"cpu_isas", cpu_isas, METH_NOARGS, "Instruction sets of this build that this CPU runs, most capable first."},
     {"choose_cpu_isa", choose_cpu_isa, METH_VARARGS,
      "choose_cpu_isa(want, [(name, runs), ...]): the instruction-set rule of the CPU kernels, on given sets."},
     {"cuda_built", cuda_built, METH_NOARGS, "Whether the CUDA kernels were compiled into this build."},
+    {"workspace_enter", workspace_enter, METH_NOARGS,
+     "Opens a CPU workspace scope; returns whether its caching allocator is in place."},
+    {"workspace_exit", workspace_exit, METH_NOARGS, "Closes a CPU workspace scope."},
+    {"workspace_release", workspace_release, METH_NOARGS, "Frees every block the CPU workspace keeps."},
+    {"workspace_info", workspace_info, METH_NOARGS, "The CPU workspace's counters (bytes, hits, misses, ...)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "lattice_kernels compiled ops", -1, methods,

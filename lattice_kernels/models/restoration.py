@@ -7,6 +7,7 @@ import os
 import torch
 from torch import Tensor, nn
 
+from .. import ops
 from ..nn import LatticeBlock
 from .checkpoint import check_state_dict, read_state_dict, save_safetensors
 
@@ -40,6 +41,11 @@ class LatticeRestorer(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"LatticeRestorer({self.channels} channels) takes (N, {self.channels}, H, W), "
                              f"got {tuple(x.shape)}")
+        # The scope ends after _forward's frame is gone, so its intermediate buffers return to the workspace.
+        with ops.workspace(x):
+            return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         h = self.head(x)
         for i in range(0, len(self.blocks), 2):
             pair = self.blocks[i:i + 2]

@@ -110,6 +110,11 @@ class LatticeBlock(nn.Module):
         c = self.compress.out_channels
         if x.dim() != 4 or x.shape[1] != c:
             raise ValueError(f"LatticeBlock({c}) takes (N, {c}, H, W), got {tuple(x.shape)}")
+        # The scope ends after _forward's frame is gone, so its intermediate buffers return to the workspace.
+        with ops.workspace(x):
+            return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         needed = self.needed_statistics()
         f = self.conv_block0(x)
         x, f = _common_dtype(x, f)

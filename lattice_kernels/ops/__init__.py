@@ -7,6 +7,7 @@ of lattice_kernels.set_backend / LATTICE_KERNELS_BACKEND) for the inputs' device
 - butterfly(x1, x2, alpha1, alpha2, beta1, beta2, out=, q_stats=) -> (p, q[, mean_q, std_q])
 - butterfly_stacked(x1, x2, ..., q_stats=) -> (pq[, mean_q, std_q])
 - conv3x3(x, weight, bias=None, negative_slope=None) -> y     (3x3 conv, padding 1, optional LeakyReLU)
+- workspace(x): the scope of the CPU workspace (see ops/cpu_workspace.py) the library's modules open around a forward
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ from torch import Tensor
 from .. import backends
 from ..contract import autocast_enabled
 from . import _checks, _opsets, reference
+from .cpu_workspace import (
+    cpu_workspace_enabled,
+    cpu_workspace_info,
+    release_cpu_workspace,
+    set_cpu_workspace,
+    workspace,
+)
 
 __all__ = [
     "butterfly",
@@ -25,7 +33,12 @@ __all__ = [
     "coefficients_from_stats",
     "combination_coefficients",
     "conv3x3",
+    "cpu_workspace_enabled",
+    "cpu_workspace_info",
     "reference",
+    "release_cpu_workspace",
+    "set_cpu_workspace",
+    "workspace",
 ]
 
 def _backend_of(name: str, device_type: str, device_index: int | None, op: str) -> str:
