@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 import lattice_kernels as lk
-from lattice_kernels import inference
+from lattice_kernels import inference, ops
 from lattice_kernels.export import export_onnx
 from lattice_kernels.models.reference import PlainLatticeNet
 
@@ -117,9 +117,11 @@ def peers_table(record: dict) -> str:
     caps = f" (OpenVINO's capabilities here: {', '.join(env['openvino_capabilities'])})" \
         if "openvino_capabilities" in env else ""
     lines = [f"Measured on {env['cpu']}, {env['threads']} threads, {env['date']}: torch {env['torch']}, ONNX "
-             f"Runtime {env['onnxruntime']}, OpenVINO {env['openvino']}{caps}, {env['malloc']}.", "",
+             f"Runtime {env['onnxruntime']}, OpenVINO {env['openvino']}{caps}, {env['malloc']}"
+             + (f", the library's CPU workspace {env['cpu_workspace']}" if "cpu_workspace" in env else "") + ".", "",
              "| case | runner | precision | median | time / library float32 |", "|---|---|---|---|---|"]
     names = {"cpu": "lattice_kernels `cpu`", "cpu-bf16-autocast": "lattice_kernels `cpu` under bf16 autocast",
+             "cpu-no-workspace": "lattice_kernels `cpu`, CPU workspace off",
              "eager": "eager PyTorch (plain model)", "compile": "torch.compile (plain model)",
              "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO, f32 forced",
              "openvino-default": "OpenVINO, its defaults"}
@@ -147,7 +149,8 @@ def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
     """case: shape (N, 3, H, W), rounds, warmup (default 2), peer_defaults (also OpenVINO at its own default
     precision and the library under bf16 autocast; default False), prime (untimed calls right before each timed one,
     default 0: a 0.2 s pause instead on CPU; see run_rounds), tile (the library's tile size; None: the whole input),
-    stats (of the tiles, default "global"; see _library_call), plain: which of "eager" and "compile" (the plain
+    stats (of the tiles, default "global"; see _library_call), workspace_off (also the library with its CPU
+    workspace turned off, default False), plain: which of "eager" and "compile" (the plain
     model; compile on CPU only) are timed too (default both; an untimed eager runs once, for the reference output)."""
     shape, rounds, tile = case["shape"], case["rounds"], case.get("tile")
     threads = torch.get_num_threads()
@@ -177,6 +180,19 @@ def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
 
         calls["cpu-bf16-autocast"] = on_input(bf16)
         precision["cpu-bf16-autocast"] = "bf16 autocast"
+    if case.get("workspace_off") and device == "cpu" and "cpu" in lib:
+        # the library with its CPU workspace turned off: every buffer from torch's allocator (ops/cpu_workspace.py)
+        library_call = _library_call(models["cpu"], tile, stats)
+
+        def no_workspace(t):
+            ops.set_cpu_workspace(False)
+            try:
+                return library_call(t)
+            finally:
+                ops.set_cpu_workspace(True)
+
+        calls["cpu-no-workspace"] = on_input(no_workspace)
+        precision["cpu-no-workspace"] = str(dtype).replace("torch.", "")
     if "eager" in plain:
         calls["eager"] = on_input(models["eager"])
     if "compile" in plain and device == "cpu":
@@ -277,7 +293,8 @@ def environment() -> dict:
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "torch": torch.__version__,
            "malloc": (f"{libc} malloc with {tuning}" if tuning else
-                      f"{libc}'s default malloc (no allocator settings in the environment)")}
+                      f"{libc}'s default malloc (no allocator settings in the environment)"),
+           "cpu_workspace": "on" if ops.cpu_workspace_enabled() else "off"}
     for m in ("onnxruntime", "openvino"):
         if importlib.util.find_spec(m) is not None:
             env[m] = str(__import__(m).__version__).split("-")[0]

@@ -14,13 +14,15 @@ import torch
 from bench.deploy import _plain_and_library, peers_table, precision_name, run_one
 
 ROOT = Path(__file__).resolve().parent.parent
-RECORD = ROOT / "bench" / "results" / "deploy-peers-cpu-amd-epyc-avx2-default-malloc.json"
+RECORDS = [ROOT / "bench" / "results" / f"deploy-peers-cpu-amd-epyc-{cpu}-default-malloc{what}.json"
+           for cpu, what in (("avx2", ""), ("avx512-bf16", "-workspace"))]
 
 
-def test_the_recorded_peers_table_is_on_the_benchmarks_page():
-    table = peers_table(json.loads(RECORD.read_text()))
+@pytest.mark.parametrize("record", RECORDS, ids=lambda p: p.stem)
+def test_the_recorded_peers_table_is_on_the_benchmarks_page(record):
+    table = peers_table(json.loads(record.read_text()))
     assert table in (ROOT / "docs" / "benchmarks.md").read_text(), \
-        f"docs/benchmarks.md's peers table differs from {RECORD.name}"
+        f"docs/benchmarks.md's peers table differs from {record.name}"
 
 
 def test_precision_names():
@@ -33,9 +35,11 @@ def test_peer_defaults_are_run_and_labelled(tmp_path):
     pytest.importorskip("openvino")
     pytest.importorskip("onnxscript")
     shape = [1, 3, 12, 16]
-    res = run_one("cpu", {"shape": shape, "rounds": 2, "warmup": 1, "plain": ["eager"], "peer_defaults": True},
-                  torch.float32, tmp_path)
-    assert {"cpu", "cpu-bf16-autocast", "eager", "onnxruntime", "openvino", "openvino-default"} <= \
+    res = run_one("cpu", {"shape": shape, "rounds": 2, "warmup": 1, "plain": ["eager"], "peer_defaults": True,
+                          "workspace_off": True}, torch.float32, tmp_path)
+    assert res["max_abs_diff_vs_eager"]["cpu-no-workspace"] == res["max_abs_diff_vs_eager"]["cpu"]
+    assert {"cpu", "cpu-bf16-autocast", "cpu-no-workspace", "eager", "onnxruntime", "openvino",
+            "openvino-default"} <= \
         set(res["samples_ms"]), res["samples_ms"].keys()
     assert res["precision"]["openvino"] == "f32" and res["precision"]["openvino-default"] in ("f32", "bf16")
     assert res["precision"]["cpu-bf16-autocast"] == "bf16 autocast"
@@ -54,9 +58,28 @@ def test_peer_defaults_are_run_and_labelled(tmp_path):
 def test_the_readme_quotes_the_recorded_ratios():
     """The README's caveat under its headline quotes ratios of this record: each must be in its table."""
     readme = (ROOT / "README.md").read_text()
-    a = readme.index("Measured without either")
+    a = readme.index("Measured as a user runs them")
     quoted = re.findall(r"\b(\d+\.\d\d)x\b", readme[a:readme.index("\n\n", a)])
     assert quoted, "the README's caveat quotes no ratio of the peers record"
-    table = peers_table(json.loads(RECORD.read_text()))
+    table = peers_table(json.loads(RECORDS[1].read_text()))
     missing = [q for q in quoted if f"| {q}x (" not in table]
-    assert not missing, f"README quotes {missing}, which {RECORD.name} does not hold"
+    assert not missing, f"README quotes {missing}, which {RECORDS[1].name} does not hold"
+
+
+MEMORY_RECORD = ROOT / "bench" / "results" / "peers-memory-cpu-amd-epyc-avx512-bf16-default-malloc.json"
+
+
+def test_the_recorded_memory_table_is_on_the_benchmarks_page():
+    from bench.peers_memory import memory_table
+
+    assert memory_table(json.loads(MEMORY_RECORD.read_text())) in (ROOT / "docs" / "benchmarks.md").read_text(), \
+        f"docs/benchmarks.md's memory table differs from {MEMORY_RECORD.name}"
+
+
+@pytest.mark.parametrize("runner", ["cpu", "cpu-no-workspace"])
+def test_peers_memory_measures_a_runner(runner):
+    from bench import peers_memory
+
+    row = peers_memory.measure(runner, [1, 3, 24, 32])
+    assert row["runner"] == runner and row["precision"] == "float32"
+    assert row["peak_rss_MiB"] >= row["rss_before_MiB"] > 0 and row["peak_over_before_MiB"] >= 0

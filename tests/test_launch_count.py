@@ -37,13 +37,16 @@ class _Planted(nn.Module):
             y = y.contiguous()  # a hidden copy: 1 launch
         if self.kind == "sync" and y.sum().item() != 0:  # 1 launch (sum) and a host sync (the counter reads 0)
             y = y * 2
+        if self.kind == "host":  # a CPU tensor made in the forward (1 host tensor), then copied over (1 launch)
+            y = y * torch.ones(1).to(y.device)
         return y
 
 
-@pytest.mark.parametrize("kind, launches, syncs", [("plain", 2, 0), ("copy", 3, 0), ("sync", 3, 1)])
-def test_planted_launches_and_syncs_are_counted(kind, launches, syncs):
+@pytest.mark.parametrize("kind, launches, syncs, host", [("plain", 2, 0, 0), ("copy", 3, 0, 0), ("sync", 3, 1, 0),
+                                                         ("host", 4, 0, 1)])
+def test_planted_launches_and_syncs_are_counted(kind, launches, syncs, host):
     c = count_module(_Planted(kind))
-    assert (c.total, c.syncs) == (launches, syncs), c.as_dict()
+    assert (c.total, c.syncs, c.host_tensors) == (launches, syncs, host), c.as_dict()
 
 
 def test_a_library_op_is_priced_by_its_launcher():
@@ -96,6 +99,8 @@ def test_latticenet_counts_follow_the_structure(record, counts):
             (dtype, cuda)
         assert per_call["coefficients_from_stats"] == 1
         assert all(c["host_syncs"] == 0 for c in by_model.values()), by_model
+        # nothing made on the host inside the forward either: the forward can be captured in a CUDA graph
+        assert all(c["host_tensors"] == 0 for c in by_model.values()), by_model
         # the plain model's coefficient MLPs are 1x1 convolutions with biases; the library's run as linear layers
         assert eager["aten_by_op"]["convolution"] > cuda["aten_by_op"]["convolution"]
 

@@ -11,7 +11,9 @@ the library:
   launchers of csrc/cuda/kernels.h make, recorded by the CPU execution harness in its dry mode
   (tools/cuda_emu); for `triton`, the kernel launches of lattice_kernels/triton's launchers (called with a
   recording `wrap` in place of wrap_triton) plus the ATen ops they call;
-- a read of a device value on the host (`.item()`, `aten._local_scalar_dense`) is counted apart, as a sync.
+- a read of a device value on the host (`.item()`, `aten._local_scalar_dense`) is counted apart, as a sync, and so
+  is every op whose output is a CPU tensor (a host tensor): a forward with neither can be captured in a CUDA graph
+  (lattice_kernels.inference replays one per input shape on CUDA).
 
 The plain model (lattice_kernels/models/reference.py) is counted the same way, as eager PyTorch runs it. What the
 count does not say: how long a launch takes, and whether cuDNN picks one kernel or several for a convolution.
@@ -55,11 +57,14 @@ def launches_of_aten(func, args: tuple) -> int:
 
 @dataclasses.dataclass
 class Count:
-    """What one forward launches: the ATen launches by op, the library's launches by op, and host syncs."""
+    """What one forward launches: the ATen launches by op, the library's launches by op, host syncs, and the ops
+    whose output is a CPU tensor (host tensors: a CUDA graph could not capture their work, and moving them to the
+    device is a host-to-device copy)."""
 
     aten: Counter = dataclasses.field(default_factory=Counter)
     library: Counter = dataclasses.field(default_factory=Counter)
     syncs: int = 0
+    host_tensors: int = 0
 
     @property
     def total(self) -> int:
@@ -68,6 +73,7 @@ class Count:
     def as_dict(self) -> dict:
         return {"launches": self.total, "aten_launches": sum(self.aten.values()),
                 "library_launches": sum(self.library.values()), "host_syncs": self.syncs,
+                "host_tensors": self.host_tensors,
                 "aten_by_op": dict(sorted(self.aten.items())), "library_by_op": dict(sorted(self.library.items()))}
 
 
@@ -168,13 +174,16 @@ class _Counting(TorchDispatchMode):
             self.count.library[name] += self.library(name, args)
         elif name == "_local_scalar_dense":
             self.count.syncs += 1
-        else:
-            n = launches_of_aten(func, args)
-            if n:
-                self.count.aten[name] += n
         if name == "_local_scalar_dense":  # a meta tensor has no value: any number lets the forward go on
             return 0
         out = func(*args, **kwargs)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        host = sum(isinstance(o, torch.Tensor) and o.device.type == "cpu" for o in outs)
+        self.count.host_tensors += host
+        if namespace not in ("prim", *LIBRARY_NAMESPACES) and not host:  # work on the host launches nothing
+            n = launches_of_aten(func, args)
+            if n:
+                self.count.aten[name] += n
         if name == "convolution" and _channels_last(args[0]):
             # cuDNN keeps a channels_last input's layout; the meta convolution returns NCHW
             out = out.contiguous(memory_format=torch.channels_last)
@@ -228,13 +237,13 @@ def table(record: dict) -> str:
     lines = [f"LatticeNet x4 forward, LR {record['lr']}x{record['lr']}, batch 1, the model cast to each dtype "
              "(model.to(dtype)): GPU kernel launches counted on the CPU (tools/launch_count.py; a count, not a "
              "measurement on a GPU)", "",
-             "| dtype | model | launches | of eager plain | ATen ops | library ops | host syncs |",
-             "|---|---|---|---|---|---|---|"]
+             "| dtype | model | launches | of eager plain | ATen ops | library ops | host syncs | host tensors |",
+             "|---|---|---|---|---|---|---|---|"]
     for dtype, counts in record["counts"].items():
         eager = counts["eager"]["launches"]
         for m, c in counts.items():
             lines.append(f"| {dtype} | {m} | {c['launches']} | {c['launches'] / eager:.2f} | {c['aten_launches']} "
-                         f"| {c['library_launches']} | {c['host_syncs']} |")
+                         f"| {c['library_launches']} | {c['host_syncs']} | {c['host_tensors']} |")
     return "\n".join(lines)
 
 
