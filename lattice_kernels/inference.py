@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ._files import atomic_write
+from .cuda_graphs import graphed_call
 from .image_files import MAX_IMAGE_PIXELS, ImageError, open_image
 from .imresize import imresize
 from .nn import LatticeBlock
@@ -190,7 +191,7 @@ def run(model: nn.Module, x: Tensor, *, scale: int, tile: int | None = None, ove
         stats: str = "global", dtype: torch.dtype = torch.float32, channels_last: bool = False,
         device: torch.device | str | None = None, progress: bool = False,
         on_tile: Callable[[int, int], None] | None = None, self_ensemble: bool = False,
-        max_memory: int | None = None) -> Tensor:
+        max_memory: int | None = None, cuda_graphs: bool = True) -> Tensor:
     """model(x) for x (1, C, H, W) float32 (on any device; the result is float32 on the CPU), optionally in tiles of
     `tile` input pixels. dtype float16/bfloat16 runs the model under autocast. See the module docstring for
     `stats`; `overlap` is the blended margin of stats="tile". progress: a tqdm bar of its own over the tile passes;
@@ -200,7 +201,10 @@ def run(model: nn.Module, x: Tensor, *, scale: int, tile: int | None = None, ove
     is run in its rotated shape), 8x the time.
     max_memory: the bytes the call may add (to the process's memory on the CPU, the output included; to the
     device's allocated memory on CUDA): picks the largest tile that fits (see the module docstring), untiled when
-    the whole image fits; ValueError naming the amount needed when even MIN_TILE does not. Not with `tile`."""
+    the whole image fits; ValueError naming the amount needed when even MIN_TILE does not. Not with `tile`.
+    cuda_graphs: on CUDA, the untiled forward and the tiles of stats="tile" replay a CUDA graph captured once per
+    input shape (lattice_kernels/cuda_graphs.py; the same result); not with max_memory or the passes of
+    stats="global" over tiles, which run eagerly. False runs every forward eagerly."""
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"x must be (1, C, H, W), got {tuple(x.shape)}")
     if stats not in ("global", "tile"):
@@ -222,26 +226,33 @@ def run(model: nn.Module, x: Tensor, *, scale: int, tile: int | None = None, ove
             max_memory -= 2 * _image_bytes(x, scale)
         return _run_self_ensemble(model, x, scale=scale, tile=tile, overlap=overlap, stats=stats, dtype=dtype,
                                   channels_last=channels_last, device=device, progress=progress, on_tile=on_tile,
-                                  max_memory=max_memory)
+                                  max_memory=max_memory, cuda_graphs=cuda_graphs)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
-    def forward(t: Tensor) -> Tensor:
-        t = t.to(dev).contiguous(memory_format=fmt)
+    def on_device(t: Tensor) -> Tensor:
         ctx = (torch.autocast(dev.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext())
         with ctx:
             return model(t).float()
+
+    def forward(t: Tensor) -> Tensor:
+        return on_device(t.to(dev).contiguous(memory_format=fmt))
+
+    def replayed(t: Tensor) -> Tensor:  # on CUDA: a graph per input shape
+        return graphed_call(model, on_device, t.to(dev).contiguous(memory_format=fmt), settings=(dtype, fmt))
+
+    fast = replayed if cuda_graphs and dev.type == "cuda" and max_memory is None else forward
 
     h, w = x.shape[2:]
     with torch.no_grad():
         if max_memory is not None:
             tile = tile_for_memory(model, forward, x, scale, max_memory, dev)
         if tile is None or (tile >= h and tile >= w):
-            y = forward(x).cpu()
+            y = fast(x).cpu()
             _tile_done(None, on_tile, 1, 1)
             return y
         if stats == "tile":
-            return _run_blended(forward, x, scale, tile, overlap, progress, on_tile)
+            return _run_blended(fast, x, scale, tile, overlap, progress, on_tile)
         return _run_global(model, forward, x, scale, tile, progress, on_tile, trim=max_memory is not None)
 
 

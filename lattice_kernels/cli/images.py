@@ -103,6 +103,9 @@ def add_image_options(p: argparse.ArgumentParser, suffix: str) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="compute precision (bfloat16/float16 via autocast)")
     p.add_argument("--channels-last", action="store_true", help="run the model in channels_last memory format")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="on CUDA, run every forward eagerly instead of replaying a CUDA graph captured per input "
+                        "shape (the default for untiled images and --stats tile)")
     p.add_argument("--self-ensemble", action="store_true",
                    help="x8 geometric self-ensemble (the papers' '+' rows): the mean of the outputs over the 8 flips "
                         "and rotations, 8x the time")
@@ -154,7 +157,8 @@ def run_options(args: argparse.Namespace) -> dict:
     if args.max_memory is not None and args.stats != "global":
         raise ValueError("--max-memory tiles with exact statistics: it needs --stats global")
     return {"tile": args.tile, "overlap": args.overlap, "stats": args.stats, "dtype": getattr(torch, args.dtype),
-            "channels_last": args.channels_last, "self_ensemble": args.self_ensemble, "max_pixels": args.max_pixels}
+            "channels_last": args.channels_last, "self_ensemble": args.self_ensemble, "max_pixels": args.max_pixels,
+            "cuda_graphs": not args.no_cuda_graphs}
 
 
 def frame_options(opts: dict) -> dict:
