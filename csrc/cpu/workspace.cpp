@@ -1,31 +1,36 @@
-// The CPU workspace: inside a workspace scope (entered by the library's modules around a forward on CPU tensors),
-// c10's CPU allocator is replaced by a caching one, so the forward's large buffers (activations) come from blocks
-// freed earlier in this forward or in the previous one instead of freshly mapped pages. glibc maps every buffer
-// above its mmap threshold (up to 32 MiB, then always) afresh and unmaps it on free, so a plain process faults in
-// each activation page by page; the inference runtimes keep arenas of their own for the same reason.
+// The CPU workspace: inside a workspace scope (opened by the library's modules around a forward on CPU tensors),
+// the thread's large buffers (activations) come from blocks freed earlier in this forward or in the previous one
+// instead of freshly mapped pages. glibc maps every buffer above its mmap threshold (up to 32 MiB, then always)
+// afresh and unmaps it on free, so a plain process faults in each activation page by page; the inference runtimes
+// keep arenas of their own for the same reason.
 //
-// Rules (all under one mutex):
-// - Only requests of at least kMinBytes are cached; smaller ones, and every request outside a scope, are served as
-//   torch's default CPU allocator serves them (c10::alloc_cpu / free_cpu), without its profiler reports.
+// Rules (the shared state under one mutex):
+// - The workspace becomes c10's CPU allocator at the first scope, for the rest of the process, and only if torch's
+//   default allocator is the one installed then (c10's allocator may not be swapped while other threads allocate,
+//   and raw_deallocate frees with whatever allocator is installed at that moment).
+// - Only requests of at least kMinBytes made on a thread inside one of its scopes are served from the workspace;
+//   every other request goes to torch's default allocator, unchanged.
 // - A request takes the smallest cached block of size in [n, n + n/8]; else a new block is allocated, after
-//   evicting least recently freed blocks while the held bytes (live + cached) would exceed the allowance: 1.25x
-//   the larger of the previous scope's peak of live bytes and this scope's. So the workspace holds at most a
-//   quarter more than a forward needs at its peak. (With 1x, LatticeNet x4 at LR 320x180 missed 25 of its 114
-//   requests per call in steady state, as the sizes held at a call's end are not those needed at its peak; with
-//   1.25x 8: five under 1 MiB, two of the output's size (the output is freed outside the scope) and one other;
-//   2-core EPYC, 2026-12-07, the ops.cpu_workspace_info() counters.)
-// - A block freed inside a scope is cached; one freed outside every scope goes back to the system.
+//   evicting least recently freed blocks while the bytes held for the scope (cached, plus live ones made since the
+//   outermost scope opened) would exceed the allowance: 1.25x the larger of the previous scope's peak of such live
+//   bytes and this scope's. (With 1x, LatticeNet x4 at LR 320x180 missed 25 of its 114 requests per call in steady
+//   state, as the sizes held at a call's end are not those needed at its peak; with 1.25x 8: five under 1 MiB,
+//   two of the output's size (the output is freed outside the scope) and one other; 2-core EPYC, 2026-12-07, the
+//   ops.cpu_workspace_info() counters.)
+// - A block freed on a thread inside one of its scopes is cached; one freed elsewhere goes back to the system.
 // - When the outermost scope ends, the cached blocks no forward of it used are released, then the least recently
-//   freed ones until the workspace holds at most 1.25x that scope's peak of live bytes.
-// - Scopes nest and may be entered from several threads: the allocator is installed when the first opens and the
-//   previous one restored when the last closes.
+//   freed ones until at most 1.25x that scope's peak is held.
+// - Blocks made here are not reported to torch's memory profiler.
 #include "workspace.h"
 
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/Exception.h>
 
+#include <pthread.h>
+
 #include <algorithm>
+#include <new>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -46,43 +51,56 @@ struct CachedBlock {
 
 void release_block(void* ptr);
 
+// Scopes open on this thread: only they are served from, and freed into, the workspace.
+thread_local int t_depth = 0;
+
 class WorkspaceAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t n) override {
-    void* ptr = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (depth_ > 0 && n >= kMinBytes) ptr = take((n + kPage - 1) / kPage * kPage);
+    if (t_depth > 0 && n >= kMinBytes) {
+      void* ptr = nullptr;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        ptr = take((n + kPage - 1) / kPage * kPage);
+      }
+      return c10::DataPtr(ptr, ptr, &release_block, c10::Device(c10::kCPU));
     }
-    if (ptr == nullptr) ptr = c10::alloc_cpu(n);  // what torch's default CPU allocator does
-    return c10::DataPtr(ptr, ptr, &release_block, c10::Device(c10::kCPU));
+    return c10::GetDefaultCPUAllocator()->allocate(n);  // torch's own blocks, with its profiler reports
   }
 
-  // Every block has this deleter (oneDNN's scratchpads use raw_allocate / raw_deallocate, which require one).
+  // raw_allocate / raw_deallocate (oneDNN's scratchpads) need one deleter for every block: release_block frees the
+  // default allocator's blocks with free_cpu, as its own deleter does (without that deleter's profiler report).
   c10::DeleterFnPtr raw_deleter() const override { return &release_block; }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override { default_copy_data(dest, src, count); }
 
   bool enter() {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (depth_++ > 0) return installed_;
+    if (!tried_install_) {
+      // Installed once, for the rest of the process, and only over torch's default allocator: swapping c10's
+      // allocator while other threads allocate is not safe, and a block must be freed by the allocator that made
+      // it whatever is installed by then (raw_deallocate looks the allocator up again).
+      tried_install_ = true;
+      if (c10::GetCPUAllocator() == c10::GetDefaultCPUAllocator()) c10::SetCPUAllocator(this, 0);
+      installed_ = c10::GetCPUAllocator() == this;
+    }
+    if (!installed_) return false;
+    ++t_depth;
+    if (depth_++ > 0) return true;
     ++epoch_;
-    peak_ = live_;
-    previous_ = c10::GetCPUAllocator();
-    c10::SetCPUAllocator(this, 0);
-    installed_ = c10::GetCPUAllocator() == this;  // false when an allocator of higher priority is in place
-    return installed_;
+    base_ = live_;
+    peak_ = 0;
+    return true;
   }
 
   void exit() {
     std::lock_guard<std::mutex> lock(mutex_);
-    TORCH_CHECK(depth_ > 0, "lattice_kernels: workspace_exit without a matching workspace_enter");
+    TORCH_CHECK(depth_ > 0 && t_depth > 0, "lattice_kernels: workspace_exit without a matching workspace_enter");
+    --t_depth;
     if (--depth_ > 0) return;
-    if (installed_) c10::SetCPUAllocator(previous_, 0);
-    installed_ = false;
     previous_peak_ = peak_;
     evict_if([&](const CachedBlock& b) { return b.epoch != epoch_; });
-    evict_oldest_while([&] { return live_ + cached_ > allowance(peak_); });
+    evict_oldest_while([&] { return scope_live() + cached_ > allowance(peak_); });
   }
 
   void free(void* ptr) {
@@ -92,7 +110,7 @@ class WorkspaceAllocator final : public c10::Allocator {
       if (it != sizes_.end()) {
         const size_t bytes = it->second;
         live_ -= bytes;
-        if (depth_ > 0) {
+        if (t_depth > 0) {
           cache_.push_back({ptr, bytes, ++clock_, epoch_});
           cached_ += bytes;
           return;
@@ -100,7 +118,7 @@ class WorkspaceAllocator final : public c10::Allocator {
         sizes_.erase(it);
       }
     }
-    c10::free_cpu(ptr);  // a small block, or a cached one freed outside every scope
+    c10::free_cpu(ptr);  // a block of the default allocator, or one of ours freed outside a scope of this thread
   }
 
   void release() {
@@ -112,6 +130,13 @@ class WorkspaceAllocator final : public c10::Allocator {
   WorkspaceInfo info() {
     std::lock_guard<std::mutex> lock(mutex_);
     return {live_, cached_, std::max(previous_peak_, peak_), hits_, misses_, evictions_, depth_, installed_};
+  }
+
+  // fork() child: the mutex may have been held by a thread that does not exist there, and no scope is open.
+  void after_fork_in_child() {
+    new (&mutex_) std::mutex();
+    depth_ = 0;
+    t_depth = 0;
   }
 
  private:
@@ -130,17 +155,20 @@ class WorkspaceAllocator final : public c10::Allocator {
       ++hits_;
     } else {
       ++misses_;
-      const size_t limit = allowance(std::max({previous_peak_, peak_, live_ + bytes}));
-      evict_oldest_while([&] { return live_ + cached_ + bytes > limit; });
+      const size_t limit = allowance(std::max({previous_peak_, peak_, scope_live() + bytes}));
+      evict_oldest_while([&] { return scope_live() + cached_ + bytes > limit; });
       ptr = c10::alloc_cpu(bytes);
       sizes_[ptr] = bytes;
       live_ += bytes;
     }
-    peak_ = std::max(peak_, live_);
+    peak_ = std::max(peak_, scope_live());
     return ptr;
   }
 
   static size_t allowance(size_t peak) { return peak + peak / 4; }
+
+  // Live bytes of blocks made since the outermost scope opened (those alive before it, kept outputs say, not counted).
+  size_t scope_live() const { return live_ > base_ ? live_ - base_ : 0; }
 
   template <class Cond> void evict_oldest_while(Cond cond) {
     while (!cache_.empty() && cond())
@@ -162,11 +190,10 @@ class WorkspaceAllocator final : public c10::Allocator {
   }
 
   std::mutex mutex_;
-  c10::Allocator* previous_ = nullptr;
-  bool installed_ = false;
+  bool tried_install_ = false, installed_ = false;
   int depth_ = 0;
   uint64_t epoch_ = 0, clock_ = 0;
-  size_t live_ = 0, cached_ = 0, peak_ = 0, previous_peak_ = 0;
+  size_t live_ = 0, cached_ = 0, peak_ = 0, previous_peak_ = 0, base_ = 0;
   uint64_t hits_ = 0, misses_ = 0, evictions_ = 0;
   std::vector<CachedBlock> cache_;
   std::unordered_map<void*, size_t> sizes_;
@@ -174,7 +201,11 @@ class WorkspaceAllocator final : public c10::Allocator {
 
 // Never destroyed: blocks may be freed by tensors that outlive everything else, at interpreter exit.
 WorkspaceAllocator& workspace() {
-  static auto* w = new WorkspaceAllocator();
+  static auto* w = [] {
+    auto* a = new WorkspaceAllocator();
+    pthread_atfork(nullptr, nullptr, [] { workspace().after_fork_in_child(); });
+    return a;
+  }();
   return *w;
 }
 

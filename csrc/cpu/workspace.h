@@ -9,15 +9,16 @@ namespace cpu {
 struct WorkspaceInfo {
   size_t live_bytes;    // blocks handed out and not yet freed
   size_t cached_bytes;  // freed blocks kept for reuse
-  size_t peak_bytes;    // the allowance: the larger of the last scope's and this scope's peak of live bytes
+  size_t peak_bytes;    // the larger of the last and this scope's peak of bytes made live during it
   uint64_t hits, misses, evictions;
   int depth;            // open scopes
-  bool installed;       // whether the open scopes' allocator is in place (false: one of higher priority is)
+  bool installed;       // whether the workspace is c10's CPU allocator (from the first scope on)
 };
 
-// Opens a scope (nested and concurrent scopes are counted); returns whether the workspace allocator is in place.
+// Opens a scope on this thread (nested and concurrent scopes are counted); returns false, opening nothing, when
+// the workspace is not c10's CPU allocator (another one was installed before).
 bool workspace_enter();
-// Closes a scope; the last one restores the previous allocator and releases the blocks its forwards did not use.
+// Closes a scope of this thread; the last one open releases the blocks its forwards did not use.
 void workspace_exit();
 // Releases every cached block.
 void workspace_release();

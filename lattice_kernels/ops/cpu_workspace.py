@@ -4,7 +4,8 @@ earlier in the same forward or in the previous one, instead of pages the C libra
 glibc's malloc maps each buffer above its mmap threshold (at most 32 MiB, so always for a 64-channel activation of
 a batch of 8 at 128x128) anew and unmaps it on free, so a plain process faults every activation in page by page;
 ONNX Runtime and OpenVINO keep arenas of their own for the same reason. Inside a scope the CPU allocator of c10 is a
-caching one (csrc/cpu/workspace.cpp); outside, torch's allocator is untouched. During a forward it holds (blocks
+caching one for the thread that runs the forward (csrc/cpu/workspace.cpp; installed as c10's CPU allocator at the
+first forward, it serves every other allocation as torch's default allocator does). During a forward it holds (blocks
 in use and kept) at most 1.25x the larger of the previous and the current forward's peak of live bytes, and after
 it at most 1.25x that forward's peak, keeping first the blocks it used; blocks freed outside every scope (the
 forward's output, say) go back to the system at once.
@@ -57,20 +58,24 @@ def cpu_workspace_enabled() -> bool:
 
 
 class _Scope:
-    __slots__ = ("_c",)
+    __slots__ = ("_c", "_open")
 
     def __init__(self, c: Any):
-        self._c = c
+        self._c, self._open = c, False
 
     def __enter__(self) -> None:
         global _warned
-        if not self._c.workspace_enter() and not _warned:
+        self._open = bool(self._c.workspace_enter())
+        if not self._open and not _warned:
             _warned = True
-            warnings.warn("lattice_kernels: another CPU allocator of higher priority is installed in this process, "
-                          "so the CPU workspace is not used (buffers come from that allocator)", stacklevel=3)
+            warnings.warn("lattice_kernels: a CPU allocator other than torch's default was installed in this process "
+                          "before the CPU workspace, which therefore is not used (buffers come from that allocator)",
+                          stacklevel=3)
 
     def __exit__(self, *exc: object) -> None:
-        self._c.workspace_exit()
+        if self._open:
+            self._open = False
+            self._c.workspace_exit()
 
 
 def workspace(x: Tensor) -> contextlib.AbstractContextManager:
@@ -83,8 +88,9 @@ def workspace(x: Tensor) -> contextlib.AbstractContextManager:
 
 
 def cpu_workspace_info() -> dict[str, int | bool]:
-    """The workspace's counters: live_bytes, cached_bytes, peak_bytes (the allowance: the larger of the last and the
-    current scope's peak of live bytes), hits, misses, evictions, depth (open scopes), installed."""
+    """The workspace's counters: live_bytes, cached_bytes, peak_bytes (the larger of the last and the current
+    forward's peak of live bytes made during it; the allowance is 1.25x that), hits, misses, evictions, depth (open
+    scopes, all threads), installed (whether the workspace is c10's CPU allocator: from the first forward on)."""
     c = _extension.C
     if c is None:
         raise RuntimeError(f"the CPU workspace is part of the compiled extension, which did not load: "
