@@ -110,6 +110,14 @@ def precision_name(t) -> str:
                                                                         name)
 
 
+# The runners' names in the records' tables (peers_table here, bench/peers_memory.py's memory_table).
+RUNNER_NAMES = {"cpu": "lattice_kernels `cpu`", "cpu-bf16-autocast": "lattice_kernels `cpu` under bf16 autocast",
+                "cpu-no-workspace": "lattice_kernels `cpu`, CPU workspace off",
+                "eager": "eager PyTorch (plain model)", "compile": "torch.compile (plain model)",
+                "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO, f32 forced",
+                "openvino-default": "OpenVINO, its defaults"}
+
+
 def peers_table(record: dict) -> str:
     """Markdown of a recorded peers run (bench/results/deploy-peers-*.json): per case each runner's median time,
     its time over the library's float32 (median and range of the per-round ratios) and the precision it ran in."""
@@ -120,18 +128,13 @@ def peers_table(record: dict) -> str:
              f"Runtime {env['onnxruntime']}, OpenVINO {env['openvino']}{caps}, {env['malloc']}"
              + (f", the library's CPU workspace {env['cpu_workspace']}" if "cpu_workspace" in env else "") + ".", "",
              "| case | runner | precision | median | time / library float32 |", "|---|---|---|---|---|"]
-    names = {"cpu": "lattice_kernels `cpu`", "cpu-bf16-autocast": "lattice_kernels `cpu` under bf16 autocast",
-             "cpu-no-workspace": "lattice_kernels `cpu`, CPU workspace off",
-             "eager": "eager PyTorch (plain model)", "compile": "torch.compile (plain model)",
-             "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO, f32 forced",
-             "openvino-default": "OpenVINO, its defaults"}
     for row in record["rows"]:
         n, _, h, w = row["shape"]
         case = (f"batch {n} of " if n > 1 else "") + f"LR {w}x{h} ({row['rounds']} rounds)"
         for k, ms in row["median_ms"].items():
             lo, hi = row["ratio_range"][k]
             prec = row["precision"].get(k, row["dtype"])
-            lines.append(f"| {case} | {names.get(k, k)} | {precision_name(prec)} | {ms:.1f} ms | "
+            lines.append(f"| {case} | {RUNNER_NAMES.get(k, k)} | {precision_name(prec)} | {ms:.1f} ms | "
                          f"{row['ratio_to_library'][k]:.2f}x ({lo:.2f}-{hi:.2f}) |")
     return "\n".join(lines)
 

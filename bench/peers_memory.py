@@ -90,12 +90,6 @@ def run(shape: list[int], runners: tuple[str, ...] = RUNNERS) -> tuple[list[dict
     return rows, skipped
 
 
-NAMES = {"cpu": "lattice_kernels `cpu`", "cpu-bf16-autocast": "lattice_kernels `cpu` under bf16 autocast",
-         "cpu-no-workspace": "lattice_kernels `cpu`, CPU workspace off", "eager": "eager PyTorch (plain model)",
-         "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO, f32 forced",
-         "openvino-default": "OpenVINO, its defaults"}
-
-
 def memory_table(record: dict) -> str:
     """Markdown of a recorded run (bench/results/peers-memory-*.json)."""
     env = record["environment"]
@@ -104,7 +98,8 @@ def memory_table(record: dict) -> str:
              f"{env['threads']} threads, {env['date']}, {env['malloc']}: {env['method']}.", "",
              "| runner | precision | added by the calls | process peak |", "|---|---|---|---|"]
     for r in record["rows"]:
-        lines.append(f"| {NAMES.get(r['runner'], r['runner'])} | {deploy.precision_name(r['precision'])} | "
+        name = deploy.RUNNER_NAMES.get(r["runner"], r["runner"])
+        lines.append(f"| {name} | {deploy.precision_name(r['precision'])} | "
                      f"{r['peak_over_before_MiB']:.0f} MiB | {r['peak_rss_MiB']:.0f} MiB |")
     return "\n".join(lines)
 
