@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from lattice_kernels.ops import reference as ref
+from tools.cuda_emu import cases as C
 
 from .conftest import assert_close_to_reference
-from .cuda_emu import cases as C
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_DTYPE = {"f32": torch.float32, "f64": torch.float64, "f16": torch.float16, "bf16": torch.bfloat16}

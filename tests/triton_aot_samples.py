@@ -17,3 +17,20 @@ def spilling_kernel(x_ptr, out_ptr, BLOCK: tl.constexpr):
 @triton.jit
 def non_compiling_kernel(x_ptr, BLOCK: tl.constexpr):
     tl.store(x_ptr + tl.arange(0, BLOCK), 1.0)
+
+
+# The efficiency model's planted defect (tests/test_gpu_efficiency.py): the same copy loop read through a
+# scattered index, which Triton cannot prove contiguous, so it loads 4 bytes per lane where contiguous_copy_kernel
+# loads 16.
+@triton.jit
+def contiguous_copy_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    for start in range(0, n, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, tl.load(x_ptr + offs, mask=offs < n), mask=offs < n)
+
+
+@triton.jit
+def scattered_copy_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    for start in range(0, n, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, tl.load(x_ptr + (offs * 37) % n, mask=offs < n), mask=offs < n)

@@ -10,7 +10,7 @@ template <class A> struct Coefs {
 };
 
 template <class A> __device__ __forceinline__ A coef(const void* p, int64_t i) {
-  return p ? static_cast<const A*>(p)[i] : A(1);
+  return p ? LK_LOAD(static_cast<const A*>(p) + i) : A(1);
 }
 
 template <class A> __device__ __forceinline__ Coefs<A> coefs_at(const Coefficients& c, int64_t i) {
@@ -33,14 +33,14 @@ __global__ void butterfly_planar(FwdPtrs t, int64_t C, int64_t P, int64_t split,
   T* p = static_cast<T*>(t.p.data) + n * t.p.sn + c * t.p.sc;
   T* q = static_cast<T*>(t.q.data) + n * t.q.sn + c * t.q.sc;
   A shift = 0;
-  if constexpr (QSTATS) shift = to_acc(from_acc<T>(k.b1 * to_acc(x1[0]) + k.b2 * to_acc(x2[0])));
+  if constexpr (QSTATS) shift = to_acc(from_acc<T>(k.b1 * to_acc(LK_LOAD(x1)) + k.b2 * to_acc(LK_LOAD(x2))));
   const int64_t p0 = s * split, p1 = min(P, p0 + split);
   A cnt = 0, sum = 0, sq = 0;
   if constexpr (VEC) {
     constexpr int V = Vec16<T>::kN;
     for (int64_t i = p0 + int64_t(threadIdx.x) * V; i < p1; i += int64_t(kThreads) * V) {
-      const Vec16<T> v1 = *reinterpret_cast<const Vec16<T>*>(x1 + i);
-      const Vec16<T> v2 = *reinterpret_cast<const Vec16<T>*>(x2 + i);
+      const Vec16<T> v1 = LK_LOAD(reinterpret_cast<const Vec16<T>*>(x1 + i));
+      const Vec16<T> v2 = LK_LOAD(reinterpret_cast<const Vec16<T>*>(x2 + i));
       Vec16<T> op, oq;
 #pragma unroll
       for (int j = 0; j < V; ++j) {
@@ -53,16 +53,16 @@ __global__ void butterfly_planar(FwdPtrs t, int64_t C, int64_t P, int64_t split,
           sq += d * d;
         }
       }
-      *reinterpret_cast<Vec16<T>*>(p + i) = op;
-      *reinterpret_cast<Vec16<T>*>(q + i) = oq;
+      LK_STORE(reinterpret_cast<Vec16<T>*>(p + i), op);
+      LK_STORE(reinterpret_cast<Vec16<T>*>(q + i), oq);
       cnt += A(V);
     }
   } else {
     for (int64_t i = p0 + threadIdx.x; i < p1; i += kThreads) {
-      const A a = to_acc(x1[i * t.x1.sp]), b = to_acc(x2[i * t.x2.sp]);
-      p[i * t.p.sp] = from_acc<T>(k.a1 * a + k.a2 * b);
+      const A a = to_acc(LK_LOAD(x1 + i * t.x1.sp)), b = to_acc(LK_LOAD(x2 + i * t.x2.sp));
+      LK_STORE(p + i * t.p.sp, from_acc<T>(k.a1 * a + k.a2 * b));
       const T qv = from_acc<T>(k.b1 * a + k.b2 * b);
-      q[i * t.q.sp] = qv;
+      LK_STORE(q + i * t.q.sp, qv);
       if constexpr (QSTATS) {
         const A d = to_acc(qv) - shift;
         sum += d;
@@ -74,8 +74,8 @@ __global__ void butterfly_planar(FwdPtrs t, int64_t C, int64_t P, int64_t split,
   if constexpr (QSTATS) {
     const Stats<A> r = block_merge(from_sums(cnt, sum, sq));
     if (threadIdx.x == 0) {
-      part[nc * S + s] = r;  // mean relative to the shift
-      if (s == 0) reinterpret_cast<A*>(part + gridDim.x * S)[nc] = shift;
+      LK_STORE(part + nc * S + s, r);  // mean relative to the shift
+      if (s == 0) LK_STORE(reinterpret_cast<A*>(part + gridDim.x * S) + nc, shift);
     }
   }
 }
@@ -93,15 +93,15 @@ __global__ void butterfly_interleaved(FwdPtrs t, int64_t C, int64_t P, int64_t s
   T* p = static_cast<T*>(t.p.data) + n * t.p.sn + cc * t.p.sc;
   T* q = static_cast<T*>(t.q.data) + n * t.q.sn + cc * t.q.sc;
   A shift = 0;
-  if constexpr (QSTATS) shift = to_acc(from_acc<T>(k.b1 * to_acc(x1[0]) + k.b2 * to_acc(x2[0])));
+  if constexpr (QSTATS) shift = to_acc(from_acc<T>(k.b1 * to_acc(LK_LOAD(x1)) + k.b2 * to_acc(LK_LOAD(x2))));
   const int64_t p0 = s * split, p1 = min(P, p0 + split);
   A cnt = 0, sum = 0, sq = 0;
   if (valid)
     for (int64_t i = p0 + threadIdx.y; i < p1; i += kRowsP) {
-      const A a = to_acc(x1[i * t.x1.sp]), b = to_acc(x2[i * t.x2.sp]);
-      p[i * t.p.sp] = from_acc<T>(k.a1 * a + k.a2 * b);
+      const A a = to_acc(LK_LOAD(x1 + i * t.x1.sp)), b = to_acc(LK_LOAD(x2 + i * t.x2.sp));
+      LK_STORE(p + i * t.p.sp, from_acc<T>(k.a1 * a + k.a2 * b));
       const T qv = from_acc<T>(k.b1 * a + k.b2 * b);
-      q[i * t.q.sp] = qv;
+      LK_STORE(q + i * t.q.sp, qv);
       if constexpr (QSTATS) {
         const A d = to_acc(qv) - shift;
         sum += d;
@@ -113,8 +113,8 @@ __global__ void butterfly_interleaved(FwdPtrs t, int64_t C, int64_t P, int64_t s
     const Stats<A> r = rows_merge(from_sums(cnt, sum, sq));
     if (threadIdx.y == 0 && valid) {
       const int64_t NC = int64_t(gridDim.x / ncb) * C;
-      part[(n * C + c) * S + s] = r;  // mean relative to the shift
-      if (s == 0) reinterpret_cast<A*>(part + NC * S)[n * C + c] = shift;
+      LK_STORE(part + (n * C + c) * S + s, r);  // mean relative to the shift
+      if (s == 0) LK_STORE(reinterpret_cast<A*>(part + NC * S) + n * C + c, shift);
     }
   }
 }
@@ -164,7 +164,8 @@ template <class A> struct QGrad {
 template <class A> __device__ __forceinline__ QGrad<A> qgrad_at(const void* gm, const void* bs, const void* mq,
                                                                int64_t i) {
   if (!gm) return {A(0), A(0), A(0)};
-  return {static_cast<const A*>(gm)[i], static_cast<const A*>(bs)[i], static_cast<const A*>(mq)[i]};
+  return {LK_LOAD(static_cast<const A*>(gm) + i), LK_LOAD(static_cast<const A*>(bs) + i),
+          LK_LOAD(static_cast<const A*>(mq) + i)};
 }
 
 template <class T>
@@ -201,22 +202,28 @@ __global__ void butterfly_backward_planar(BwdPtrs t, int64_t C, int64_t P, int64
   if constexpr (VEC) {
     constexpr int V = Vec16<T>::kN;
     for (int64_t i = p0 + int64_t(threadIdx.x) * V; i < p1; i += int64_t(kThreads) * V) {
-      const Vec16<T> vp = *reinterpret_cast<const Vec16<T>*>(dp + i), vq = *reinterpret_cast<const Vec16<T>*>(dq + i);
-      const Vec16<T> v1 = *reinterpret_cast<const Vec16<T>*>(x1 + i), v2 = *reinterpret_cast<const Vec16<T>*>(x2 + i);
+      const Vec16<T> vp = LK_LOAD(reinterpret_cast<const Vec16<T>*>(dp + i));
+      const Vec16<T> vq = LK_LOAD(reinterpret_cast<const Vec16<T>*>(dq + i));
+      const Vec16<T> v1 = LK_LOAD(reinterpret_cast<const Vec16<T>*>(x1 + i));
+      const Vec16<T> v2 = LK_LOAD(reinterpret_cast<const Vec16<T>*>(x2 + i));
       Vec16<T> o1, o2;
 #pragma unroll
       for (int j = 0; j < V; ++j) backward_element<T>(k, g, vp.v[j], vq.v[j], v1.v[j], v2.v[j], o1.v[j], o2.v[j], r);
-      *reinterpret_cast<Vec16<T>*>(dx1 + i) = o1;
-      *reinterpret_cast<Vec16<T>*>(dx2 + i) = o2;
+      LK_STORE(reinterpret_cast<Vec16<T>*>(dx1 + i), o1);
+      LK_STORE(reinterpret_cast<Vec16<T>*>(dx2 + i), o2);
     }
   } else {
-    for (int64_t i = p0 + threadIdx.x; i < p1; i += kThreads)
-      backward_element<T>(k, g, dp[i * t.dp.sp], dq[i * t.dq.sp], x1[i * t.x1.sp], x2[i * t.x2.sp],
-                          dx1[i * t.dx1.sp], dx2[i * t.dx2.sp], r);
+    for (int64_t i = p0 + threadIdx.x; i < p1; i += kThreads) {
+      T o1, o2;
+      backward_element<T>(k, g, LK_LOAD(dp + i * t.dp.sp), LK_LOAD(dq + i * t.dq.sp), LK_LOAD(x1 + i * t.x1.sp),
+                          LK_LOAD(x2 + i * t.x2.sp), o1, o2, r);
+      LK_STORE(dx1 + i * t.dx1.sp, o1);
+      LK_STORE(dx2 + i * t.dx2.sp, o2);
+    }
   }
   for (int w = 0; w < 4; ++w) {
     const A v = block_sum(r[w]);
-    if (threadIdx.x == 0) part[(w * NC + nc) * S + s] = v;
+    if (threadIdx.x == 0) LK_STORE(part + (w * NC + nc) * S + s, v);
   }
 }
 
@@ -235,12 +242,16 @@ __global__ void butterfly_backward_interleaved(BwdPtrs t, int64_t C, int64_t P, 
   A r[4] = {0, 0, 0, 0};
   const int64_t p0 = s * split, p1 = min(P, p0 + split);
   if (valid)
-    for (int64_t i = p0 + threadIdx.y; i < p1; i += kRowsP)
-      backward_element<T>(k, g, *at(t.dp, i), *at(t.dq, i), *at(t.x1, i), *at(t.x2, i), *at(t.dx1, i),
-                          *at(t.dx2, i), r);
+    for (int64_t i = p0 + threadIdx.y; i < p1; i += kRowsP) {
+      T o1, o2;
+      backward_element<T>(k, g, LK_LOAD(at(t.dp, i)), LK_LOAD(at(t.dq, i)), LK_LOAD(at(t.x1, i)), LK_LOAD(at(t.x2, i)),
+                          o1, o2, r);
+      LK_STORE(at(t.dx1, i), o1);
+      LK_STORE(at(t.dx2, i), o2);
+    }
   for (int w = 0; w < 4; ++w) {
     const A v = rows_sum(r[w]);
-    if (threadIdx.y == 0 && valid) part[(w * NC + n * C + c) * S + s] = v;
+    if (threadIdx.y == 0 && valid) LK_STORE(part + (w * NC + n * C + c) * S + s, v);
   }
 }
 
@@ -250,9 +261,9 @@ template <class A>
 __global__ void sum_splits(const A* __restrict__ part, int64_t S, A* __restrict__ out) {
   const int64_t row = blockIdx.x;
   A acc = 0;
-  for (int64_t s = threadIdx.x; s < S; s += kThreads) acc += part[row * S + s];
+  for (int64_t s = threadIdx.x; s < S; s += kThreads) acc += LK_LOAD(part + row * S + s);
   acc = block_sum(acc);
-  if (threadIdx.x == 0) out[row] = acc;
+  if (threadIdx.x == 0) LK_STORE(out + row, acc);
 }
 
 size_t butterfly_workspace_bytes(DType dtype, const Shape& s) {

@@ -14,13 +14,13 @@ __global__ void stats_partial_planar(const T* __restrict__ x, int64_t C, int64_t
   using A = typename AccOf<T>::type;
   const int64_t nc = blockIdx.x, n = nc / C, c = nc % C, s = blockIdx.y, S = gridDim.y;
   const T* base = x + n * sn + c * sc;
-  const A shift = to_acc(base[0]);
+  const A shift = to_acc(LK_LOAD(base));
   const int64_t p0 = s * split, p1 = min(P, p0 + split);
   A cnt = 0, sum = 0, sq = 0;
   if constexpr (VEC) {
     constexpr int V = Vec16<T>::kN;
     for (int64_t p = p0 + int64_t(threadIdx.x) * V; p < p1; p += int64_t(kThreads) * V) {
-      const Vec16<T> v = *reinterpret_cast<const Vec16<T>*>(base + p);
+      const Vec16<T> v = LK_LOAD(reinterpret_cast<const Vec16<T>*>(base + p));
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         const A d = to_acc(v.v[i]) - shift;
@@ -31,7 +31,7 @@ __global__ void stats_partial_planar(const T* __restrict__ x, int64_t C, int64_t
     }
   } else {
     for (int64_t p = p0 + threadIdx.x; p < p1; p += kThreads) {
-      const A d = to_acc(base[p * sp]) - shift;
+      const A d = to_acc(LK_LOAD(base + p * sp)) - shift;
       sum += d;
       sq += d * d;
       cnt += A(1);
@@ -39,8 +39,8 @@ __global__ void stats_partial_planar(const T* __restrict__ x, int64_t C, int64_t
   }
   const Stats<A> r = block_merge(from_sums(cnt, sum, sq));
   if (threadIdx.x == 0) {
-    part[nc * S + s] = r;
-    if (s == 0) reinterpret_cast<A*>(part + gridDim.x * S)[nc] = shift;
+    LK_STORE(part + nc * S + s, r);
+    if (s == 0) LK_STORE(reinterpret_cast<A*>(part + gridDim.x * S) + nc, shift);
   }
 }
 
@@ -51,20 +51,20 @@ __global__ void stats_partial_interleaved(const T* __restrict__ x, int64_t C, in
   const int64_t n = blockIdx.x / ncb, c = (blockIdx.x % ncb) * kLanesC + threadIdx.x, s = blockIdx.y, S = gridDim.y;
   const bool valid = c < C;
   const T* base = x + n * sn + (valid ? c : 0) * sc;
-  const A shift = to_acc(base[0]);
+  const A shift = to_acc(LK_LOAD(base));
   const int64_t p0 = s * split, p1 = min(P, p0 + split);
   A cnt = 0, sum = 0, sq = 0;
   if (valid)
     for (int64_t p = p0 + threadIdx.y; p < p1; p += kRowsP) {
-      const A d = to_acc(base[p * sp]) - shift;
+      const A d = to_acc(LK_LOAD(base + p * sp)) - shift;
       sum += d;
       sq += d * d;
       cnt += A(1);
     }
   const Stats<A> r = rows_merge(from_sums(cnt, sum, sq));
   if (threadIdx.y == 0 && valid) {
-    part[(n * C + c) * S + s] = r;
-    if (s == 0) reinterpret_cast<A*>(part + int64_t(gridDim.x / ncb) * C * S)[n * C + c] = shift;
+    LK_STORE(part + (n * C + c) * S + s, r);
+    if (s == 0) LK_STORE(reinterpret_cast<A*>(part + int64_t(gridDim.x / ncb) * C * S) + n * C + c, shift);
   }
 }
 
@@ -84,10 +84,10 @@ __global__ void coefficient_mlp(int64_t C, const A* __restrict__ mean, const A* 
     const A* w1 = static_cast<const A*>(std_branch ? w.w1s : w.w1m);
     const A* u = (std_branch ? stdv : mean) + n * C;
     A acc = 0;
-    for (int64_t c = lane; c < C; c += 32) acc += w1[r * C + c] * u[c];
+    for (int64_t c = lane; c < C; c += 32) acc += LK_LOAD(w1 + r * C + c) * LK_LOAD(u + c);
     acc = warp_sum(acc);
     if (lane == 0) {
-      const A h = acc + static_cast<const A*>(std_branch ? w.b1s : w.b1m)[r];
+      const A h = acc + LK_LOAD(static_cast<const A*>(std_branch ? w.b1s : w.b1m) + r);
       hidden[j] = h <= A(0) ? A(0) : h;  // relu that keeps NaN (std at H*W = 1), as torch.relu
     }
   }
@@ -95,12 +95,12 @@ __global__ void coefficient_mlp(int64_t C, const A* __restrict__ mean, const A* 
   const A* w2m = static_cast<const A*>(w.w2m);
   const A* w2s = static_cast<const A*>(w.w2s);
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    A zm = static_cast<const A*>(w.b2m)[c], zs = static_cast<const A*>(w.b2s)[c];
+    A zm = LK_LOAD(static_cast<const A*>(w.b2m) + c), zs = LK_LOAD(static_cast<const A*>(w.b2s) + c);
     for (int64_t r = 0; r < R; ++r) {
-      zm += w2m[c * R + r] * hidden[r];
-      zs += w2s[c * R + r] * hidden[R + r];
+      zm += LK_LOAD(w2m + c * R + r) * hidden[r];
+      zs += LK_LOAD(w2s + c * R + r) * hidden[R + r];
     }
-    cc[n * C + c] = A(0.5) * (sigmoid(zm) + sigmoid(zs));
+    LK_STORE(cc + n * C + c, A(0.5) * (sigmoid(zm) + sigmoid(zs)));
   }
 }
 
@@ -176,22 +176,22 @@ __global__ void stats_backward_planar(const T* __restrict__ x, T* __restrict__ d
                                       const typename AccOf<T>::type* __restrict__ mean) {
   using A = typename AccOf<T>::type;
   const int64_t nc = blockIdx.x, n = nc / C, c = nc % C;
-  const A ca = a[nc], cb = b[nc], m = mean[nc];
+  const A ca = LK_LOAD(a + nc), cb = LK_LOAD(b + nc), m = LK_LOAD(mean + nc);
   const T* xb = x + n * xs.sn + c * xs.sc;
   T* db = dx + n * ds.sn + c * ds.sc;
   const int64_t p0 = int64_t(blockIdx.y) * split, p1 = min(P, p0 + split);
   if constexpr (VEC) {
     constexpr int V = Vec16<T>::kN;
     for (int64_t p = p0 + int64_t(threadIdx.x) * V; p < p1; p += int64_t(kThreads) * V) {
-      const Vec16<T> v = *reinterpret_cast<const Vec16<T>*>(xb + p);
+      const Vec16<T> v = LK_LOAD(reinterpret_cast<const Vec16<T>*>(xb + p));
       Vec16<T> o;
 #pragma unroll
       for (int i = 0; i < V; ++i) o.v[i] = from_acc<T>(ca + cb * (to_acc(v.v[i]) - m));
-      *reinterpret_cast<Vec16<T>*>(db + p) = o;
+      LK_STORE(reinterpret_cast<Vec16<T>*>(db + p), o);
     }
   } else {
     for (int64_t p = p0 + threadIdx.x; p < p1; p += kThreads)
-      db[p * ds.sp] = from_acc<T>(ca + cb * (to_acc(xb[p * xs.sp]) - m));
+      LK_STORE(db + p * ds.sp, from_acc<T>(ca + cb * (to_acc(LK_LOAD(xb + p * xs.sp)) - m)));
   }
 }
 
@@ -204,11 +204,12 @@ __global__ void stats_backward_interleaved(const T* __restrict__ x, T* __restric
   using A = typename AccOf<T>::type;
   const int64_t n = blockIdx.x / ncb, c = (blockIdx.x % ncb) * kLanesC + threadIdx.x;
   if (c >= C) return;
-  const A ca = a[n * C + c], cb = b[n * C + c], m = mean[n * C + c];
+  const A ca = LK_LOAD(a + n * C + c), cb = LK_LOAD(b + n * C + c), m = LK_LOAD(mean + n * C + c);
   const T* xb = x + n * xs.sn + c * xs.sc;
   T* db = dx + n * ds.sn + c * ds.sc;
   const int64_t p0 = int64_t(blockIdx.y) * split, p1 = min(P, p0 + split);
-  for (int64_t p = p0 + threadIdx.y; p < p1; p += kRowsP) db[p * ds.sp] = from_acc<T>(ca + cb * (to_acc(xb[p * xs.sp]) - m));
+  for (int64_t p = p0 + threadIdx.y; p < p1; p += kRowsP)
+    LK_STORE(db + p * ds.sp, from_acc<T>(ca + cb * (to_acc(LK_LOAD(xb + p * xs.sp)) - m)));
 }
 
 cudaError_t channel_stats_backward(DType dtype, const View& x, const View& dx, const Shape& s, const void* a,

@@ -141,11 +141,11 @@ __global__ void merge_splits(const Stats<A>* __restrict__ part, int64_t S, A* __
                              A* __restrict__ stdv) {
   const int64_t row = blockIdx.x, NC = gridDim.x;
   Stats<A> r{A(0), A(0), A(0)};
-  for (int64_t s = threadIdx.x; s < S; s += kThreads) r = merge(r, part[row * S + s]);
+  for (int64_t s = threadIdx.x; s < S; s += kThreads) r = merge(r, LK_LOAD(part + row * S + s));
   r = block_merge(r);
   if (threadIdx.x == 0) {
-    mean[row] = reinterpret_cast<const A*>(part + NC * S)[row] + r.mean;
-    stdv[row] = sqrt(r.m2 / (r.n - A(1)));
+    LK_STORE(mean + row, LK_LOAD(reinterpret_cast<const A*>(part + NC * S) + row) + r.mean);
+    LK_STORE(stdv + row, sqrt(r.m2 / (r.n - A(1))));
   }
 }
 

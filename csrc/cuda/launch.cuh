@@ -1,6 +1,11 @@
-// Kernel launch and dynamic shared memory, written once for both compilers: nvcc (the GPU build: a plain
-// <<<grid, block, smem, stream>>> launch) and the host compiler of the CPU execution harness (csrc/cuda_emu),
-// which runs the same kernel with the launch checks of a GPU. Errors are read with cudaGetLastError() as usual.
+// Kernel launch, dynamic shared memory and global memory access, written once for both compilers: nvcc (the GPU
+// build: a plain <<<grid, block, smem, stream>>> launch, plain loads and stores) and the host compiler of the CPU
+// execution harness (csrc/cuda_emu), which runs the same kernel with the launch checks of a GPU and can record
+// every global access with its address (tools/gpu_efficiency: sectors per warp request). Errors are read with
+// cudaGetLastError() as usual.
+//
+// Every global load and store of a kernel goes through LK_LOAD(pointer) / LK_STORE(pointer, value); shared memory
+// and registers are accessed directly.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -10,6 +15,9 @@ namespace lk {
 namespace cuda {
 
 #if defined(__CUDACC__)
+
+#define LK_LOAD(p) (*(p))
+#define LK_STORE(p, v) (*(p) = (v))
 
 template <auto Kernel, class... Args>
 inline void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream, Args... args) {
@@ -23,6 +31,9 @@ template <class T> __device__ __forceinline__ T* dynamic_shared() {
 }
 
 #else
+
+#define LK_LOAD(p) ::lk_emu::traced_load((p), __FILE__, __LINE__)
+#define LK_STORE(p, v) ::lk_emu::traced_store((p), (v), __FILE__, __LINE__)
 
 template <auto Kernel, class... Args>
 inline void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t, Args... args) {

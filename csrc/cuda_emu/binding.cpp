@@ -29,9 +29,15 @@ namespace {
 
 size_t elem_bytes(DType d) { return d == DType::F64 ? 8 : d == DType::F32 ? 4 : 2; }
 
-// Exact-size copies of the numpy buffers of one call, shared by views of the same array.
+// Exact-size copies of the numpy buffers of one call, shared by views of the same array, 256-byte aligned as
+// cudaMalloc's are (sector counts depend on it; AddressSanitizer still sees the exact size).
 class Arena {
  public:
+  static unsigned char* device_alloc(size_t bytes) {
+    void* p = nullptr;
+    if (posix_memalign(&p, 256, bytes ? bytes : 1) != 0) throw std::bad_alloc();
+    return static_cast<unsigned char*>(p);
+  }
   ~Arena() {
     for (auto& b : bufs_) std::free(b.copy);
   }
@@ -40,13 +46,13 @@ class Arena {
     const void* key = a.data();
     for (auto& b : bufs_)
       if (b.key == key && b.bytes == size_t(a.nbytes())) return b.copy;
-    Buf b{a, key, size_t(a.nbytes()), static_cast<unsigned char*>(std::malloc(a.nbytes() ? a.nbytes() : 1))};
+    Buf b{a, key, size_t(a.nbytes()), device_alloc(size_t(a.nbytes()))};
     std::memcpy(b.copy, a.data(), b.bytes);
     bufs_.push_back(b);
     return b.copy;
   }
   unsigned char* scratch(size_t bytes) {
-    auto* p = static_cast<unsigned char*>(std::malloc(bytes ? bytes : 1));
+    unsigned char* p = device_alloc(bytes);
     std::memset(p, 0xff, bytes);
     bufs_.push_back(Buf{py::array(), nullptr, bytes, p});
     return p;
@@ -236,6 +242,41 @@ PYBIND11_MODULE(lk_cuda_emu, m) {
   m.def("launches", &launch_log, "The launches since the last call (kernel, grid, block, dynamic smem).");
   m.def("set_dry", &lk_emu::set_dry, "True: launches are checked and logged, not run.");
   m.def("set_seed", &lk_emu::set_seed, "0: threads and blocks in index order; else a shuffled order from the seed.");
+
+  m.def("set_tracing", &lk_emu::set_tracing,
+        "True: record every global access (LK_LOAD / LK_STORE) of the launches that follow; clears the trace.");
+  m.def("take_trace", [] {
+    const std::vector<lk_emu::Access> t = lk_emu::take_trace();
+    const py::ssize_t n = py::ssize_t(t.size());
+    py::array_t<uint32_t> launch(n), block(n), thread(n), site(n), seq(n), bytes(n), store(n);
+    py::array_t<uint64_t> address(n);
+    for (py::ssize_t i = 0; i < n; ++i) {
+      const lk_emu::Access& a = t[size_t(i)];
+      launch.mutable_data()[i] = a.launch;
+      block.mutable_data()[i] = a.block;
+      thread.mutable_data()[i] = a.thread;
+      site.mutable_data()[i] = a.site;
+      seq.mutable_data()[i] = a.seq;
+      bytes.mutable_data()[i] = a.bytes;
+      address.mutable_data()[i] = a.address;
+      store.mutable_data()[i] = a.store;
+    }
+    py::list sites;
+    for (const auto& st : lk_emu::trace_sites()) sites.append(py::make_tuple(st.file, st.line));
+    py::dict d;
+    d["launch"] = launch;
+    d["block"] = block;
+    d["thread"] = thread;
+    d["site"] = site;
+    d["seq"] = seq;
+    d["bytes"] = bytes;
+    d["address"] = address;
+    d["store"] = store;
+    d["kernels"] = lk_emu::trace_kernels();
+    d["sites"] = sites;
+    return d;
+  }, "The recorded accesses as arrays (launch, block, thread, site, seq, bytes, address, store), with the "
+     "launches' kernel names and the sites' (file, line); empties the trace.");
 
   m.def("sample", [](const std::string& name, py::array_t<float, py::array::c_style> in,
                      py::array_t<float, py::array::c_style> out, const std::vector<int64_t>& cfg) {

@@ -15,9 +15,11 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <random>
 #include <stdexcept>
+#include <unordered_map>
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -168,6 +170,14 @@ bool g_dry = false;
 uint64_t g_seed = 0;
 std::vector<LaunchRecord> g_log;
 std::string g_last_failure;
+
+// The access trace (tools/gpu_efficiency).
+std::vector<Access> g_trace;
+std::vector<std::string> g_trace_kernels;
+std::vector<Site> g_sites;
+std::map<std::pair<const char*, int>, uint32_t> g_site_ids;
+std::unordered_map<uint64_t, uint32_t> g_seq;  // (thread, site) -> next sequence number, for the running block
+uint64_t g_seq_block = ~uint64_t(0);
 
 Fiber& current() { return *g_sched.running; }
 
@@ -581,8 +591,30 @@ cudaError_t take_last_error() {
 }
 cudaError_t peek_last_error() { return g_last_error; }
 
+bool g_tracing = false;
+
+void record_access(const void* address, unsigned bytes, bool store, const char* file, int line) {
+  if (g_thread == nullptr || g_trace_kernels.empty()) return;  // outside a traced kernel
+  const uint64_t block = g_block_idx.x + uint64_t(g_grid_dim.x) * (g_block_idx.y + uint64_t(g_grid_dim.y) * g_block_idx.z);
+  const uint32_t launch = uint32_t(g_trace_kernels.size() - 1);
+  const uint64_t block_key = (uint64_t(launch) << 40) ^ block;
+  if (block_key != g_seq_block) {
+    g_seq.clear();
+    g_seq_block = block_key;
+  }
+  const uint3 t = g_thread->tid;
+  const uint32_t thread = t.x + g_block_dim.x * (t.y + g_block_dim.y * t.z);
+  auto [it, fresh] = g_site_ids.try_emplace({file, line}, uint32_t(g_sites.size()));
+  if (fresh) g_sites.push_back(Site{file, line});
+  const uint32_t site = it->second;
+  const uint32_t seq = g_seq[(uint64_t(thread) << 32) | site]++;
+  g_trace.push_back(Access{launch, uint32_t(block), thread, site, seq, bytes, reinterpret_cast<uint64_t>(address),
+                           store ? 1u : 0u});
+}
+
 cudaError_t launch(const char* kernel, dim3 grid, dim3 block, size_t smem, const std::function<void()>& body) {
   g_log.push_back(LaunchRecord{kernel, grid, block, smem});
+  if (g_tracing && !g_dry) g_trace_kernels.push_back(kernel);
   const std::string bad = check_config(grid, block, smem);
   if (!bad.empty()) {
     g_last_failure = std::string(kernel) + ": " + bad;
@@ -633,6 +665,22 @@ std::vector<LaunchRecord> take_log() {
   r.swap(g_log);
   return r;
 }
+void set_tracing(bool on) {
+  g_tracing = on;
+  if (on) {
+    g_trace.clear();
+    g_trace_kernels.clear();
+    g_seq.clear();
+    g_seq_block = ~uint64_t(0);
+  }
+}
+std::vector<Access> take_trace() {
+  std::vector<Access> r;
+  r.swap(g_trace);
+  return r;
+}
+std::vector<std::string> trace_kernels() { return g_trace_kernels; }
+std::vector<Site> trace_sites() { return g_sites; }
 std::string last_failure() { return g_last_failure; }
 void clear_failure() {
   g_last_failure.clear();

@@ -24,7 +24,7 @@ def load(path: str):
 def main(argv: list[str]) -> int:
     m = load(argv[0])
     if argv[1] == "cases":
-        from . import cases
+        from tools.cuda_emu import cases
 
         results = {}
         for case in cases.sanitizer_cases(argv[2]):

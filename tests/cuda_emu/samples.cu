@@ -92,6 +92,29 @@ __global__ void shuffle_after_exit(const float* in, float* out, int64_t) {
   out[threadIdx.x] = __shfl_down_sync(0xffffffffu, in[threadIdx.x], 1);
 }
 
+// The efficiency model's planted defects (tools/gpu_efficiency): grid-stride copies of n floats. coalesced_copy and
+// vector_copy are the correct twins; strided_copy reads in a transposed order (consecutive lanes 32 floats apart:
+// one sector per lane, 4 of 32 bytes used), scalar_copy moves 4 bytes per lane where 16 were possible.
+__global__ void coalesced_copy(const float* __restrict__ in, float* __restrict__ out, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    LK_STORE(out + i, LK_LOAD(in + i));
+}
+__global__ void strided_copy(const float* __restrict__ in, float* __restrict__ out, int64_t n) {
+  const int64_t rows = n / 32;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    LK_STORE(out + i, LK_LOAD(in + (i % 32) * rows + i / 32));
+}
+__global__ void vector_copy(const float* __restrict__ in, float* __restrict__ out, int64_t n) {
+  using V = lk::cuda::Vec16<float>;
+  for (int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V::kN; i < n;
+       i += int64_t(gridDim.x) * blockDim.x * V::kN)
+    LK_STORE(reinterpret_cast<V*>(out + i), LK_LOAD(reinterpret_cast<const V*>(in + i)));
+}
+__global__ void scalar_copy(const float* __restrict__ in, float* __restrict__ out, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    LK_STORE(out + i, LK_LOAD(in + i));
+}
+
 __global__ void nothing(const float*, float*, int64_t) {}
 
 }  // namespace samples
@@ -115,6 +138,14 @@ cudaError_t lk_run_sample(const std::string& name, float* in, float* out, int64_
     launch<shuffle_after_exit>(dim3(1), dim3(64), 0, nullptr, in, out, n);
   else if (name == "rows_merge_twice")
     launch<rows_merge_twice>(dim3(1), dim3(kLanesC, kRowsP), 0, nullptr, in, out, n);
+  else if (name == "coalesced_copy")
+    launch<coalesced_copy>(dim3(2), dim3(256), 0, nullptr, in, out, n);
+  else if (name == "strided_copy" && n % 32 == 0)
+    launch<strided_copy>(dim3(2), dim3(256), 0, nullptr, in, out, n);
+  else if (name == "vector_copy" && n % 4 == 0)
+    launch<vector_copy>(dim3(2), dim3(256), 0, nullptr, in, out, n);
+  else if (name == "scalar_copy")
+    launch<scalar_copy>(dim3(2), dim3(256), 0, nullptr, in, out, n);
   else if (name == "launch" && cfg.size() == 7)  // (grid x, y, z, block x, y, z, dynamic smem)
     launch<nothing>(dim3(unsigned(cfg[0]), unsigned(cfg[1]), unsigned(cfg[2])),
                     dim3(unsigned(cfg[3]), unsigned(cfg[4]), unsigned(cfg[5])), size_t(cfg[6]), nullptr, in, out, n);

@@ -63,6 +63,21 @@ uint64_t warp_exchange(unsigned mask, uint64_t bits, int src_lane);
 int lane_id();
 void* dynamic_shared();
 
+// ---- global memory accesses (LK_LOAD / LK_STORE of csrc/cuda/launch.cuh) ----------------------------------------
+// While tracing is on, every access is recorded with the running launch, block, thread, source line and its
+// per-thread sequence number at that line: lanes of one warp with the same line and sequence number issue one
+// warp-level request on a GPU.
+extern bool g_tracing;
+void record_access(const void* address, unsigned bytes, bool store, const char* file, int line);
+template <class T> inline T traced_load(const T* p, const char* file, int line) {
+  if (g_tracing) record_access(p, sizeof(T), false, file, line);
+  return *p;
+}
+template <class T, class V> inline void traced_store(T* p, const V& v, const char* file, int line) {
+  if (g_tracing) record_access(p, sizeof(T), true, file, line);
+  *p = v;
+}
+
 // ---- launch ----------------------------------------------------------------------------------------------------
 cudaError_t launch(const char* kernel, dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()>& body);
 cudaError_t take_last_error();
