@@ -214,14 +214,16 @@ def sass_functions(cubin: Path) -> dict[str, list[tuple[int, str]]]:
 
 
 def main_loop(instrs: list[tuple[int, str]]) -> MainLoop:
-    """The global accesses of the loop (a backward branch's range) that holds the most of them; the innermost
-    such range on a tie. Predicated accesses count (they issue when their predicate holds)."""
+    """The global accesses of the loop (a backward branch's range) that loads the most bytes per lane (then
+    stores): the streaming loop, not a remainder loop or the epilogue's loop over partial results; the innermost
+    such range on a tie. Predicated
+    accesses count (they issue when their predicate holds)."""
     loops = []
     for addr, text in instrs:
         m = _BRANCH.search(text)
         if m and m.group(1) and int(m.group(1), 16) <= addr:
             loops.append((int(m.group(1), 16), addr))
-    best: tuple[int, int, MainLoop] | None = None
+    best: tuple[tuple[int, int], int, MainLoop] | None = None
     for lo, hi in loops:
         ml = MainLoop()
         body = [text for addr, text in instrs if lo <= addr <= hi]
@@ -232,7 +234,7 @@ def main_loop(instrs: list[tuple[int, str]]) -> MainLoop:
             elif op.startswith("STG"):
                 ml.stores.append(access_width(op))
         ml.waits = count_waits(body)
-        n = len(ml.loads) + len(ml.stores)
+        n = (sum(ml.loads), sum(ml.stores))
         if best is None or n > best[0] or (n == best[0] and hi - lo < best[1]):
             best = (n, hi - lo, ml)
     return best[2] if best else MainLoop()

@@ -17,6 +17,16 @@ template <class A> __device__ __forceinline__ Coefs<A> coefs_at(const Coefficien
   return {coef<A>(c.a1, i), coef<A>(c.a2, i), coef<A>(c.b1, i), coef<A>(c.b2, i)};
 }
 
+// The coefficients of channels i .. i + V (i a multiple of V, aligned16 arrays), 16 bytes per load.
+template <class A, int V> __device__ __forceinline__ void coefs_of(const Coefficients& c, int64_t i, Coefs<A> (&k)[V]) {
+  A a1[V], a2[V], b1[V], b2[V];
+  load_channels(c.a1, i, a1);
+  load_channels(c.a2, i, a2);
+  load_channels(c.b1, i, b1);
+  load_channels(c.b2, i, b2);
+  for (int j = 0; j < V; ++j) k[j] = {a1[j], a2[j], b1[j], b2[j]};
+}
+
 struct FwdPtrs {
   View x1, x2, p, q;
 };
@@ -53,8 +63,8 @@ __global__ void butterfly_planar(FwdPtrs t, int64_t C, int64_t P, int64_t split,
           sq += d * d;
         }
       }
-      LK_STORE(reinterpret_cast<Vec16<T>*>(p + i), op);
-      LK_STORE(reinterpret_cast<Vec16<T>*>(q + i), oq);
+      LK_STORE(reinterpret_cast<uint4*>(p + i), as_uint4(op));
+      LK_STORE(reinterpret_cast<uint4*>(q + i), as_uint4(oq));
       cnt += A(V);
     }
   } else {
@@ -119,6 +129,66 @@ __global__ void butterfly_interleaved(FwdPtrs t, int64_t C, int64_t P, int64_t s
   }
 }
 
+// The same on a vectorised interleaved block (common.cuh): V channels of a pixel per 16-byte load and store.
+template <class T, bool QSTATS>
+__global__ void butterfly_interleaved_vec(FwdPtrs t, int64_t C, int64_t P, int64_t split, int64_t ncb, Coefficients cp,
+                                          Stats<typename AccOf<T>::type>* __restrict__ part) {
+  using A = typename AccOf<T>::type;
+  constexpr int V = Vec16<T>::kN;
+  const int64_t n = blockIdx.x / ncb, c0 = ((blockIdx.x % ncb) * blockDim.x + threadIdx.x) * V, s = blockIdx.y;
+  const int64_t S = gridDim.y;
+  const bool valid = c0 < C;
+  const int64_t cc = valid ? c0 : 0;
+  Coefs<A> k[V];
+  coefs_of(cp, n * C + cc, k);
+  const T* x1 = static_cast<const T*>(t.x1.data) + n * t.x1.sn + cc;
+  const T* x2 = static_cast<const T*>(t.x2.data) + n * t.x2.sn + cc;
+  T* p = static_cast<T*>(t.p.data) + n * t.p.sn + cc;
+  T* q = static_cast<T*>(t.q.data) + n * t.q.sn + cc;
+  A shift[V], sum[V], sq[V];
+  for (int j = 0; j < V; ++j) shift[j] = sum[j] = sq[j] = A(0);
+  if constexpr (QSTATS) {
+    const Vec16<T> f1 = LK_LOAD(reinterpret_cast<const Vec16<T>*>(x1));
+    const Vec16<T> f2 = LK_LOAD(reinterpret_cast<const Vec16<T>*>(x2));
+    for (int j = 0; j < V; ++j)
+      shift[j] = to_acc(from_acc<T>(k[j].b1 * to_acc(f1.v[j]) + k[j].b2 * to_acc(f2.v[j])));
+  }
+  const int64_t p0 = s * split, p1 = min(P, p0 + split);
+  A cnt = 0;
+  if (valid)
+    for (int64_t i = p0 + threadIdx.y; i < p1; i += blockDim.y) {
+      const Vec16<T> v1 = LK_LOAD(reinterpret_cast<const Vec16<T>*>(x1 + i * t.x1.sp));
+      const Vec16<T> v2 = LK_LOAD(reinterpret_cast<const Vec16<T>*>(x2 + i * t.x2.sp));
+      Vec16<T> op, oq;
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const A a = to_acc(v1.v[j]), b = to_acc(v2.v[j]);
+        op.v[j] = from_acc<T>(k[j].a1 * a + k[j].a2 * b);
+        oq.v[j] = from_acc<T>(k[j].b1 * a + k[j].b2 * b);
+        if constexpr (QSTATS) {
+          const A d = to_acc(oq.v[j]) - shift[j];
+          sum[j] += d;
+          sq[j] += d * d;
+        }
+      }
+      LK_STORE(reinterpret_cast<uint4*>(p + i * t.p.sp), as_uint4(op));
+      LK_STORE(reinterpret_cast<uint4*>(q + i * t.q.sp), as_uint4(oq));
+      cnt += A(1);
+    }
+  if constexpr (QSTATS) {
+    Stats<A> st[V];
+    for (int j = 0; j < V; ++j) st[j] = from_sums(cnt, sum[j], sq[j]);
+    rows_merge_vec(st);
+    if (threadIdx.y == 0 && valid) {
+      const int64_t NC = int64_t(gridDim.x / ncb) * C;
+      for (int j = 0; j < V; ++j) {
+        LK_STORE(part + (n * C + c0 + j) * S + s, st[j]);  // mean relative to the shift
+        if (s == 0) LK_STORE(reinterpret_cast<A*>(part + NC * S) + n * C + c0 + j, shift[j]);
+      }
+    }
+  }
+}
+
 cudaError_t butterfly(DType dtype, const View& x1, const View& x2, const View& p, const View& q,
                       const Shape& s, const Coefficients& c, void* mean_q, void* std_q, void* workspace,
                       cudaStream_t stream) {
@@ -128,7 +198,12 @@ cudaError_t butterfly(DType dtype, const View& x1, const View& x2, const View& p
     using A = typename AccOf<T>::type;
     auto* part = static_cast<Stats<A>*>(workspace);
     const dim3 g = grid_of(s), b = block_of(s);
-    if (s.interleaved) {
+    if (interleaved_vectorizable(s, sizeof(T), {&x1, &x2, &p, &q}) && aligned16({c.a1, c.a2, c.b1, c.b2})) {
+      const dim3 vg = vec_grid_of(s, sizeof(T)), vb = vec_block_of(s, sizeof(T));
+      const int64_t ncb = vec_channel_blocks(s, sizeof(T));
+      if (qs) launch<butterfly_interleaved_vec<T, true>>(vg, vb, 0, stream, t, s.C, s.P, split_len(s), ncb, c, part);
+      else launch<butterfly_interleaved_vec<T, false>>(vg, vb, 0, stream, t, s.C, s.P, split_len(s), ncb, c, part);
+    } else if (s.interleaved) {
       if (qs)
         launch<butterfly_interleaved<T, true>>(g, b, 0, stream, t, s.C, s.P, split_len(s), channel_blocks(s), c, part);
       else
@@ -209,8 +284,8 @@ __global__ void butterfly_backward_planar(BwdPtrs t, int64_t C, int64_t P, int64
       Vec16<T> o1, o2;
 #pragma unroll
       for (int j = 0; j < V; ++j) backward_element<T>(k, g, vp.v[j], vq.v[j], v1.v[j], v2.v[j], o1.v[j], o2.v[j], r);
-      LK_STORE(reinterpret_cast<Vec16<T>*>(dx1 + i), o1);
-      LK_STORE(reinterpret_cast<Vec16<T>*>(dx2 + i), o2);
+      LK_STORE(reinterpret_cast<uint4*>(dx1 + i), as_uint4(o1));
+      LK_STORE(reinterpret_cast<uint4*>(dx2 + i), as_uint4(o2));
     }
   } else {
     for (int64_t i = p0 + threadIdx.x; i < p1; i += kThreads) {
@@ -255,6 +330,52 @@ __global__ void butterfly_backward_interleaved(BwdPtrs t, int64_t C, int64_t P, 
   }
 }
 
+template <class T>
+__global__ void butterfly_backward_interleaved_vec(BwdPtrs t, int64_t C, int64_t P, int64_t split, int64_t ncb,
+                                                   Coefficients cp, const void* gm, const void* bs, const void* mq,
+                                                   typename AccOf<T>::type* __restrict__ part) {
+  using A = typename AccOf<T>::type;
+  constexpr int V = Vec16<T>::kN;
+  const int64_t n = blockIdx.x / ncb, c0 = ((blockIdx.x % ncb) * blockDim.x + threadIdx.x) * V, s = blockIdx.y;
+  const int64_t S = gridDim.y, NC = int64_t(gridDim.x / ncb) * C;
+  const bool valid = c0 < C;
+  const int64_t cc = valid ? c0 : 0;
+  Coefs<A> k[V];
+  coefs_of(cp, n * C + cc, k);
+  A gmv[V], bsv[V], mqv[V];
+  load_channels(gm, n * C + cc, gmv, A(0));
+  load_channels(gm ? bs : nullptr, n * C + cc, bsv, A(0));
+  load_channels(gm ? mq : nullptr, n * C + cc, mqv, A(0));
+  QGrad<A> g[V];
+  for (int j = 0; j < V; ++j) g[j] = {gmv[j], bsv[j], mqv[j]};
+  auto at = [&](const View& v, int64_t i) { return static_cast<T*>(v.data) + n * v.sn + cc + i * v.sp; };
+  A r[4][V];
+  for (int w = 0; w < 4; ++w)
+    for (int j = 0; j < V; ++j) r[w][j] = A(0);
+  const int64_t p0 = s * split, p1 = min(P, p0 + split);
+  if (valid)
+    for (int64_t i = p0 + threadIdx.y; i < p1; i += blockDim.y) {
+      const Vec16<T> vp = LK_LOAD(reinterpret_cast<const Vec16<T>*>(at(t.dp, i)));
+      const Vec16<T> vq = LK_LOAD(reinterpret_cast<const Vec16<T>*>(at(t.dq, i)));
+      const Vec16<T> v1 = LK_LOAD(reinterpret_cast<const Vec16<T>*>(at(t.x1, i)));
+      const Vec16<T> v2 = LK_LOAD(reinterpret_cast<const Vec16<T>*>(at(t.x2, i)));
+      Vec16<T> o1, o2;
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        A e[4] = {0, 0, 0, 0};
+        backward_element<T>(k[j], g[j], vp.v[j], vq.v[j], v1.v[j], v2.v[j], o1.v[j], o2.v[j], e);
+        for (int w = 0; w < 4; ++w) r[w][j] += e[w];
+      }
+      LK_STORE(reinterpret_cast<uint4*>(at(t.dx1, i)), as_uint4(o1));
+      LK_STORE(reinterpret_cast<uint4*>(at(t.dx2, i)), as_uint4(o2));
+    }
+  for (int w = 0; w < 4; ++w) {
+    rows_sum_vec(r[w]);
+    if (threadIdx.y == 0 && valid)
+      for (int j = 0; j < V; ++j) LK_STORE(part + (w * NC + n * C + c0 + j) * S + s, r[w][j]);
+  }
+}
+
 // The S split sums of every row, one block of kThreads per row: strided per thread in order, then block_sum's
 // fixed tree (deterministic, not serial in S).
 template <class A>
@@ -285,7 +406,12 @@ cudaError_t butterfly_backward(DType dtype, const View& dp, const View& dq, cons
     using A = typename AccOf<T>::type;
     auto* part = static_cast<A*>(workspace);
     const dim3 g = grid_of(s), b = block_of(s);
-    if (s.interleaved)
+    if (interleaved_vectorizable(s, sizeof(T), {&dp, &dq, &x1, &x2, &dx1, &dx2}) &&
+        aligned16({c.a1, c.a2, c.b1, c.b2, gm, bs, mq}))
+      launch<butterfly_backward_interleaved_vec<T>>(vec_grid_of(s, sizeof(T)), vec_block_of(s, sizeof(T)), 0, stream, t,
+                                                    s.C, s.P, split_len(s), vec_channel_blocks(s, sizeof(T)), c, gm,
+                                                    bs, mq, part);
+    else if (s.interleaved)
       launch<butterfly_backward_interleaved<T>>(g, b, 0, stream, t, s.C, s.P, split_len(s), channel_blocks(s), c, gm,
                                                 bs, mq, part);
     else if (vectorizable(s, sizeof(T), {&dp, &dq, &x1, &x2, &dx1, &dx2}))

@@ -68,6 +68,60 @@ __global__ void stats_partial_interleaved(const T* __restrict__ x, int64_t C, in
   }
 }
 
+// The same on a vectorised interleaved block (common.cuh): each thread reads V channels of a pixel per load.
+template <class T>
+__global__ void stats_partial_interleaved_vec(const T* __restrict__ x, int64_t C, int64_t P, int64_t split,
+                                              int64_t sn, int64_t sp, int64_t ncb,
+                                              Stats<typename AccOf<T>::type>* __restrict__ part) {
+  using A = typename AccOf<T>::type;
+  constexpr int V = Vec16<T>::kN;
+  const int64_t n = blockIdx.x / ncb, c0 = ((blockIdx.x % ncb) * blockDim.x + threadIdx.x) * V, s = blockIdx.y;
+  const int64_t S = gridDim.y;
+  const bool valid = c0 < C;
+  const T* base = x + n * sn + (valid ? c0 : 0);
+  const Vec16<T> first = LK_LOAD(reinterpret_cast<const Vec16<T>*>(base));
+  A shift[V], sum[V], sq[V];
+  for (int j = 0; j < V; ++j) {
+    shift[j] = to_acc(first.v[j]);
+    sum[j] = sq[j] = A(0);
+  }
+  const int64_t p0 = s * split, p1 = min(P, p0 + split);
+  A cnt = 0;
+  auto add = [&](const Vec16<T>& v) {
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const A d = to_acc(v.v[j]) - shift[j];
+      sum[j] += d;
+      sq[j] += d * d;
+    }
+    cnt += A(1);
+  };
+  if (valid) {
+    // Four pixels per step, their loads issued together (a plain loop keeps one load in flight in bfloat16, and
+    // `#pragma unroll` guards each load by its own bound check; tools/gpu_efficiency); the sums in pixel order.
+    const int64_t step = blockDim.y;
+    int64_t p = p0 + threadIdx.y;
+    for (; p + 3 * step < p1; p += 4 * step) {
+      uint4 v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) v[u] = LK_LOAD(reinterpret_cast<const uint4*>(base + (p + u * step) * sp));
+#pragma unroll
+      for (int u = 0; u < 4; ++u) add(vec16_of<T>(v[u]));
+    }
+    for (; p < p1; p += step) add(vec16_of<T>(LK_LOAD(reinterpret_cast<const uint4*>(base + p * sp))));
+  }
+  Stats<A> st[V];
+  for (int j = 0; j < V; ++j) st[j] = from_sums(cnt, sum[j], sq[j]);
+  rows_merge_vec(st);
+  if (threadIdx.y == 0 && valid) {
+    const int64_t NC = int64_t(gridDim.x / ncb) * C;
+    for (int j = 0; j < V; ++j) {
+      LK_STORE(part + (n * C + c0 + j) * S + s, st[j]);
+      if (s == 0) LK_STORE(reinterpret_cast<A*>(part + NC * S) + n * C + c0 + j, shift[j]);
+    }
+  }
+}
+
 template <class A> __device__ __forceinline__ A sigmoid(A z) { return A(1) / (A(1) + exp(-z)); }
 
 // The coefficient MLP, one block per sample n, on the merged statistics: hidden units (mean branch, then std
@@ -119,7 +173,10 @@ cudaError_t launch_stats(const View& x, const Shape& s, void* mean, void* stdv, 
   using A = typename AccOf<T>::type;
   const T* xp = static_cast<const T*>(x.data);
   auto* part = static_cast<Stats<A>*>(workspace);
-  if (s.interleaved)
+  if (interleaved_vectorizable(s, sizeof(T), {&x}))
+    launch<stats_partial_interleaved_vec<T>>(vec_grid_of(s, sizeof(T)), vec_block_of(s, sizeof(T)), 0, stream, xp, s.C,
+                                             s.P, split_len(s), x.sn, x.sp, vec_channel_blocks(s, sizeof(T)), part);
+  else if (s.interleaved)
     launch<stats_partial_interleaved<T>>(grid_of(s), block_of(s), 0, stream, xp, s.C, s.P, split_len(s), x.sn, x.sc,
                                          x.sp, channel_blocks(s), part);
   else if (vectorizable(s, sizeof(T), {&x}))
@@ -187,7 +244,7 @@ __global__ void stats_backward_planar(const T* __restrict__ x, T* __restrict__ d
       Vec16<T> o;
 #pragma unroll
       for (int i = 0; i < V; ++i) o.v[i] = from_acc<T>(ca + cb * (to_acc(v.v[i]) - m));
-      LK_STORE(reinterpret_cast<Vec16<T>*>(db + p), o);
+      LK_STORE(reinterpret_cast<uint4*>(db + p), as_uint4(o));
     }
   } else {
     for (int64_t p = p0 + threadIdx.x; p < p1; p += kThreads)
@@ -212,6 +269,32 @@ __global__ void stats_backward_interleaved(const T* __restrict__ x, T* __restric
     LK_STORE(db + p * ds.sp, from_acc<T>(ca + cb * (to_acc(LK_LOAD(xb + p * xs.sp)) - m)));
 }
 
+template <class T>
+__global__ void stats_backward_interleaved_vec(const T* __restrict__ x, T* __restrict__ dx, int64_t C, int64_t P,
+                                               int64_t split, int64_t ncb, View xs, View ds,
+                                               const typename AccOf<T>::type* __restrict__ a,
+                                               const typename AccOf<T>::type* __restrict__ b,
+                                               const typename AccOf<T>::type* __restrict__ mean) {
+  using A = typename AccOf<T>::type;
+  constexpr int V = Vec16<T>::kN;
+  const int64_t n = blockIdx.x / ncb, c0 = ((blockIdx.x % ncb) * blockDim.x + threadIdx.x) * V;
+  if (c0 >= C) return;
+  A ca[V], cb[V], m[V];
+  load_channels(a, n * C + c0, ca);
+  load_channels(b, n * C + c0, cb);
+  load_channels(mean, n * C + c0, m);
+  const T* xb = x + n * xs.sn + c0;
+  T* db = dx + n * ds.sn + c0;
+  const int64_t p0 = int64_t(blockIdx.y) * split, p1 = min(P, p0 + split);
+  for (int64_t p = p0 + threadIdx.y; p < p1; p += blockDim.y) {
+    const Vec16<T> v = LK_LOAD(reinterpret_cast<const Vec16<T>*>(xb + p * xs.sp));
+    Vec16<T> o;
+#pragma unroll
+    for (int j = 0; j < V; ++j) o.v[j] = from_acc<T>(ca[j] + cb[j] * (to_acc(v.v[j]) - m[j]));
+    LK_STORE(reinterpret_cast<uint4*>(db + p * ds.sp), as_uint4(o));
+  }
+}
+
 cudaError_t channel_stats_backward(DType dtype, const View& x, const View& dx, const Shape& s, const void* a,
                                    const void* b, const void* mean, cudaStream_t stream) {
   LK_CUDA_DISPATCH(dtype, {
@@ -221,7 +304,11 @@ cudaError_t channel_stats_backward(DType dtype, const View& x, const View& dx, c
     const A* ap = static_cast<const A*>(a);
     const A* bp = static_cast<const A*>(b);
     const A* mp = static_cast<const A*>(mean);
-    if (s.interleaved)
+    if (interleaved_vectorizable(s, sizeof(T), {&x, &dx}) && aligned16({a, b, mean}))
+      launch<stats_backward_interleaved_vec<T>>(vec_grid_of(s, sizeof(T)), vec_block_of(s, sizeof(T)), 0, stream, xp,
+                                                dp, s.C, s.P, split_len(s), vec_channel_blocks(s, sizeof(T)), x, dx,
+                                                ap, bp, mp);
+    else if (s.interleaved)
       launch<stats_backward_interleaved<T>>(grid_of(s), block_of(s), 0, stream, xp, dp, s.C, s.P, split_len(s),
                                             channel_blocks(s), x, dx, ap, bp, mp);
     else if (vectorizable(s, sizeof(T), {&x, &dx}))

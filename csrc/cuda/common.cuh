@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 
 #include "kernels.h"
@@ -41,6 +42,20 @@ template <class T> struct alignas(16) Vec16 {
   static constexpr int kN = 16 / sizeof(T);
   T v[kN];
 };
+
+// A Vec16 from the uint4 of one 16-byte load.
+template <class T> __device__ __forceinline__ Vec16<T> vec16_of(const uint4& u) {
+  Vec16<T> v;
+  memcpy(&v, &u, sizeof v);
+  return v;
+}
+
+// The 16 bytes of v as one uint4, for LK_STORE's one 16-byte store (see launch.cuh).
+template <class T> __device__ __forceinline__ uint4 as_uint4(const Vec16<T>& v) {
+  uint4 u;
+  memcpy(&u, &v, sizeof u);
+  return u;
+}
 
 template <class A> struct Stats {
   A n, mean, m2;
@@ -177,6 +192,104 @@ inline bool vectorizable(const Shape& s, int elem_bytes, std::initializer_list<c
     if (reinterpret_cast<uintptr_t>(t->data) % 16) return false;
   }
   return true;
+}
+
+// Vectorised interleaved blocks (channels_last, C a multiple of the 16-byte vector width V): a thread reads the V
+// consecutive channels of one pixel as one 16-byte vector. blockDim = (lanes, kThreads / lanes): `lanes` channel
+// groups of V by rows of pixels, so a warp reads 32 whole vectors, 512 contiguous bytes when C * elem >= 512
+// (the scalar interleaved block reads 32 elements of one pixel: 128 bytes in float32, 64 in bfloat16).
+inline int64_t vec_lanes(const Shape& s, int elem_bytes) {
+  const int64_t groups = s.C / (16 / elem_bytes);
+  int64_t lanes = 8;  // at least 8 (kThreads / 8 = 32 rows): fewer would leave most of a warp's lanes idle ...
+  while (lanes < groups && lanes < kLanesC) lanes *= 2;  // ... at most 32 (one warp across channels)
+  return lanes;
+}
+inline int64_t vec_channel_blocks(const Shape& s, int elem_bytes) {
+  const int64_t groups = s.C / (16 / elem_bytes), lanes = vec_lanes(s, elem_bytes);
+  return (groups + lanes - 1) / lanes;
+}
+inline dim3 vec_grid_of(const Shape& s, int elem_bytes) {
+  return dim3(static_cast<unsigned>(s.N * vec_channel_blocks(s, elem_bytes)), static_cast<unsigned>(num_splits(s)));
+}
+inline dim3 vec_block_of(const Shape& s, int elem_bytes) {
+  const int64_t lanes = vec_lanes(s, elem_bytes);
+  return dim3(static_cast<unsigned>(lanes), static_cast<unsigned>(kThreads / lanes));
+}
+
+// Whether every pixel of these interleaved operands can be read/written as 16-byte vectors of channels.
+inline bool interleaved_vectorizable(const Shape& s, int elem_bytes, std::initializer_list<const View*> ts) {
+  if (!s.interleaved) return false;
+  const int64_t n = 16 / elem_bytes;
+  if (s.C % n) return false;
+  for (const View* t : ts) {
+    if (t->sc != 1 || t->sp % n || t->sn % n) return false;
+    if (reinterpret_cast<uintptr_t>(t->data) % 16) return false;
+  }
+  return true;
+}
+
+// Whether every per-channel array (nullptr: absent) is 16-byte aligned: a vectorised interleaved thread reads its
+// V channels' values with load_channels.
+inline bool aligned16(std::initializer_list<const void*> ps) {
+  for (const void* p : ps)
+    if (reinterpret_cast<uintptr_t>(p) % 16) return false;
+  return true;
+}
+
+// out[j] = p[i + j] for j < V (absent p: `absent`), 16 bytes per load; i is a multiple of V and p 16-byte aligned.
+// (One scalar load per channel would make every warp request touch a sector per channel group.)
+template <class A, int V>
+__device__ __forceinline__ void load_channels(const void* p, int64_t i, A (&out)[V], A absent = A(1)) {
+  constexpr int K = 16 / sizeof(A);
+  static_assert(V % K == 0, "V channels of per-channel values must fill whole 16-byte vectors");
+  if (!p) {
+    for (int j = 0; j < V; ++j) out[j] = absent;
+    return;
+  }
+  for (int j = 0; j < V; j += K) {
+    const Vec16<A> v = LK_LOAD(reinterpret_cast<const Vec16<A>*>(static_cast<const A*>(p) + i + j));
+    for (int k = 0; k < K; ++k) out[j + k] = v.v[k];
+  }
+}
+
+// The merge across the pixel rows (threadIdx.y) of a vectorised interleaved block, per channel of each thread's
+// V, in row order; the result is valid in row 0. Shared memory: 3 x kThreads x V accumulators (12 KiB in
+// float32 and float64, 24 KiB in bfloat16 and float16).
+template <class A, int V> __device__ void rows_merge_vec(Stats<A> (&st)[V]) {
+  __shared__ A sh[3][kThreads * V];
+  const int lanes = blockDim.x, rows = blockDim.y, at = (threadIdx.y * lanes + threadIdx.x) * V;
+  for (int j = 0; j < V; ++j) {
+    sh[0][at + j] = st[j].n;
+    sh[1][at + j] = st[j].mean;
+    sh[2][at + j] = st[j].m2;
+  }
+  __syncthreads();
+  if (threadIdx.y == 0)
+    for (int j = 0; j < V; ++j) {
+      Stats<A> r{A(0), A(0), A(0)};
+      for (int y = 0; y < rows; ++y) {
+        const int i = (y * lanes + threadIdx.x) * V + j;
+        r = merge(r, Stats<A>{sh[0][i], sh[1][i], sh[2][i]});
+      }
+      st[j] = r;
+    }
+  __syncthreads();  // sh is free again
+}
+
+// The sum across the pixel rows of a vectorised interleaved block, per channel of each thread's V, in row order;
+// valid in row 0.
+template <class A, int V> __device__ void rows_sum_vec(A (&v)[V]) {
+  __shared__ A sh[kThreads * V];
+  const int lanes = blockDim.x, rows = blockDim.y;
+  for (int j = 0; j < V; ++j) sh[(threadIdx.y * lanes + threadIdx.x) * V + j] = v[j];
+  __syncthreads();
+  if (threadIdx.y == 0)
+    for (int j = 0; j < V; ++j) {
+      A r = A(0);
+      for (int y = 0; y < rows; ++y) r += sh[(y * lanes + threadIdx.x) * V + j];
+      v[j] = r;
+    }
+  __syncthreads();  // sh is free again
 }
 
 #define LK_CUDA_DISPATCH(dtype, ...)                        \

@@ -17,7 +17,15 @@ namespace cuda {
 #if defined(__CUDACC__)
 
 #define LK_LOAD(p) (*(p))
-#define LK_STORE(p, v) (*(p) = (v))
+#define LK_STORE(p, v) ::lk::cuda::global_store((p), (v))
+
+template <class T, class V> __device__ __forceinline__ void global_store(T* p, const V& v) { *p = v; }
+// One 16-byte store. A plain uint4 store of a vector assembled element by element leaves nvcc's PTX with four
+// 4-byte stores (butterfly_backward_planar, bf16 butterfly_planar: CUDA 13.0, sm_90; tools/gpu_efficiency saw it).
+__device__ __forceinline__ void global_store(uint4* p, const uint4& v) {
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+}
 
 template <auto Kernel, class... Args>
 inline void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream, Args... args) {

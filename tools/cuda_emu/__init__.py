@@ -14,6 +14,7 @@ ninja rebuilds a variant only when a source or the command changed, so a session
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -99,8 +100,10 @@ def build(variant: str = "plain") -> Path:
             lines.append(f"  cflags = {flags}")
         objs.append(obj)
     lines.append(f"build {MODULE}{suffix}: link {' '.join(objs)}")
-    (out / "build.ninja").write_text("\n".join(lines) + "\n")
-    r = subprocess.run([ninja, "-C", str(out)], capture_output=True, text=True)
+    with open(out / ".build.lock", "w") as lock:  # concurrent processes (pytest-xdist workers) build one at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        (out / "build.ninja").write_text("\n".join(lines) + "\n")
+        r = subprocess.run([ninja, "-C", str(out)], capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"building the {variant} harness failed:\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}")
     return out / f"{MODULE}{suffix}"
