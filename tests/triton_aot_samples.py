@@ -34,3 +34,23 @@ def scattered_copy_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
     for start in range(0, n, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         tl.store(out_ptr + offs, tl.load(x_ptr + (offs * 37) % n, mask=offs < n), mask=offs < n)
+
+
+# The planted defect of the model's reduction check: a block-wide tl.sum on every tile, against elementwise sums
+# reduced once after the loop.
+@triton.jit
+def sum_in_loop_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    acc = 0.0
+    for start in range(0, n, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        acc += tl.sum(tl.load(x_ptr + offs, mask=offs < n, other=0.0), axis=0)
+    tl.store(out_ptr, acc)
+
+
+@triton.jit
+def sum_after_loop_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, n, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        acc += tl.load(x_ptr + offs, mask=offs < n, other=0.0)
+    tl.store(out_ptr, tl.sum(acc, axis=0))

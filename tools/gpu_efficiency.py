@@ -73,6 +73,9 @@ BENCH_SHAPES = ((1, 64, 540, 960), (16, 64, 64, 64))
 TARGET_FRACTION = {(1, 64, 540, 960): 0.8, (16, 64, 64, 64): 0.6}
 TARGET_SECTOR_EFFICIENCY = 0.9
 TARGET_WIDTH = 16  # bytes per lane per main-loop access
+SMALL_SHAPE = (16, 64, 64, 64)
+TRITON_PROGRAMS_PER_SM = 4  # at SMALL_SHAPE
+TRITON_BACKWARD_REGISTERS = 128
 DTYPES = ("f32", "bf16")
 LAYOUTS = ("nchw", "nhwc")
 ELEM_BYTES = {"f32": 4, "f64": 8, "f16": 2, "bf16": 2}
@@ -311,6 +314,8 @@ class Record:
     predicted_fraction: float
     card: str
     misses: list[str] = field(default_factory=list)
+    reductions_in_loop: int = 0  # Triton: tt.reduce ops inside the loop (target 0: reduce once after it)
+    programs_per_sm: float = 0.0  # blocks (programs) over SMs
 
 
 def resident_blocks(card: Card, registers: int, threads: int, shared: int) -> int:
@@ -346,6 +351,13 @@ def misses(r: Record) -> list[str]:
     target = TARGET_FRACTION.get(tuple(r.shape))
     if target is not None and r.predicted_fraction < target:
         out.append(f"predicted {r.predicted_fraction:.0%} of copy bandwidth < {target:.0%}")
+    if r.backend == "triton":
+        if r.reductions_in_loop:
+            out.append(f"{r.reductions_in_loop} reductions inside the loop (target: once after it)")
+        if tuple(r.shape) == SMALL_SHAPE and r.programs_per_sm < TRITON_PROGRAMS_PER_SM:
+            out.append(f"{r.programs_per_sm:.1f} programs per SM < {TRITON_PROGRAMS_PER_SM}")
+        if "backward" in r.kernel and r.registers > TRITON_BACKWARD_REGISTERS:
+            out.append(f"{r.registers} registers > {TRITON_BACKWARD_REGISTERS}")
     return out
 
 
@@ -422,6 +434,7 @@ def cuda_records(card: Card, shapes=BENCH_SHAPES, dtypes=DTYPES, layouts=LAYOUTS
                                    loop.stores, regs, static_smem + smem, threads, blocks, 0, 0, 0, 0, 0, card.name)
                         for k, v in predict(card, t, loop, regs, static_smem + smem, threads, blocks).items():
                             setattr(r, k, v)
+                        r.programs_per_sm = round(blocks / card.sms, 2)
                         r.misses = misses(r)
                         records.append(r)
     return records
@@ -438,6 +451,21 @@ class Blocked:
     size_per_thread: tuple[int, ...]
     threads_per_warp: tuple[int, ...]
     order: tuple[int, ...]
+
+
+def ttgir_loop_reductions(ttgir: str) -> int:
+    """The tt.reduce ops inside a loop (scf.for) of a TTGIR module."""
+    n, depth, loops = 0, 0, []
+    for line in ttgir.splitlines():
+        code = line.split(" loc(")[0]
+        if loops and "tt.reduce" in code and "tt.reduce.return" not in code:
+            n += 1
+        if "scf.for" in code and code.rstrip().endswith("{"):
+            loops.append(depth)
+        depth += code.count("{") - code.count("}")
+        while loops and depth <= loops[-1]:
+            loops.pop()
+    return n
 
 
 def ttgir_tile_accesses(ttgir: str) -> list[tuple[bool, tuple[int, int], Blocked]]:
@@ -544,7 +572,9 @@ def triton_records(card: Card, shapes=BENCH_SHAPES, dtypes=DTYPES, layouts=LAYOU
                     if spec not in compiled:
                         src = ASTSource(fn, dict(spec.signature), constexprs=dict(spec.constexprs),
                                         attrs={(i,): [["tt.divisibility", 16]] for i in spec.divisible16})
-                        k = triton.compile(src, target=GPUTarget("cuda", 90, 32))
+                        warps = rec.num_warps.get(spec)
+                        k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                           options=None if warps is None else {"num_warps": warps})
                         with tempfile.TemporaryDirectory() as tmp:
                             cubin = Path(tmp) / "k.cubin"
                             cubin.write_bytes(k.asm["cubin"])
@@ -564,6 +594,8 @@ def triton_records(card: Card, shapes=BENCH_SHAPES, dtypes=DTYPES, layouts=LAYOU
                                regs, smem, threads, blocks, 0, 0, 0, 0, 0, card.name)
                     for kk, v in predict(card, t, loop, regs, smem, threads, blocks).items():
                         setattr(r, kk, v)
+                    r.reductions_in_loop = ttgir_loop_reductions(k.asm["ttgir"])
+                    r.programs_per_sm = round(blocks / card.sms, 2)
                     r.misses = misses(r)
                     records.append(r)
     return records

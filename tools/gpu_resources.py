@@ -132,6 +132,7 @@ class Recorder:
 
     def __init__(self):
         self.specs: dict[Specialization, object] = {}
+        self.num_warps: dict[Specialization, int | None] = {}  # a launch's num_warps (None: Triton's default, 4)
         self.grids: list[tuple[str, tuple]] = []
         self.arguments: list[dict] = []  # each launch's arguments by name, in launch order
 
@@ -150,6 +151,8 @@ class Recorder:
         import torch
 
         names = kernel.arg_names
+        kwargs = dict(kwargs)
+        num_warps = kwargs.pop("num_warps", None)
         values = dict(zip(names, args))
         values.update(kwargs)
         self.arguments.append(values)
@@ -182,6 +185,7 @@ class Recorder:
                 raise TypeError(f"{kernel.__name__}: cannot specialise argument {name} = {v!r}")
         spec = Specialization(kernel.__name__, tuple(sig), tuple(consts), tuple(div))
         self.specs.setdefault(spec, kernel)
+        self.num_warps[spec] = num_warps
         self.grids.append((kernel.__name__, grid))
 
 
@@ -276,7 +280,7 @@ def representative(rec: Recorder) -> dict[Specialization, object]:
 def triton_rows(arch: int, shapes=SHAPES, every: bool = False) -> list[Row]:
     rec = record_triton_launches(shapes)
     specs = rec.specs if every else representative(rec)
-    return [compile_triton(spec, fn, arch) for spec, fn in specs.items()]
+    return [compile_triton(spec, fn, arch, rec.num_warps.get(spec)) for spec, fn in specs.items()]
 
 
 # ---- the table -----------------------------------------------------------------------------------------------------

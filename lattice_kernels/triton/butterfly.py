@@ -10,14 +10,13 @@ from torch import Tensor
 
 from ..contract import empty_in_layout_of, stats_dtype
 from ._common import (
-    chan_merge,
     check_dtype,
     check_grid,
     operand,
     program_channels,
     reduce_partials,
+    split_stats,
     store_partials,
-    tile_stats,
     tiling,
 )
 from .channel_stats import finalize_stats, fold_stats_grads
@@ -56,9 +55,8 @@ def butterfly_kernel(x1_ptr, x2_ptr, p_ptr, q_ptr, a1_ptr, a2_ptr, b1_ptr, b2_pt
         shift = (b1 * tl.load(x1b, mask=cmask[:, None], other=0.0).to(tl.float32)
                  + b2 * tl.load(x2b, mask=cmask[:, None], other=0.0).to(tl.float32))
         shift = shift.to(q_ptr.dtype.element_ty).to(tl.float32)
-    cnt = tl.zeros([BLOCK_C], dtype=tl.float32)
-    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
-    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    acc_sq = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     p_end = tl.minimum(P, (s + 1) * SPLIT_P)
     for p0 in range(s * SPLIT_P, p_end, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
@@ -70,9 +68,11 @@ def butterfly_kernel(x1_ptr, x2_ptr, p_ptr, q_ptr, a1_ptr, a2_ptr, b1_ptr, b2_pt
         q = (b1 * v1 + b2 * v2).to(q_ptr.dtype.element_ty)
         tl.store(qb + p64 * qp, q, mask=mask)
         if Q_STATS:
-            tn, tm, tm2 = tile_stats(q.to(tl.float32) - shift, mask)
-            cnt, mean, m2 = chan_merge(cnt, mean, m2, tn, tm, tm2)
+            d = tl.where(mask, q.to(tl.float32) - shift, 0.0)
+            acc_sum += d
+            acc_sq += d * d
     if Q_STATS:
+        cnt, mean, m2 = split_stats(acc_sum, acc_sq, p_end - s * SPLIT_P)
         store_partials(part_ptr, row, s, S, NC, cmask, cnt, mean, m2, tl.sum(shift, axis=1))
 
 
@@ -93,10 +93,10 @@ def butterfly_backward_kernel(gp_ptr, gq_ptr, x1_ptr, x2_ptr, dx1_ptr, dx2_ptr, 
         bs = tl.load(bs_ptr + row, mask=cmask, other=0.0)[:, None]
         mq = tl.load(mq_ptr + row, mask=cmask, other=0.0)[:, None]
     n64, c64 = n.to(tl.int64), c[:, None].to(tl.int64)
-    r0 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    r1 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    r2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    r3 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    r0 = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)  # elementwise across the loop, reduced once after it
+    r1 = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    r2 = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    r3 = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     p_end = tl.minimum(P, (s + 1) * SPLIT_P)
     for p0 in range(s * SPLIT_P, p_end, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
@@ -111,14 +111,22 @@ def butterfly_backward_kernel(gp_ptr, gq_ptr, x1_ptr, x2_ptr, dx1_ptr, dx2_ptr, 
         d = n64 * dn + c64 * dc + p64 * dp
         tl.store(dx1_ptr + d, (a1 * g_p + b1 * g_q).to(dx1_ptr.dtype.element_ty), mask=mask)
         tl.store(dx2_ptr + d, (a2 * g_p + b2 * g_q).to(dx2_ptr.dtype.element_ty), mask=mask)
-        r0 += tl.sum(tl.where(mask, g_p * v1, 0.0), axis=1)
-        r1 += tl.sum(tl.where(mask, g_p * v2, 0.0), axis=1)
-        r2 += tl.sum(tl.where(mask, g_q * v1, 0.0), axis=1)
-        r3 += tl.sum(tl.where(mask, g_q * v2, 0.0), axis=1)
-    tl.store(sums_ptr + row * S + s, r0, mask=cmask)
-    tl.store(sums_ptr + (NC + row) * S + s, r1, mask=cmask)
-    tl.store(sums_ptr + (2 * NC + row) * S + s, r2, mask=cmask)
-    tl.store(sums_ptr + (3 * NC + row) * S + s, r3, mask=cmask)
+        g_q = tl.where(mask, g_q, 0.0)  # masked loads are 0, but g_q's Q_GRAD terms are not
+        r0 += g_p * v1
+        r1 += g_p * v2
+        r2 += g_q * v1
+        r3 += g_q * v2
+    tl.store(sums_ptr + row * S + s, tl.sum(r0, axis=1), mask=cmask)
+    tl.store(sums_ptr + (NC + row) * S + s, tl.sum(r1, axis=1), mask=cmask)
+    tl.store(sums_ptr + (2 * NC + row) * S + s, tl.sum(r2, axis=1), mask=cmask)
+    tl.store(sums_ptr + (3 * NC + row) * S + s, tl.sum(r3, axis=1), mask=cmask)
+
+
+# Warps per backward program. Its four tile loads and four elementwise sums took 184-211 registers per thread at 4
+# warps (sm_90); 8 warps halve each thread's share of a tile: 99-122 registers, except bfloat16 channels_last at 157,
+# where a thread's 16-byte vectors span 8 channels and holds 7 per-channel coefficients for each (56 registers).
+# Half tiles there give 95 registers but 8-byte accesses (tools/gpu_efficiency, 2026-12-07).
+BACKWARD_WARPS = 8
 
 
 def _f32(t: Tensor | None) -> Tensor | None:
@@ -191,7 +199,7 @@ def butterfly_backward(grad_p, grad_q, grad_mean_q, grad_std_q, x1, x2, coefs, m
         grad_p, grad_q, x1, x2, dx1, dx2, *[v if v is not None else sums for v in a], gm, bs, mq, sums,
         c, P, *gps, *gqs, *s1, *s2, *ds, ncb, t.splits, n * c, t.split_p,
         HAS_A1=a[0] is not None, HAS_A2=a[1] is not None, HAS_B1=a[2] is not None, HAS_B2=a[3] is not None,
-        Q_GRAD=q_grad, BLOCK_C=t.block_c, BLOCK_P=t.block_p)
+        Q_GRAD=q_grad, BLOCK_C=t.block_c, BLOCK_P=t.block_p, num_warps=BACKWARD_WARPS)
     # over the splits, in a fixed order (no atomics); torch's reshape keeps symbolic sizes (einops' pinned them)
     red = sums.unflatten(1, (n, c)).sum(-1)
     st = stats_dtype(x1.dtype)

@@ -9,15 +9,14 @@ from torch import Tensor
 
 from ..contract import empty_in_layout_of, stats_dtype
 from ._common import (
-    chan_merge,
     check_dtype,
     check_grid,
     merge_splits,
     operand,
     program_channels,
     reduce_partials,
+    split_stats,
     store_partials,
-    tile_stats,
     tiling,
 )
 
@@ -31,16 +30,16 @@ def stats_partial_kernel(x_ptr, part_ptr, C, P, sn, sc, sp, NCB, S, NC, SPLIT_P,
     s = tl.program_id(1)
     base = x_ptr + n.to(tl.int64) * sn + c[:, None].to(tl.int64) * sc
     shift = tl.load(base, mask=cmask[:, None], other=0.0).to(tl.float32)
-    cnt = tl.zeros([BLOCK_C], dtype=tl.float32)
-    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
-    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    acc_sq = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     p_end = tl.minimum(P, (s + 1) * SPLIT_P)
     for p0 in range(s * SPLIT_P, p_end, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         mask = cmask[:, None] & (p < p_end)[None, :]
-        v = tl.load(base + p[None, :].to(tl.int64) * sp, mask=mask, other=0.0).to(tl.float32) - shift
-        tn, tm, tm2 = tile_stats(v, mask)
-        cnt, mean, m2 = chan_merge(cnt, mean, m2, tn, tm, tm2)
+        v = tl.where(mask, tl.load(base + p[None, :].to(tl.int64) * sp, mask=mask).to(tl.float32) - shift, 0.0)
+        acc_sum += v
+        acc_sq += v * v
+    cnt, mean, m2 = split_stats(acc_sum, acc_sq, p_end - s * SPLIT_P)
     store_partials(part_ptr, n * C + c, s, S, NC, cmask, cnt, mean, m2, tl.sum(shift, axis=1))
 
 
