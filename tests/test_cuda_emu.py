@@ -169,11 +169,27 @@ def test_launcher_matches_reference(emu, sanitized_cases, case):
     check_case(case, C.run(emu, case))
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided", "strided_nhwc"])
+def test_a_row_with_an_infinity_has_nan_statistics(emu, layout):
+    """The op contract (ops/reference.py): a row holding a NaN or an infinity has NaN mean and std; the others are
+    exact. Found in the Triton kernels (tests/test_fuzz_findings.py): the clamp of a negative M2 to 0 turned the NaN
+    of inf - inf into 0. Every path here: 16-byte planar and channels_last (C = 16, H*W = 128) and scalar."""
+    n, c, p = 1, 16, 128
+    x = np.random.default_rng(3).standard_normal((n, c, p))
+    x[0, 0, 5], x[0, 1, 70], x[0, 2, 0], x[0, 3, 9] = np.inf, -np.inf, np.inf, np.nan
+    v = C.new_view((n, c, p), layout, "f32", x)
+    mean, std = np.full(n * c, 7.0, np.float32), np.full(n * c, 7.0, np.float32)
+    emu.channel_stats(C.DTYPE_CODE["f32"], (n, c, p, layout in C.INTERLEAVED), v.arg(), mean, std)
+    assert np.isnan(mean[:4]).all() and np.isnan(std[:4]).all(), (mean[:4], std[:4])
+    np.testing.assert_allclose(mean[4:], x[0, 4:].mean(axis=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std[4:], x[0, 4:].std(axis=1, ddof=1), rtol=1e-5)
+
+
 def test_bitwise_deterministic_under_shuffled_scheduling(emu):
     """The same bits whatever order the threads of a block and the blocks of a grid run in (a seeded shuffle of
     both): no result depends on scheduling, as on a GPU (fixed-order merges, no atomics)."""
     picked = [case for case in C.all_cases() if case.dtype in ("f32", "f16") and case.layout in ("nchw", "nhwc")
-              and case.shape in (C.SHAPES[0], C.SHAPES[5])]
+              and case.shape in (C.SHAPES[0], C.SHAPES[5], C.SHAPES[6])]
     try:
         base = {case.id: C.run(emu, case) for case in picked}
         for seed in (7, 123456789):

@@ -227,21 +227,17 @@ def test_every_streaming_kernel_has_a_record(fresh):
 
 
 def test_misses_are_the_known_ones(fresh):
+    if (fresh["triton"], fresh["nvcc"]) != ("3.9.0", "13.0"):
+        pytest.skip(f"the known misses are those of Triton 3.9.0 and CUDA 13.0 (this machine: {fresh['triton']}, "
+                    f"{fresh['nvcc']})")
     found = {_key(r): "; ".join(r["misses"]) for r in fresh["records"] if r["misses"]}
     known = {k: v for k, v in KNOWN_MISSES.items()}
     assert found.keys() == known.keys(), (
         f"new misses: {sorted(set(found) - set(known))}; fixed: {sorted(set(known) - set(found))}")
 
 
-def test_committed_record_and_readme_are_current(fresh):
+def test_readme_table_is_the_committed_record():
     committed = json.loads(RECORD.read_text())
-    now = {_key(r): r for r in fresh["records"]}
-    then = {_key(r): r for r in committed["records"]}
-    assert now.keys() == then.keys()
-    for k, r in now.items():
-        assert r["misses"] == then[k]["misses"], k
-        assert r["predicted_fraction"] == pytest.approx(then[k]["predicted_fraction"], abs=0.02), k
-        assert r["sector_efficiency"] == pytest.approx(then[k]["sector_efficiency"], abs=0.01), k
     readme = (ROOT / "README.md").read_text()
     begin = ge.README_BEGIN.format(RECORD.relative_to(ROOT).as_posix())
     assert begin in readme, "README.md has no predicted-efficiency block"
@@ -249,3 +245,19 @@ def test_committed_record_and_readme_are_current(fresh):
     assert block == ge.markdown(committed), "README.md's table is stale: python -m tools.gpu_efficiency --readme " \
                                             f"{RECORD.relative_to(ROOT)}"
     assert "Predicted, not measured" in block
+
+
+def test_committed_record_is_current(fresh):
+    committed = json.loads(RECORD.read_text())
+    tools_now = (fresh["triton"], fresh["nvcc"])
+    if tools_now != (committed["triton"], committed["nvcc"]):
+        pytest.skip(f"the record was made with Triton {committed['triton']} and CUDA {committed['nvcc']}; this "
+                    f"machine has {tools_now[0]} and {tools_now[1]} (registers and SASS differ between versions)")
+    now = {_key(r): r for r in fresh["records"]}
+    then = {_key(r): r for r in committed["records"]}
+    assert now.keys() == then.keys()
+    for k, r in now.items():
+        assert r["misses"] == then[k]["misses"], k
+        assert r["predicted_fraction"] == pytest.approx(then[k]["predicted_fraction"], abs=0.02), k
+        assert r["sector_efficiency"] == pytest.approx(then[k]["sector_efficiency"], abs=0.01), k
+        assert r["registers"] == then[k]["registers"], k

@@ -170,6 +170,12 @@ def _opcode_and_operands(text: str) -> tuple[str, list[str]]:
     return parts[0], [o.strip() for o in (parts[1] if len(parts) > 1 else "").split(",")]
 
 
+def _is_global(opcode: str, kind: str) -> bool:
+    """Whether an opcode is a global load (kind LDG) or store (STG): LDG.E..., not LDGSTS (global to shared) or
+    LDGDEPBAR."""
+    return opcode == kind or opcode.startswith(kind + ".")
+
+
 def count_waits(body: list[str]) -> int:
     """In one steady-state iteration of a loop body (run twice, the second counted), the instructions that read a
     register a global load of this or the previous iteration writes and that no instruction has waited for yet:
@@ -185,7 +191,7 @@ def count_waits(body: list[str]) -> int:
             if pending & reads:
                 waits += it
                 pending.clear()  # loads issued before a stall have arrived by its end
-            if op.startswith("LDG"):
+            if _is_global(op, "LDG"):
                 width = max(1, access_width(op) // 4)
                 first = min(_registers(operands[0]) or {0})
                 pending.update(range(first, first + width))
@@ -226,15 +232,18 @@ def main_loop(instrs: list[tuple[int, str]]) -> MainLoop:
         m = _BRANCH.search(text)
         if m and m.group(1) and int(m.group(1), 16) <= addr:
             loops.append((int(m.group(1), 16), addr))
+    # Innermost loops only: an enclosing loop holds the accesses of the loops inside it.
+    loops = [(lo, hi) for lo, hi in loops
+             if not any((lo2, hi2) != (lo, hi) and lo <= lo2 and hi2 <= hi for lo2, hi2 in loops)]
     best: tuple[tuple[int, int], int, MainLoop] | None = None
     for lo, hi in loops:
         ml = MainLoop()
         body = [text for addr, text in instrs if lo <= addr <= hi]
         for text in body:
             op, _ = _opcode_and_operands(text)
-            if op.startswith("LDG"):
+            if _is_global(op, "LDG"):
                 ml.loads.append(access_width(op))
-            elif op.startswith("STG"):
+            elif _is_global(op, "STG"):
                 ml.stores.append(access_width(op))
         ml.waits = count_waits(body)
         n = (sum(ml.loads), sum(ml.stores))
@@ -267,6 +276,15 @@ def nvcc_cubin(source: Path, out: Path, arch: int = 90) -> Path:
     subprocess.run([nvcc, "-cubin", "-O3", "-std=c++17", f"-arch=sm_{arch}", "-I", str(ROOT / "csrc" / "cuda"),
                     "-o", str(out), str(source)], check=True, capture_output=True, text=True)
     return out
+
+
+def nvcc_version() -> str | None:
+    """nvcc's CUDA release (e.g. "13.0"), None without nvcc."""
+    from lattice_kernels._build import nvcc_release
+    from tools.gpu_resources import _nvcc
+
+    nvcc = _nvcc()
+    return nvcc_release(nvcc) if nvcc and os.path.exists(nvcc) else None
 
 
 def demangle(names: Iterable[str]) -> dict[str, str]:
@@ -690,6 +708,7 @@ def run(args: argparse.Namespace) -> int:
 
         doc = {"generated": datetime.date.today().isoformat(), "model": "predicted, not measured",
                "card": asdict(card), "copy_fraction": COPY_FRACTION, "triton": triton.__version__,
+               "nvcc": nvcc_version(),
                "targets": {"sector_efficiency": TARGET_SECTOR_EFFICIENCY, "width_bytes": TARGET_WIDTH,
                            "fraction": {"x".join(map(str, k)): v for k, v in TARGET_FRACTION.items()}},
                "records": [asdict(r) for r in records]}

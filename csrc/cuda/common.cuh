@@ -16,10 +16,10 @@ namespace lk {
 namespace cuda {
 
 constexpr int kThreads = 256;     // planar blocks: 256 threads along P
-constexpr int kLanesC = 32;       // interleaved blocks: 32 channel lanes (a warp reads 32 consecutive channels) ...
-constexpr int kRowsP = 8;         // ... by 8 pixel rows
+constexpr int kLanesC = 32;       // scalar interleaved blocks: 32 channel lanes (a warp reads 32 consecutive channels)
+constexpr int kRowsP = 8;         // ... by 8 pixel rows (the vectorised ones: see vec_lanes)
 constexpr int64_t kSplitPlanar = 8192;      // pixels per split (planar): 32 per thread
-constexpr int64_t kSplitInterleaved = 256;  // pixels per split (interleaved): 32 per pixel row
+constexpr int64_t kSplitInterleaved = 256;  // pixels per split (interleaved, both paths): 32 per scalar pixel row
 
 template <class T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
@@ -37,7 +37,8 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(flo
   return __float2bfloat16_rn(v);
 }
 
-// A 16-byte vector of T (4 floats, 8 halves, 2 doubles) for aligned planar rows.
+// A 16-byte vector of T (4 floats, 8 halves, 2 doubles): consecutive pixels of an aligned planar row, or
+// consecutive channels of an aligned channels_last pixel.
 template <class T> struct alignas(16) Vec16 {
   static constexpr int kN = 16 / sizeof(T);
   T v[kN];
@@ -73,6 +74,9 @@ template <class A> __device__ __forceinline__ Stats<A> from_sums(A cnt, A sum, A
   if (cnt <= A(0)) return {A(0), A(0), A(0)};
   const A mean = sum / cnt;
   const A m2 = sq - sum * mean;
+  // A NaN or an infinity among the values makes m2 NaN (inf - inf): NaN statistics, as the op contract says
+  // (ops/reference.py); the clamp below would turn it into 0.
+  if (m2 != m2) return {cnt, m2, m2};
   return {cnt, mean, m2 > A(0) ? m2 : A(0)};
 }
 

@@ -4,7 +4,9 @@
 // A 4-D tensor (N, C, H, W) is seen as (N, C, P = H*W) with element strides (sn, sc, sp): planar (sp == 1) or
 // interleaved (sc == 1, channels_last). Statistics and coefficients are float (double for double inputs).
 // Absent coefficients (nullptr) are the constant 1. Every reduction is split over P into a number of parts fixed
-// by the shape, merged with Chan's formula in a fixed order: no float atomics, bitwise reproducible.
+// by the shape, merged with Chan's formula in a fixed order: no float atomics, bitwise reproducible. The bits
+// depend on the shape and on whether the operands allow 16-byte vectors (C or H*W a multiple of the vector width,
+// 16-byte aligned pointers): the vector paths sum in another order.
 #pragma once
 #include <cuda_runtime.h>
 

@@ -22,9 +22,10 @@ namespace cuda {
 template <class T, class V> __device__ __forceinline__ void global_store(T* p, const V& v) { *p = v; }
 // One 16-byte store. A plain uint4 store of a vector assembled element by element leaves nvcc's PTX with four
 // 4-byte stores (butterfly_backward_planar, bf16 butterfly_planar: CUDA 13.0, sm_90; tools/gpu_efficiency saw it).
+// No "memory" clobber: no kernel reads back what it stores through here (outputs never alias inputs, the
+// bindings refuse it), and the clobber kept the next iteration's loads behind the store.
 __device__ __forceinline__ void global_store(uint4* p, const uint4& v) {
-  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
-               : "memory");
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w));
 }
 
 template <auto Kernel, class... Args>

@@ -2,8 +2,9 @@
 
 Reductions are split over P = H*W into fixed ranges ("splits") whose number depends only on the shape and the
 layout, never on the device or a timing, and partial results are merged in split order: the same inputs give the
-same bits on every run. Values are shifted by the first element of their (n, c) row before they are summed, so the
-float32 partial means and M2 stay accurate when |mean| >> std; tiles are combined with Chan's formula."""
+same bits on every run. Within a split, values minus the split's first value are summed elementwise across its
+tiles and reduced once after the loop, so the float32 partial means and M2 stay accurate when |mean| >> std;
+splits are combined with Chan's formula, their means relative to the first value of their (n, c) row."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from torch import Tensor
 
 from ..contract import memory_format_of
 
-# Tiles per split: 2, so that (16, 64, 64, 64) gives 1024 programs, >= 4 per SM of an H100 (the efficiency model,
-# tools/gpu_efficiency; 8 gave 256).
-TILES_PER_SPLIT = 2
+# Tiles per split: 8, or 2 for images of at most SMALL_IMAGE_P pixels, where 8 leaves too few programs to keep
+# loads in flight ((16, 64, 64, 64): 256 programs for 132 SMs with 8, 1024 with 2; tools/gpu_efficiency). Large
+# images keep 8: fewer tiles per split mean more partial results to write and merge.
+TILES_PER_SPLIT = 8
+TILES_PER_SPLIT_SMALL = 2
+SMALL_IMAGE_P = 16384
 
 
 @triton.jit
@@ -32,16 +36,21 @@ def program_channels(C, NCB, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def split_stats(acc_sum, acc_sq, count):
-    """Per-row (count, mean, M2) of a split from [BLOCK_C, BLOCK_P] elementwise sums of its shifted values and of
-    their squares (masked entries added as 0), reduced once after the split's loop; count: its pixels (a scalar,
-    computed from the split's bounds). M2 = sum(d^2) - sum(d)^2 / count is accurate because the values are shifted
-    by their row's first element (|mean of d| is of the order of the spread)."""
+def split_stats(acc_sum, acc_sq, count, offset):
+    """Per-row (count, mean, M2) of a split from [BLOCK_C, BLOCK_P] elementwise sums of its values minus a pivot
+    (the split's first value) and of their squares (masked entries added as 0), reduced once after the split's
+    loop; count: its pixels (a scalar, from the split's bounds); offset: pivot - the row's shift, so that the mean
+    comes back relative to the shift as the merge expects. M2 = sum(d^2) - sum(d)^2 / count loses about
+    eps * ((pivot - mean) / std)^2 relative: the pivot is one of the split's own values."""
     total = tl.sum(acc_sum, axis=1)
     sq = tl.sum(acc_sq, axis=1)
     cnt = tl.full(total.shape, 0.0, tl.float32) + count.to(tl.float32)
     mean = total / tl.maximum(cnt, 1.0)
-    return cnt, mean, tl.maximum(sq - total * mean, 0.0)
+    m2 = sq - total * mean
+    # A NaN or an infinity in the row makes m2 NaN (inf - inf): the contract's NaN mean and std (tl.maximum would
+    # turn the NaN into 0).
+    bad = m2 != m2
+    return cnt, tl.where(bad, float("nan"), mean + offset), tl.where(m2 < 0.0, 0.0, m2)
 
 
 @triton.jit
@@ -132,13 +141,14 @@ class Tiling:
 
 def tiling(c: int, p: int | torch.SymInt, interleaved: bool) -> Tiling:
     """Planar rows are contiguous along P: a few channels by a long run of pixels; interleaved pixels are contiguous
-    along C: the channels of a run of pixels. 2048-element tiles, 8 tiles per split; the split grows (in whole
-    multiples of its base length, like split_len of the CUDA kernels) so that the splits fit grid axis 1.
+    along C: the channels of a run of pixels. 2048-element tiles, 8 tiles per split (2 up to SMALL_IMAGE_P
+    pixels); the split grows (in whole multiples of its base length, like split_len of the CUDA kernels) so that
+    the splits fit grid axis 1.
 
     Under torch.compile(dynamic=True) p = H*W may be symbolic: it is only compared with constants (a tile shrinks
     to the power of two that holds a small image; the split grows past 65535 base lengths), so a compiled graph
     holds for every size in the same range and recompiles only when a size crosses into another (at most
-    log2(2048/16) + 1 tile ranges), never once per size. The channel count is specialised (block sizes are
+    log2(2048/16) + 1 tile ranges, and SMALL_IMAGE_P), never once per size. The channel count is specialised (block sizes are
     compile-time constants, and a layer's C does not change)."""
     c = int(c)
     bc = min(triton.next_power_of_2(c), 64 if interleaved else 4)
@@ -149,10 +159,10 @@ def tiling(c: int, p: int | torch.SymInt, interleaved: bool) -> Tiling:
             bp = cand
             break
         cand *= 2
-    base = bp * TILES_PER_SPLIT
+    base = bp * (TILES_PER_SPLIT_SMALL if p <= SMALL_IMAGE_P else TILES_PER_SPLIT)
     if p <= base * MAX_GRID_YZ:
         split_p = base
-    else:  # frames of more than 65535 base lengths (> 8M pixels interleaved, > 268M planar)
+    else:  # frames of more than 65535 base lengths (> 16.7M pixels interleaved, > 268M planar)
         split_p = base * triton.cdiv(triton.cdiv(int(p), base), MAX_GRID_YZ)
     return Tiling(bc, bp, split_p, (p + split_p - 1) // split_p)
 

@@ -55,10 +55,16 @@ def butterfly_kernel(x1_ptr, x2_ptr, p_ptr, q_ptr, a1_ptr, a2_ptr, b1_ptr, b2_pt
         shift = (b1 * tl.load(x1b, mask=cmask[:, None], other=0.0).to(tl.float32)
                  + b2 * tl.load(x2b, mask=cmask[:, None], other=0.0).to(tl.float32))
         shift = shift.to(q_ptr.dtype.element_ty).to(tl.float32)
+    first = s * SPLIT_P
+    if Q_STATS:  # the split's pivot: q at its first pixel, as stored
+        f64 = first.to(tl.int64)
+        pivot = (b1 * tl.load(x1b + f64 * s1p, mask=cmask[:, None], other=0.0).to(tl.float32)
+                 + b2 * tl.load(x2b + f64 * s2p, mask=cmask[:, None], other=0.0).to(tl.float32))
+        pivot = pivot.to(q_ptr.dtype.element_ty).to(tl.float32)
     acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     acc_sq = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     p_end = tl.minimum(P, (s + 1) * SPLIT_P)
-    for p0 in range(s * SPLIT_P, p_end, BLOCK_P):
+    for p0 in range(first, p_end, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         mask = cmask[:, None] & (p < p_end)[None, :]
         p64 = p[None, :].to(tl.int64)
@@ -68,11 +74,11 @@ def butterfly_kernel(x1_ptr, x2_ptr, p_ptr, q_ptr, a1_ptr, a2_ptr, b1_ptr, b2_pt
         q = (b1 * v1 + b2 * v2).to(q_ptr.dtype.element_ty)
         tl.store(qb + p64 * qp, q, mask=mask)
         if Q_STATS:
-            d = tl.where(mask, q.to(tl.float32) - shift, 0.0)
+            d = tl.where(mask, q.to(tl.float32) - pivot, 0.0)
             acc_sum += d
             acc_sq += d * d
     if Q_STATS:
-        cnt, mean, m2 = split_stats(acc_sum, acc_sq, p_end - s * SPLIT_P)
+        cnt, mean, m2 = split_stats(acc_sum, acc_sq, p_end - first, tl.sum(pivot - shift, axis=1))
         store_partials(part_ptr, row, s, S, NC, cmask, cnt, mean, m2, tl.sum(shift, axis=1))
 
 

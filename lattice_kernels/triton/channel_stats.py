@@ -25,21 +25,24 @@ from ._common import (
 def stats_partial_kernel(x_ptr, part_ptr, C, P, sn, sc, sp, NCB, S, NC, SPLIT_P,
                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """part[4, N*C, S]: (count, mean, M2) of x - shift over the split's pixels, and the shift x[n, c, 0]. The
-    partial means stay shifted (small numbers) until the final merge."""
+    partial means stay shifted (small numbers) until the final merge; within the split the sums are of x minus
+    its first value there (split_stats)."""
     n, c, cmask = program_channels(C, NCB, BLOCK_C)
     s = tl.program_id(1)
     base = x_ptr + n.to(tl.int64) * sn + c[:, None].to(tl.int64) * sc
     shift = tl.load(base, mask=cmask[:, None], other=0.0).to(tl.float32)
+    first = s * SPLIT_P
+    pivot = tl.load(base + first.to(tl.int64) * sp, mask=cmask[:, None], other=0.0).to(tl.float32)
     acc_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     acc_sq = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     p_end = tl.minimum(P, (s + 1) * SPLIT_P)
-    for p0 in range(s * SPLIT_P, p_end, BLOCK_P):
+    for p0 in range(first, p_end, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         mask = cmask[:, None] & (p < p_end)[None, :]
-        v = tl.where(mask, tl.load(base + p[None, :].to(tl.int64) * sp, mask=mask).to(tl.float32) - shift, 0.0)
+        v = tl.where(mask, tl.load(base + p[None, :].to(tl.int64) * sp, mask=mask).to(tl.float32) - pivot, 0.0)
         acc_sum += v
         acc_sq += v * v
-    cnt, mean, m2 = split_stats(acc_sum, acc_sq, p_end - s * SPLIT_P)
+    cnt, mean, m2 = split_stats(acc_sum, acc_sq, p_end - first, tl.sum(pivot - shift, axis=1))
     store_partials(part_ptr, n * C + c, s, S, NC, cmask, cnt, mean, m2, tl.sum(shift, axis=1))
 
 

@@ -93,7 +93,7 @@ __global__ void shuffle_after_exit(const float* in, float* out, int64_t) {
 }
 
 // The efficiency model's planted defects (tools/gpu_efficiency): grid-stride copies of n floats. coalesced_copy and
-// vector_copy are the correct twins; strided_copy reads in a transposed order (consecutive lanes 32 floats apart:
+// vector_copy are the correct twins; strided_copy reads in a transposed order (consecutive lanes n / 32 floats apart:
 // one sector per lane, 4 of 32 bytes used), scalar_copy moves 4 bytes per lane where 16 were possible.
 __global__ void coalesced_copy(const float* __restrict__ in, float* __restrict__ out, int64_t n) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)

@@ -26,8 +26,10 @@ INTERLEAVED = {"nhwc", "strided_nhwc"}
 # (N, C, H*W): a generic odd shape; H*W = 1 (NaN std); H*W = 2; H*W = 128 (the 16-byte vector path of every
 # dtype); C = 33 (not a multiple of 32: one valid lane in the second channel block); H*W = 9216 (two planar splits
 # of 8192, 36 interleaved splits of 256); C = 16 and C = 80 (the vectorised interleaved path of every dtype: C a
-# multiple of 8; idle channel lanes; at C = 80 in float64, 40 vectors over two blocks of 32 lanes). N > 1 in four.
-SHAPES = ((2, 5, 91), (2, 3, 1), (3, 4, 2), (1, 3, 128), (1, 33, 55), (1, 2, 9216), (2, 16, 37), (1, 80, 23))
+# multiple of 8; idle channel lanes; at C = 80 in float64, 40 vectors over two blocks of 32 lanes); C = 64 with
+# H*W = 300 (the vectorised path's 4-pixel steps, its remainder and two splits). N > 1 in four.
+SHAPES = ((2, 5, 91), (2, 3, 1), (3, 4, 2), (1, 3, 128), (1, 33, 55), (1, 2, 9216), (2, 16, 37), (1, 80, 23),
+          (1, 64, 300))
 
 # launcher -> modes. butterfly: q_stats (plain outputs), no_stats, stacked (p, q the two halves of one 2C
 # tensor: out= / butterfly_stacked), partial (alpha1 and beta2 absent = 1). backward: q_grad (gradients of q's
@@ -85,7 +87,7 @@ def sanitizer_cases(variant: str) -> list[Case]:
                     out.append(Case(launcher, mode, dt, SHAPES[(i + len(mode)) % 5], layout))
                 out.append(Case(launcher, mode, dt, SHAPES[3], "nchw"))  # the vector path
     out += [Case(lch, MODES[lch][0], "f32", SHAPES[5], lay) for lch in MODES for lay in ("nchw", "nhwc")]
-    out += [Case(lch, mode, dt, SHAPES[6 + i % 2], "nhwc") for lch, modes in MODES.items()
+    out += [Case(lch, mode, dt, SHAPES[6 + i % 3], "nhwc") for lch, modes in MODES.items()
             for i, mode in enumerate(modes) for dt in dtypes]  # the vectorised interleaved path
     return out
 
