@@ -148,8 +148,8 @@ def tiling(c: int, p: int | torch.SymInt, interleaved: bool) -> Tiling:
     Under torch.compile(dynamic=True) p = H*W may be symbolic: it is only compared with constants (a tile shrinks
     to the power of two that holds a small image; the split grows past 65535 base lengths), so a compiled graph
     holds for every size in the same range and recompiles only when a size crosses into another (at most
-    log2(2048/16) + 1 tile ranges, and SMALL_IMAGE_P), never once per size. The channel count is specialised (block sizes are
-    compile-time constants, and a layer's C does not change)."""
+    log2(2048/16) + 1 tile ranges, and SMALL_IMAGE_P), never once per size. The channel count is specialised
+    (block sizes are compile-time constants, and a layer's C does not change)."""
     c = int(c)
     bc = min(triton.next_power_of_2(c), 64 if interleaved else 4)
     bp = max(16, 2048 // bc)
