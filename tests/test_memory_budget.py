@@ -54,7 +54,7 @@ print(json.dumps({"peak": peak, "full_peak": full_peak, "passes": passes[-1],
 def test_run_under_a_memory_budget(tmp_path):
     lr = tmp_path / "lr.npy"
     np.save(lr, crop(photo("astronaut"), 192, 192, 60, 140))
-    budget = 80 * MiB
+    budget = 64 * MiB
     r = subprocess.run([sys.executable, "-c", CHILD, str(lr), str(budget)], capture_output=True, text=True,
                        timeout=300, env={"OMP_NUM_THREADS": "2", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr

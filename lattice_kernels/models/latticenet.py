@@ -77,13 +77,21 @@ class LatticeNet(nn.Module):
         out_format = memory_format_of(x)
         x = self.sub_mean(x.contiguous(memory_format=torch.channels_last))
         x = self.conv2(self.conv1(x))
-        res1 = self.body_unit1(x)
-        res2 = self.body_unit2(res1)
-        res3 = self.body_unit3(res2)
-        res4 = self.body_unit4(res3)
-        t = torch.cat((self.T_tdm1(res4), self.L_tdm1(res3)), 1)
-        t = torch.cat((self.T_tdm2(t), self.L_tdm2(res2)), 1)
-        t = torch.cat((self.T_tdm3(t), self.L_tdm3(res1)), 1)
+        # The backward fusion's L branches run as soon as their block's output exists, which is then dropped: the
+        # forward keeps 32-channel halves instead of whole 64-channel outputs (the same ops, the same results).
+        res = self.body_unit1(x)
+        l3 = self.L_tdm3(res)
+        res = self.body_unit2(res)
+        l2 = self.L_tdm2(res)
+        res = self.body_unit3(res)
+        l1 = self.L_tdm1(res)
+        res = self.body_unit4(res)
+        t = torch.cat((self.T_tdm1(res), l1), 1)
+        del res, l1
+        t = torch.cat((self.T_tdm2(t), l2), 1)
+        del l2
+        t = torch.cat((self.T_tdm3(t), l3), 1)
+        del l3
         return self.add_mean(self.tail(t + x)).contiguous(memory_format=out_format)
 
     @classmethod

@@ -121,10 +121,12 @@ class LatticeBlock(nn.Module):
         coefs1 = self._coefficients(1, (x, f), needed)
         fused_q_stats = "q1" in needed and self.statistics_hook is None
         p1, q1, *q1_stats = ops.butterfly(x, f, **coefs1, q_stats=fused_q_stats, backend=self.backend)
+        del x, f  # f's buffer is free for conv_block1 (one LR-sized buffer less at the forward's peak)
         # tiled inference's whole-image statistics of q1 are gathered before g exists (needed_statistics' order)
         s_q1 = tuple(q1_stats) if fused_q_stats else (
             self._stats(q1, "q1", needed) if self.statistics_hook is not None else None)
         g = self.conv_block1(p1)
+        del p1
         g, q1 = _common_dtype(g, q1)
         coefs2 = self._coefficients(2, (g, q1), needed, given=(None, s_q1))
         return fold_compress(g, q1, coefs2, self.compress.weight, self.compress.bias)
