@@ -39,16 +39,24 @@ constexpr double kG[6][3] = {{1.0, 0.0, 0.0},
 
 template <class A> void winograd_weights_into(const double* w, int64_t Cout, int64_t Cin, A* u) {
   const auto& G = kG;
+  // t[(ci * Cout + co) * 18 + 3i + b] = (G w[co][ci])[i][b], then u in its own order: writing u while walking w
+  // stores 36 values Cin * Cout apart, which for 64 channels (16 KiB apart) all fall in one L1 set; that took
+  // 0.57 ms per 64 -> 48 conv against 0.09 ms for 60 -> 48 (2-core EPYC, 2026-12-07).
+  std::vector<double> t(static_cast<size_t>(Cin * Cout * 18));
   for (int64_t co = 0; co < Cout; ++co)
     for (int64_t ci = 0; ci < Cin; ++ci) {
       const double* k = w + (co * Cin + ci) * 9;
-      double t[6][3];  // G w
+      double* tk = t.data() + (ci * Cout + co) * 18;
       for (int i = 0; i < 6; ++i)
-        for (int b = 0; b < 3; ++b) t[i][b] = G[i][0] * k[b] + G[i][1] * k[3 + b] + G[i][2] * k[6 + b];
-      for (int i = 0; i < 6; ++i)
-        for (int j = 0; j < 6; ++j)
-          u[((6 * i + j) * Cin + ci) * Cout + co] =
-              static_cast<A>(t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2]);
+        for (int b = 0; b < 3; ++b) tk[3 * i + b] = G[i][0] * k[b] + G[i][1] * k[3 + b] + G[i][2] * k[6 + b];
+    }
+  for (int i = 0; i < 6; ++i)
+    for (int j = 0; j < 6; ++j) {
+      A* uk = u + (6 * i + j) * Cin * Cout;
+      for (int64_t e = 0; e < Cin * Cout; ++e) {
+        const double* ti = t.data() + e * 18 + 3 * i;
+        uk[e] = static_cast<A>(ti[0] * G[j][0] + ti[1] * G[j][1] + ti[2] * G[j][2]);
+      }
     }
 }
 
