@@ -13,6 +13,7 @@ namespace lk {
 const char* cpu_isa_name();
 namespace cpu {
 std::vector<std::string> supported_isas();
+bool has_bf16_arithmetic();
 std::string choose_isa(const std::string& want, const std::vector<std::pair<std::string, bool>>& choices);
 }
 }
@@ -75,6 +76,8 @@ TORCH_LIBRARY(lattice_kernels, m) {
 namespace {
 
 PyObject* cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(lk::cpu_isa_name()); }
+
+PyObject* cpu_bf16_arithmetic(PyObject*, PyObject*) { return PyBool_FromLong(lk::cpu::has_bf16_arithmetic()); }
 
 PyObject* cpu_isas(PyObject*, PyObject*) {
   const std::vector<std::string> names = lk::cpu::supported_isas();
@@ -154,6 +157,8 @@ PyObject* workspace_info(PyObject*, PyObject*) {
 
 PyMethodDef methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS, "Instruction set of the CPU kernels chosen at load time."},
+    {"cpu_bf16_arithmetic", cpu_bf16_arithmetic, METH_NOARGS,
+     "Whether this CPU has bf16 arithmetic (AVX512_BF16 or AMX-BF16)."},
     {"cpu_isas", cpu_isas, METH_NOARGS, "Instruction sets of this build that this CPU runs, most capable first."},
     {"choose_cpu_isa", choose_cpu_isa, METH_VARARGS,
      "choose_cpu_isa(want, [(name, runs), ...]): the instruction-set rule of the CPU kernels, on given sets."},

@@ -1,10 +1,18 @@
-"""Inference on whole images: tiled, in bounded memory, optionally in bf16/fp16 and channels_last; image files in
-(PNG/JPEG) and out (PNG, written atomically).
+"""Inference on whole images: tiled, in bounded memory, in float32, bf16 or fp16 and optionally channels_last; image
+files in (PNG/JPEG) and out (PNG, written atomically).
+
+The precision (run's `dtype`, the CLIs' --dtype) defaults to default_dtype(model, device): bfloat16 autocast for a
+model that declares it safe (`bf16_by_default`: LatticeNet, whose published checkpoints lose at most 0.002 dB of
+Y-PSNR in it on the photo table, tests/test_precision.py) on a CPU with bf16 arithmetic (AVX512_BF16 or AMX-BF16),
+where it is the fastest mode; float32 everywhere else: CPUs without bf16 arithmetic, where bf16 is several times
+slower (docs/benchmarks.md), machines where the library's CPU kernels are not built, other models, and GPUs, where
+it has not been measured.
 
 The Lattice Block's coefficients depend on per-image channel statistics, so tiles that used their own statistics
 would not reproduce the whole-image result. stats="global" (default) gathers the whole-image statistics tile by
 tile, in the order the network needs them (one pass per group of statistics, each stopping at that group), then
-runs the tiles with them: the output equals the untiled one up to float rounding, and memory stays that of one
+runs the tiles with them: the output equals the untiled one up to float rounding (in bf16: within bf16's own error,
+where a float32 sum in another order flips a bf16 rounding), and memory stays that of one
 tile plus the input and output images. It costs about 4-6x the compute of one pass. stats="tile" runs each tile
 once with its own statistics and blends the overlaps (fast, approximate).
 
@@ -35,6 +43,19 @@ from .cuda_graphs import graphed_call
 from .image_files import MAX_IMAGE_PIXELS, ImageError, open_image
 from .imresize import imresize
 from .nn import LatticeBlock
+
+
+def default_dtype(model: nn.Module, device: torch.device | str) -> torch.dtype:
+    """run's default precision for `model` on `device` (see the module docstring): torch.bfloat16 or
+    torch.float32."""
+    from . import _extension, backends
+
+    dev = torch.device(device)
+    if (dev.type == "cpu" and getattr(model, "bf16_by_default", False) and "cpu" in backends.available_backends()
+            and _extension.C.cpu_bf16_arithmetic()):
+        return torch.bfloat16
+    return torch.float32
+
 
 MIN_TILE = 16  # the smallest tile max_memory will choose, in input pixels
 MEMORY_MARGIN = 1.2  # headroom over the linear model; tests/test_memory_budget.py measures the peaks it gives
@@ -188,12 +209,13 @@ def _unview(t: Tensor, k: int, flip: bool) -> Tensor:
 
 
 def run(model: nn.Module, x: Tensor, *, scale: int, tile: int | None = None, overlap: int = 16,
-        stats: str = "global", dtype: torch.dtype = torch.float32, channels_last: bool = False,
+        stats: str = "global", dtype: torch.dtype | None = None, channels_last: bool = False,
         device: torch.device | str | None = None, progress: bool = False,
         on_tile: Callable[[int, int], None] | None = None, self_ensemble: bool = False,
         max_memory: int | None = None, cuda_graphs: bool = True) -> Tensor:
     """model(x) for x (1, C, H, W) float32 (on any device; the result is float32 on the CPU), optionally in tiles of
-    `tile` input pixels. dtype float16/bfloat16 runs the model under autocast. See the module docstring for
+    `tile` input pixels. dtype float16/bfloat16 runs the model under autocast; None: default_dtype(model, device)
+    (bfloat16 for LatticeNet on a CPU with bf16 arithmetic, else float32). See the module docstring for
     `stats`; `overlap` is the blended margin of stats="tile". progress: a tqdm bar of its own over the tile passes;
     on_tile(done, total) is called after each tile pass instead (for a caller's own bar).
     self_ensemble: the x8 geometric self-ensemble ("LatticeNet+"): the float mean over ENSEMBLE_VIEWS of
@@ -209,6 +231,9 @@ def run(model: nn.Module, x: Tensor, *, scale: int, tile: int | None = None, ove
         raise ValueError(f"x must be (1, C, H, W), got {tuple(x.shape)}")
     if stats not in ("global", "tile"):
         raise ValueError(f"stats must be 'global' or 'tile', got {stats!r}")
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    if dtype is None:
+        dtype = default_dtype(model, dev)
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
     if tile is not None and tile < 1:
@@ -227,7 +252,6 @@ def run(model: nn.Module, x: Tensor, *, scale: int, tile: int | None = None, ove
         return _run_self_ensemble(model, x, scale=scale, tile=tile, overlap=overlap, stats=stats, dtype=dtype,
                                   channels_last=channels_last, device=device, progress=progress, on_tile=on_tile,
                                   max_memory=max_memory, cuda_graphs=cuda_graphs)
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def on_device(t: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ import torch
 from PIL import Image, ImageCms, ImageOps
 
 import lattice_kernels as lk
+from lattice_kernels._extension import C
 
 from .conftest import weights_dir
 from .images import crop, photo
@@ -239,8 +240,9 @@ def test_denoise_help_example_runs(tmp_path):
 def test_upscale_every_mode(gallery, net2, tmp_path):
     """RGB, L, P (with and without transparency), RGBA, LA (alpha bicubic), 16-bit gray and RGB (written 16-bit),
     EXIF-rotated JPEG (upright output), ICC-tagged (profile carried over): each output equals the model's forward on
-    the decoded pixels, in the input's mode and depth."""
-    r = cli("lattice-upscale", "--scale", "2", gallery, "-o", tmp_path, "-q")
+    the decoded pixels, in the input's mode and depth (in float32, the forward's precision; the default precision's
+    own test is test_upscale_default_precision)."""
+    r = cli("lattice-upscale", "--scale", "2", gallery, "-o", tmp_path, "-q", "--dtype", "float32")
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in gallery.iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n.rsplit(".", 1)[0] + "_x2.png" for n in names)
@@ -261,11 +263,26 @@ def test_upscale_every_mode(gallery, net2, tmp_path):
 
 
 @needs_weights
+def test_upscale_default_precision(gallery, tmp_path):
+    """Without --dtype the command runs in inference.default_dtype (bfloat16 for LatticeNet on a CPU with bf16
+    arithmetic): the same file as the explicit --dtype, and not the other precision's."""
+    default = "bfloat16" if C.cpu_bf16_arithmetic() else "float32"
+    other = "float32" if default == "bfloat16" else "bfloat16"
+    files = {}
+    for label, extra in (("auto", ()), (default, ("--dtype", default)), (other, ("--dtype", other))):
+        r = cli("lattice-upscale", "-s", "2", gallery / "rgb.png", "-o", tmp_path / label, "-q", *extra)
+        assert r.returncode == 0, r.stderr
+        files[label] = (tmp_path / label / "rgb_x2.png").read_bytes()
+    assert files["auto"] == files[default]
+    assert files["auto"] != files[other]
+
+
+@needs_weights
 def test_upscale_alpha_by_model_and_jpeg_output(gallery, net2, tmp_path):
     """--alpha model: the alpha channel is the model's output on its gray replica. --format jpg --quality 90: JPEG
     files with the quantization tables of quality 90, the ICC profile, and 16-bit input rounded to 8 bits."""
     r = cli("lattice-upscale", "-s", "2", gallery / "rgba.png", gallery / "la.png", "--alpha", "model",
-            "-o", tmp_path / "a", "-q")
+            "-o", tmp_path / "a", "-q", "--dtype", "float32")
     assert r.returncode == 0, r.stderr
     for name in ("rgba", "la"):
         _, alpha = decoded(gallery / f"{name}.png")

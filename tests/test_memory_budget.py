@@ -43,8 +43,9 @@ def added(fn):
     out = fn()
     return out, inference.peak_resident_bytes() - base
 passes = []
-y, peak = added(lambda: inference.run(net, x, scale=4, max_memory=budget, on_tile=lambda d, n: passes.append(n)))
-full, full_peak = added(lambda: inference.run(net, x, scale=4))
+y, peak = added(lambda: inference.run(net, x, scale=4, max_memory=budget, dtype=torch.float32,
+                                     on_tile=lambda d, n: passes.append(n)))
+full, full_peak = added(lambda: inference.run(net, x, scale=4, dtype=torch.float32))
 print(json.dumps({"peak": peak, "full_peak": full_peak, "passes": passes[-1],
                   "err": (y - full).abs().max().item()}))
 """

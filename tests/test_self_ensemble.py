@@ -49,12 +49,12 @@ def _explicit_ensemble(net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def test_equals_the_mean_of_eight_explicit_calls(net, lr):
-    y = inference.run(net, lr, scale=2, self_ensemble=True)
+    y = inference.run(net, lr, scale=2, self_ensemble=True, dtype=torch.float32)
     assert y.shape == (1, 3, 36, 52) and y.dtype == torch.float32
     expected = _explicit_ensemble(net, lr)
     got = y[0].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
-    plain = inference.run(net, lr, scale=2)
+    plain = inference.run(net, lr, scale=2, dtype=torch.float32)
     assert (y - plain).abs().max() > 1e-3, "the ensemble should differ from the plain output"
 
 
@@ -70,9 +70,9 @@ def test_is_equivariant_under_its_transforms(net, lr, k, flip):
 
 
 def test_with_tiles_and_whole_image_statistics(net, lr):
-    whole = inference.run(net, lr, scale=2, self_ensemble=True)
+    whole = inference.run(net, lr, scale=2, self_ensemble=True, dtype=torch.float32)
     calls: list[tuple[int, int]] = []
-    tiled = inference.run(net, lr, scale=2, self_ensemble=True, tile=10, stats="global",
+    tiled = inference.run(net, lr, scale=2, self_ensemble=True, tile=10, stats="global", dtype=torch.float32,
                           on_tile=lambda d, n: calls.append((d, n)))
     torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5 * whole.abs().max().item())
     total = calls[-1][1]

@@ -39,6 +39,15 @@ std::vector<IsaChoice> isa_choices() {
 
 }  // namespace
 
+bool has_bf16_arithmetic() {
+#if defined(LK_HAVE_AVX2)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+#else
+  return false;
+#endif
+}
+
 std::vector<std::string> supported_isas() {
   std::vector<std::string> out;
   for (const IsaChoice& c : isa_choices())

@@ -24,6 +24,7 @@ import torch
 from .. import BACKENDS, LatticeNet, LatticeRestorer
 from ..evaluation import TASKS, DatasetScores, evaluate_folder, markdown, model_label
 from . import HelpFormatter, command
+from .images import dtype_option
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=512,
                    help="tile size in input pixels for big images (exact: whole-image statistics); 0: no tiling")
     p.add_argument("--stats", choices=["global", "tile"], default="global")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="auto: bfloat16 for LatticeNet on a CPU with bf16 arithmetic, else float32 "
+                        "(inference.default_dtype)")
     p.add_argument("--self-ensemble", action="store_true",
                    help="x8 geometric self-ensemble: the papers' '+' rows (LatticeNet+), 8x the time")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"image folder not found: {d}")
     cls = LatticeNet if args.task == "sr" else LatticeRestorer
     model = cls.from_checkpoint(args.checkpoint, map_location=args.device, backend=args.backend).eval()
-    kwargs = {"tile": args.tile or None, "stats": args.stats, "dtype": getattr(torch, args.dtype),
+    kwargs = {"tile": args.tile or None, "stats": args.stats, "dtype": dtype_option(args.dtype),
               "self_ensemble": args.self_ensemble}
     results: list[DatasetScores] = []
     for i, hr_dir in enumerate(args.hr_dir):

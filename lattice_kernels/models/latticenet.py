@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..contract import memory_format_of
+from ..contract import autocast_enabled, memory_format_of, no_autocast
 from ..nn import Conv3x3, LatticeBlock
 from .checkpoint import CheckpointError, check_state_dict, read_state_dict, save_safetensors
 from .pretrained import find_weights
@@ -37,6 +37,10 @@ class LatticeNet(nn.Module):
 
     sub_mean -> conv1 -> conv2 -> 4 LatticeBlocks -> backward fusion (T_tdm/L_tdm) -> + conv2's output -> tail
     (conv, conv to 3*s^2, PixelShuffle) -> add_mean. 756K / 765K / 777K parameters for x2 / x3 / x4."""
+
+    # inference.run's default precision is bfloat16 autocast on a CPU with bf16 arithmetic (inference.default_dtype):
+    # the published checkpoints stay within 0.002 dB of float32 in it (tests/test_precision.py).
+    bf16_by_default = True
 
     def __init__(self, scale: int = 4, n_feats: int = 64, n_blocks: int = 4, rgb_range: float = 255.0,
                  backend: str | None = None, **block_kwargs):
@@ -75,8 +79,15 @@ class LatticeNet(nn.Module):
         # 10 interleaved rounds in one process: 355 ms against 397 ms run in NCHW throughout). A 3-channel input is
         # cheap to convert; the output gets the input's memory format back.
         out_format = memory_format_of(x)
-        x = self.sub_mean(x.contiguous(memory_format=torch.channels_last))
-        x = self.conv2(self.conv1(x))
+        x = x.contiguous(memory_format=torch.channels_last)
+        # Under autocast the image-valued ends (the mean shifts and conv1, whose input is the image) stay in float32:
+        # bfloat16 steps by 0.5 to 1 on values of 64 to 255, and rounding the image there cost LatticeNet x2 0.012 dB
+        # of its 0.014 dB loss in bfloat16 (the photo table's mean Y-PSNR; 0.0018 dB with these in float32;
+        # docs/performance.md#bf16-on-cpu). They are 0.3% of the multiply-adds.
+        amp = autocast_enabled(x.device.type)
+        with no_autocast(x.device.type):
+            x = self.conv1(self.sub_mean(x.float() if amp else x))
+        x = self.conv2(x)
         # The backward fusion's L branches run as soon as their block's output exists, which is then dropped: the
         # forward keeps 32-channel halves instead of whole 64-channel outputs (the same ops, the same results).
         res = self.body_unit1(x)
@@ -92,7 +103,11 @@ class LatticeNet(nn.Module):
         del l2
         t = torch.cat((self.T_tdm3(t), l3), 1)
         del l3
-        return self.add_mean(self.tail(t + x)).contiguous(memory_format=out_format)
+        y = self.tail(t + x)
+        del t, x
+        with no_autocast(y.device.type):
+            y = self.add_mean(y.float() if amp else y)
+        return y.contiguous(memory_format=out_format)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu",
