@@ -145,7 +145,8 @@ def _library_call(model, tile: int | None, stats: str):
     "tile": each tile's own, one pass, blended overlaps, approximate)."""
     if tile is None:
         return model
-    return lambda t: inference.run(model, t, scale=4, tile=tile, stats=stats)
+    # float32 here; the bf16 runner wraps this call in autocast (run's float32 leaves the caller's autocast on)
+    return lambda t: inference.run(model, t, scale=4, tile=tile, stats=stats, dtype=torch.float32)
 
 
 def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
@@ -182,7 +183,8 @@ def run_one(device: str, case: dict, dtype: torch.dtype, tmp: Path) -> dict:
                 return library_call(t)
 
         calls["cpu-bf16-autocast"] = on_input(bf16)
-        precision["cpu-bf16-autocast"] = "bf16 autocast"
+        default = inference.default_dtype(models["cpu"], "cpu") == torch.bfloat16
+        precision["cpu-bf16-autocast"] = "bf16 autocast" + (" (the inference default on this CPU)" if default else "")
     if case.get("workspace_off") and device == "cpu" and "cpu" in lib:
         # the library with its CPU workspace turned off: every buffer from torch's allocator (ops/cpu_workspace.py)
         library_call = _library_call(models["cpu"], tile, stats)

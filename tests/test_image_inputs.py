@@ -337,15 +337,16 @@ def test_tiled_equals_untiled_at_awkward_sizes(restorer, awkward, tmp_path, caps
 
 @needs_weights
 def test_upscale_tiled_equals_untiled_at_awkward_sizes(awkward, tmp_path):
-    """The same with the published x2 weights through lattice-upscale."""
+    """The same with the published x2 weights through lattice-upscale, in float32 (the forward's precision)."""
     from lattice_kernels.cli import upscale
 
     net = lk.LatticeNet.from_checkpoint(Path(WEIGHTS) / "LatticeNet_x2.pt").eval()
-    r = cli("lattice-upscale", "-s", "2", awkward, "-o", tmp_path / "t8", "-q", "--tile", "8")
+    r = cli("lattice-upscale", "-s", "2", awkward, "-o", tmp_path / "t8", "-q", "--tile", "8", "--dtype", "float32")
     assert r.returncode == 0, r.stderr
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LATTICE_WEIGHTS_DIR", str(Path(WEIGHTS).resolve()))
-        assert upscale.main(["-s", "2", str(awkward), "-o", str(tmp_path / "tNone"), "-q"]) == 0
+        assert upscale.main(["-s", "2", str(awkward), "-o", str(tmp_path / "tNone"), "-q", "--dtype",
+                             "float32"]) == 0
     for name in AWKWARD:
         color, _ = decoded(awkward / f"{name}.png")
         untiled, _ = decoded(tmp_path / "tNone" / f"{name}_x2.png")
