@@ -50,10 +50,11 @@ def parse_args(argv=None):
     p.add_argument("--compile-max", choices=["auto", "yes", "no"], default="auto",
                    help="a second pass of the op groups against torch.compile(mode='max-autotune-no-cudagraphs') "
                         "after the default-mode one (auto: on GPUs)")
-    p.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
-                   help="tuned (default): glibc keeps freed large buffers for reuse instead of unmapping them, so "
-                        "no backend pays a page fault per 4 KiB of every fresh output (see TUNED_MALLOC); applied to "
-                        "every backend alike. default: glibc's defaults.")
+    p.add_argument("--malloc", choices=["default", "tuned"], default="default",
+                   help="default: glibc's defaults, what a user's process has (no headline may depend on a setting "
+                        "users must know). tuned: glibc keeps freed large buffers for reuse instead of unmapping "
+                        "them (see TUNED_MALLOC), applied to every backend alike, as the records before 2026-12-07 "
+                        "ran.")
     return p.parse_args(argv)
 
 

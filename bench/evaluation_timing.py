@@ -47,15 +47,16 @@ def time_image(net: torch.nn.Module, hr: np.ndarray, repeats: int) -> dict[str, 
     s = int(net.scale)
     hr = evaluation.crop_to_scale(hr, s)
     lr = evaluation.make_lr(hr, s)
-    sr = inference.super_resolve(net, lr)
+    sr = inference.super_resolve(net, lr, dtype=torch.float32)
     up = imresize(lr, size=hr.shape[:2])
     t = {
         "lr image": median_seconds(lambda: evaluation.make_lr(hr, s), repeats),
         "bicubic baseline": median_seconds(lambda: imresize(lr, size=hr.shape[:2]), repeats),
         "psnr+ssim (model, baseline)": median_seconds(
             lambda: (psnr_y(sr, hr, s), ssim_y(sr, hr, s), psnr_y(up, hr, s), ssim_y(up, hr, s)), repeats),
-        "network": median_seconds(lambda: inference.super_resolve(net, lr), repeats),
-        "network x8 self-ensemble": median_seconds(lambda: inference.super_resolve(net, lr, self_ensemble=True),
+        "network": median_seconds(lambda: inference.super_resolve(net, lr, dtype=torch.float32), repeats),
+        "network x8 self-ensemble": median_seconds(lambda: inference.super_resolve(net, lr, self_ensemble=True,
+                                                                             dtype=torch.float32),
                                                    max(1, repeats // 2)),
     }
     t["protocol"] = t["lr image"] + t["bicubic baseline"] + t["psnr+ssim (model, baseline)"]

@@ -24,7 +24,7 @@ with torch.no_grad():
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 import time
 t = time.perf_counter()
-y = inference.run(net, x, scale=4, tile=tile)
+y = inference.run(net, x, scale=4, tile=tile, dtype=torch.float32)
 dt = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"size": size, "tile": tile, "peak_MiB": (peak - base) / 1024, "seconds": dt,

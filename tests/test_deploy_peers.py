@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import lattice_kernels as lk
 from bench.deploy import _plain_and_library, peers_table, precision_name, run_one
+from lattice_kernels import inference
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = [ROOT / "bench" / "results" / f"deploy-peers-cpu-amd-epyc-{cpu}-default-malloc{what}.json"
@@ -42,7 +44,9 @@ def test_peer_defaults_are_run_and_labelled(tmp_path):
             "openvino-default"} <= \
         set(res["samples_ms"]), res["samples_ms"].keys()
     assert res["precision"]["openvino"] == "f32" and res["precision"]["openvino-default"] in ("f32", "bf16")
-    assert res["precision"]["cpu-bf16-autocast"] == "bf16 autocast"
+    default = inference.default_dtype(lk.LatticeNet(), "cpu") == torch.bfloat16
+    assert res["precision"]["cpu-bf16-autocast"] == "bf16 autocast" + (" (the inference default on this CPU)"
+                                                                        if default else "")
     # bf16 autocast: within 2x the error eager PyTorch makes under bf16 autocast on the same input
     models = _plain_and_library(["cpu"], "cpu", torch.float32)
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255

@@ -1,7 +1,7 @@
 """inference.run's default precision (inference.default_dtype) and the quality rule that allows it: LatticeNet with
 the published weights under bfloat16 autocast stays within 0.01 dB of float32 (mean Y-PSNR over the photo table's
-photographs, the papers' protocol) at every scale. LatticeNet keeps its image-valued ends (the mean shifts and conv1)
-in float32 under autocast; without that, x2 lost 0.014 dB (the 2026-12-07 measurement in models/latticenet.py)."""
+photographs, the papers' protocol) at every scale. LatticeNet keeps its image-valued ends (sub_mean and conv1, the last
+conv with add_mean folded in) in float32 under autocast; without that, x2 lost 0.014 dB (models/latticenet.py)."""
 
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ def test_cli_dtype_option():
 
 
 def test_autocast_keeps_the_image_valued_ends_in_float32():
-    """Under bf16 autocast the output is float32 and not on bf16's grid, which steps by 1 above 128 (add_mean runs
-    in float32)."""
+    """Under bf16 autocast the output is float32 and not on bf16's grid, which steps by 1 above 128 (the last conv
+    and add_mean run in float32)."""
     torch.manual_seed(0)
     net = lk.LatticeNet(scale=2).eval()
     x = torch.rand(1, 3, 16, 16) * 255

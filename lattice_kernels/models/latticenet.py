@@ -80,10 +80,10 @@ class LatticeNet(nn.Module):
         # cheap to convert; the output gets the input's memory format back.
         out_format = memory_format_of(x)
         x = x.contiguous(memory_format=torch.channels_last)
-        # Under autocast the image-valued ends (the mean shifts and conv1, whose input is the image) stay in float32:
-        # bfloat16 steps by 0.5 to 1 on values of 64 to 255, and rounding the image there cost LatticeNet x2 0.012 dB
-        # of its 0.014 dB loss in bfloat16 (the photo table's mean Y-PSNR; 0.0018 dB with these in float32;
-        # docs/performance.md#bf16-on-cpu). They are 0.3% of the multiply-adds.
+        # Under autocast the image-valued ends (the mean shift and conv1, whose input is the image; the last conv,
+        # with add_mean folded in, whose output is) stay in float32: bfloat16 steps by 0.5 to 1 on values of 64 to
+        # 255, and rounding the image there cost LatticeNet x2 0.013 dB of its 0.014 dB loss in bfloat16 (the photo
+        # table's mean Y-PSNR; docs/performance.md#bf16-on-cpu).
         amp = autocast_enabled(x.device.type)
         with no_autocast(x.device.type):
             x = self.conv1(self.sub_mean(x.float() if amp else x))
@@ -103,11 +103,22 @@ class LatticeNet(nn.Module):
         del l2
         t = torch.cat((self.T_tdm3(t), l3), 1)
         del l3
-        y = self.tail(t + x)
+        y = self.tail[0](t + x)
         del t, x
         with no_autocast(y.device.type):
-            y = self.add_mean(y.float() if amp else y)
+            y = self._output(y.float() if amp else y)
         return y.contiguous(memory_format=out_format)
+
+    def _output(self, y: Tensor) -> Tensor:
+        """add_mean(PixelShuffle(tail.1(y))) as one convolution: add_mean (a 3x3 channel mix M and a bias) folded
+        into tail.1, whose output channel c*s*s + k becomes HR channel c (k: the sub-pixel). At LR 320x180 x4 the
+        1x1 convolution on the HR image took 1.3 ms and its float32 buffers ~20 MiB of peak memory (2026-12-07)."""
+        conv, shuffle, mix = self.tail[1], self.tail[2], self.add_mean
+        s2 = self.scale * self.scale
+        m = mix.weight[:, :, 0, 0]
+        w = torch.einsum("cd,dkiab->ckiab", m, conv.weight.unflatten(0, (3, s2))).flatten(0, 1)
+        b = (m @ conv.bias.view(3, s2) + mix.bias[:, None]).flatten()
+        return shuffle(ops.conv3x3(y, w, b, backend=conv.backend))
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu",
