@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 from .report import ratio_cell, ratio_text
+from .rounds import per_round_ratios, ratio_summary
 
 
 def _fmt(v, spec):
@@ -139,7 +141,7 @@ def headline(run: dict) -> str:
     rows = run["rows"]
     spread = bool(run.get("ratio_spread"))
     lines = [environment_line(run), "", "| case | this library | vs eager | vs torch.compile | vs ONNX Runtime | "
-             "vs OpenVINO |", "|---|---|---|---|---|---|"]
+             "vs OpenVINO, f32 forced | vs OpenVINO, its defaults |", "|---|---|---|---|---|---|---|"]
     # The deployment cases (the plain model exported to ONNX) run from an NCHW float32 input on CPU.
     deploys = [r for r in rows if r.get("kind") == "deploy" and r.get("ratio_to_library")
                and r.get("dtype", "float32") == "float32" and r.get("device", "cpu") == "cpu"]
@@ -147,7 +149,7 @@ def headline(run: dict) -> str:
 
     def runtimes(d: dict | None) -> list[str]:
         return [ratio_cell(d["ratio_to_library"].get(n), d["ratio_range"].get(n) if spread else None)
-                if d and n in d["ratio_to_library"] else "-" for n in ("onnxruntime", "openvino")]
+                if d and n in d["ratio_to_library"] else "-" for n in PEERS]
 
     if spread:  # the inference rows are the model cases, measured in interleaved rounds
         infer = [r for r in rows if r.get("kind") == "model" and r.get("backend") == "cpu"
@@ -163,6 +165,8 @@ def headline(run: dict) -> str:
             plain = [ratio_cell(ratio[n], rng[n]) if n in ratio else "-" for n in ("eager", "compile")]
             lines.append(f"| {d['case'].removesuffix(', deployment runtimes')} ({d['rounds']} rounds) | "
                          f"{d['median_ms'][base]:.1f} ms | {' | '.join(plain)} | {' | '.join(runtimes(d))} |")
+        for d in (d for d in deploys if BF16 in d.get("samples_ms", {})):
+            lines.append(bf16_row(d))
     for r in (r for r in rows if r.get("kind") == "interleaved"):
         med, pr = r["median_ms"], r["paired_ratio"]
         d = deploy if "channels_last" not in r["case"] else None
@@ -176,13 +180,29 @@ def headline(run: dict) -> str:
         rounds = f" ({r['runs']} rounds)" if spread else ""
         lines.append(f"| {r['case']}{rounds} | {r['median_ms']:.1f} ms, {mem} | "
                      f"{ratio_text(r, 'vs_eager')} | "
-                     f"{ratio_text(r, 'vs_compile')} | - | - |")
+                     f"{ratio_text(r, 'vs_compile')} | - | - | - |")
     lines += ["", "Ratios are the other's time over this library's (> 1: the library is faster); the ONNX Runtime and "
               "OpenVINO ratios are from the deployment case's own interleaved rounds (NCHW input)."
               + (f" Each ratio is the median of the per-round ratios of backends alternating in rounds in one "
                  f"process, in parentheses the {run['ratio_spread']}; peak memory is each backend's in its own "
                  "process." if spread else "")]
     return "\n".join(lines)
+
+
+# The deployment runtimes of the headline's columns, and the library's bf16 runner of the deployment cases.
+PEERS = ("onnxruntime", "openvino", "openvino-default")
+BF16 = "cpu-bf16-autocast"
+
+
+def bf16_row(d: dict) -> str:
+    """A headline row for the library under bf16 autocast in deployment case d: the runtimes' time over its time,
+    per round of the case's own interleaved rounds (median and range)."""
+    s = d["samples_ms"]
+    cells = [ratio_cell(*ratio_summary(per_round_ratios(s, n, BF16))) if n in s else "-" for n in PEERS]
+    label = d["case"].removesuffix(", deployment runtimes").replace(" float32 ", " bf16 autocast ")
+    default = " (the inference default on this CPU)" if "default" in d.get("precision", {}).get(BF16, "") else ""
+    return (f"| {label}{default} ({d['rounds']} rounds) | {statistics.median(s[BF16]):.1f} ms | - | - | "
+            + " | ".join(cells) + " |")
 
 
 HEADLINE_START = "<!-- headline: {} -->"

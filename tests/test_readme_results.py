@@ -62,7 +62,10 @@ def _new_run() -> dict:
               "deployment runtimes", "median_ms": {"cpu": 700.0, "onnxruntime": 910.0},
               "ratio_to_library": {"cpu": 1.0, "onnxruntime": 1.3}, "ratio_range": {"cpu": [1.0, 1.0],
                                                                                      "onnxruntime": [1.2, 1.45]},
-              "max_abs_diff_vs_eager": {"cpu": 1e-4, "onnxruntime": 3e-5}}
+              "max_abs_diff_vs_eager": {"cpu": 1e-4, "onnxruntime": 3e-5},
+              "precision": {"cpu-bf16-autocast": "bf16 autocast (the inference default on this CPU)"},
+              "samples_ms": {"cpu": [700.0, 690.0, 710.0], "cpu-bf16-autocast": [500.0, 400.0, 600.0],
+                             "onnxruntime": [910.0, 900.0, 900.0], "openvino-default": [450.0, 480.0, 540.0]}}
     rows = [model("LatticeNet x4 infer LR 320x180", "cpu", 300.0, (2.1, [1.9, 2.3]), (1.4, [1.3, 1.5]), 500.0),
             model("LatticeNet x4 train step b16 LR 48", "cpu", 850.0, (1.5, [1.45, 1.62]), (1.25, [1.2, 1.3]), 600.0),
             deploy]
@@ -71,12 +74,16 @@ def _new_run() -> dict:
 
 def test_headline_shows_each_ratio_with_its_spread():
     text = headline(_new_run())
-    assert "| LatticeNet x4 infer LR 320x180 (8 rounds) | 300.0 ms | 2.10x (1.90-2.30) | 1.40x (1.30-1.50) | - | - |" \
-        in text
-    assert ("| LatticeNet x4 train step b16 LR 48 (8 rounds) | 850.0 ms, 600 MiB (0.60x eager's) | 1.50x (1.45-1.62) "
-            "| 1.25x (1.20-1.30) | - | - |") in text
-    assert ("| LatticeNet x4 infer batch 8 of LR 128x128 float32 cpu (6 rounds) | 700.0 ms | - | - | 1.30x (1.20-1.45) "
+    assert ("| LatticeNet x4 infer LR 320x180 (8 rounds) | 300.0 ms | 2.10x (1.90-2.30) | 1.40x (1.30-1.50) | - | - "
             "| - |") in text
+    assert ("| LatticeNet x4 train step b16 LR 48 (8 rounds) | 850.0 ms, 600 MiB (0.60x eager's) | 1.50x (1.45-1.62) "
+            "| 1.25x (1.20-1.30) | - | - | - |") in text
+    assert ("| LatticeNet x4 infer batch 8 of LR 128x128 float32 cpu (6 rounds) | 700.0 ms | - | - | 1.30x (1.20-1.45) "
+            "| - | - |") in text
+    # the library's bf16 row: each runtime over it per round (ONNX Runtime 1.82, 2.25, 1.50; OpenVINO 0.90, 1.20,
+    # 0.90), the median of its own samples
+    assert ("| LatticeNet x4 infer batch 8 of LR 128x128 bf16 autocast cpu (the inference default on this CPU) "
+            "(6 rounds) | 500.0 ms | - | - | 1.82x (1.50-2.25) | - | 0.90x (0.90-1.20) |") in text
     assert SPREAD in text
     report = full_report(_new_run())
     assert "| 300.0 (299.0-301.0) | 500 | 0.50x | 2.10x (1.90-2.30) | 1.40x (1.30-1.50) |" in report
