@@ -2,7 +2,8 @@
 own steps (the MATLAB-bicubic LR image, the bicubic baseline, PSNR and SSIM on Y of the output and the baseline),
 with the published LatticeNet on scikit-image's photographs at the benchmark folders' sizes (Set5/Set14-sized
 photographs, and a 1024x768 Urban100-sized one made from a photograph by imresize). Each step is the median of
---repeats timed calls after one untimed call, in this process.
+--repeats timed calls after one untimed call, in this process. The network runs in float32 (lattice-evaluate's
+default), whatever inference's default on this CPU.
 
     python -m bench.evaluation_timing [--scale 4] [--repeats 3] [--json FILE]
 """

@@ -76,8 +76,9 @@ def measure(name: str, shape: list[int]) -> dict:
 
 def run(shape: list[int], runners: tuple[str, ...] = RUNNERS, processes: int = 3) -> tuple[list[dict], dict]:
     """Each runner in `processes` fresh processes, the runners in turn (a process's added memory varies by +-10%
-    from one to the next: 141-178 MiB for the library's float32 on the 2-core EPYC, 2026-12-07); (rows, skipped:
-    runner -> why). A row is a runner's median process (by the memory added) with every process's numbers."""
+    from one to the next: 141-178 MiB for the library's float32 in two runs on the 2-core EPYC, 2026-12-07);
+    (rows, skipped: runner -> why). A row is a runner's median process (by the memory added) with every process's
+    numbers."""
     skipped = {}
     todo = []
     for name in runners:

@@ -158,7 +158,7 @@ PyObject* workspace_info(PyObject*, PyObject*) {
 PyMethodDef methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS, "Instruction set of the CPU kernels chosen at load time."},
     {"cpu_bf16_arithmetic", cpu_bf16_arithmetic, METH_NOARGS,
-     "Whether this CPU has bf16 arithmetic (AVX512_BF16 or AMX-BF16)."},
+     "Whether this CPU has bf16 arithmetic (AVX512_BF16)."},
     {"cpu_isas", cpu_isas, METH_NOARGS, "Instruction sets of this build that this CPU runs, most capable first."},
     {"choose_cpu_isa", choose_cpu_isa, METH_VARARGS,
      "choose_cpu_isa(want, [(name, runs), ...]): the instruction-set rule of the CPU kernels, on given sets."},

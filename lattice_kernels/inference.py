@@ -1,12 +1,12 @@
 """Inference on whole images: tiled, in bounded memory, in float32, bf16 or fp16 and optionally channels_last; image
 files in (PNG/JPEG) and out (PNG, written atomically).
 
-The precision (run's `dtype`, the CLIs' --dtype) defaults to default_dtype(model, device): bfloat16 autocast for a
-model that declares it safe (`bf16_by_default`: LatticeNet, whose published checkpoints lose at most 0.002 dB of
-Y-PSNR in it on the photo table, tests/test_precision.py) on a CPU with bf16 arithmetic (AVX512_BF16 or AMX-BF16),
-where it is the fastest mode; float32 everywhere else: CPUs without bf16 arithmetic, where bf16 is several times
-slower (docs/benchmarks.md), machines where the library's CPU kernels are not built, other models, and GPUs, where
-it has not been measured.
+The precision (run's `dtype`, --dtype of lattice-upscale and lattice-denoise; lattice-evaluate defaults to float32)
+defaults to default_dtype(model, device): bfloat16 autocast for a model that declares it safe (`bf16_by_default`:
+LatticeNet, whose published checkpoints lose at most 0.0012 dB of Y-PSNR in it on the photo table,
+tests/test_precision.py) on a CPU with bf16 arithmetic (AVX512_BF16), where it is the fastest mode; float32
+everywhere else: CPUs without bf16 arithmetic, where bf16 is several times slower (docs/benchmarks.md), machines
+where the library's CPU kernels are not built, other models, and GPUs, where it has not been measured.
 
 The Lattice Block's coefficients depend on per-image channel statistics, so tiles that used their own statistics
 would not reproduce the whole-image result. stats="global" (default) gathers the whole-image statistics tile by

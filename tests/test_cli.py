@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageCms, ImageOps
 
 import lattice_kernels as lk
-from lattice_kernels._extension import C
+from lattice_kernels import inference
 
 from .conftest import weights_dir
 from .images import crop, photo
@@ -266,7 +266,7 @@ def test_upscale_every_mode(gallery, net2, tmp_path):
 def test_upscale_default_precision(gallery, tmp_path):
     """Without --dtype the command runs in inference.default_dtype (bfloat16 for LatticeNet on a CPU with bf16
     arithmetic): the same file as the explicit --dtype, and not the other precision's."""
-    default = "bfloat16" if C.cpu_bf16_arithmetic() else "float32"
+    default = str(inference.default_dtype(lk.LatticeNet(scale=2), "cpu")).removeprefix("torch.")
     other = "float32" if default == "bfloat16" else "bfloat16"
     files = {}
     for label, extra in (("auto", ()), (default, ("--dtype", default)), (other, ("--dtype", other))):

@@ -16,12 +16,14 @@ from lattice_kernels import inference
 from lattice_kernels._extension import C
 from lattice_kernels.cli.images import dtype_option
 from lattice_kernels.evaluation import evaluate_sr
+from lattice_kernels.models.reference import PlainLatticeNet
 from lattice_kernels.train.photos import PHOTOS, photo
 
 from .conftest import weights_dir
 
 WEIGHTS = weights_dir()
 QUALITY_RULE_DB = 0.01  # the [cpu-default] issue's rule for a reduced-precision default
+MEASURED_DB = 0.003  # what the docs quote (at most 0.0012 dB, 2026-12-07), with a margin for other CPUs' rounding
 
 
 def _cpu_flags() -> set[str]:
@@ -35,7 +37,7 @@ def _cpu_flags() -> set[str]:
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the CPU's flags from Linux's /proc/cpuinfo")
 def test_bf16_arithmetic_matches_the_cpu_flags():
     flags = _cpu_flags()
-    assert C.cpu_bf16_arithmetic() == bool({"avx512_bf16", "amx_bf16"} & flags)
+    assert C.cpu_bf16_arithmetic() == ("avx512_bf16" in flags)
 
 
 def test_default_dtype_rule():
@@ -74,10 +76,29 @@ def test_autocast_keeps_the_image_valued_ends_in_float32():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = net(x)
     assert y.dtype == torch.float32
+    assert (y - ref).abs().mean() < 0.01 * ref.abs().mean(), "bf16 autocast far from float32"
     big = ref > 128
     assert big.any()
     # bf16 output values above 128 would be whole numbers; float32 ends leave fractions
     assert (y[big] != y[big].round()).float().mean() > 0.5
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_folded_add_mean_matches_the_plain_model(scale):
+    """LatticeNet folds add_mean (a 3x3 channel mix and a bias, trained in the published checkpoints) into tail.1:
+    with a random, non-identity add_mean the output equals the plain model's, which applies it after the shuffle."""
+    torch.manual_seed(scale)
+    plain = PlainLatticeNet(scale)
+    with torch.no_grad():
+        plain.add_mean.weight.copy_(torch.eye(3).view(3, 3, 1, 1) + 0.1 * torch.randn(3, 3, 1, 1))
+        plain.add_mean.bias.copy_(100 * torch.rand(3))
+    net = lk.LatticeNet(scale=scale)
+    net.load_state_dict(plain.state_dict())
+    x = torch.rand(1, 3, 9, 11) * 255
+    with torch.no_grad():
+        want = plain.double()(x.double())
+        got = net.eval()(x)
+    assert (got.double() - want).abs().max() <= 1e-3 * want.abs().max()
 
 
 @pytest.mark.skipif(WEIGHTS is None, reason="the published checkpoints are not here (set LATTICE_WEIGHTS_DIR)")
@@ -88,4 +109,4 @@ def test_bf16_quality_rule_on_the_photo_table(scale, thread_count):
     psnr = {dt: np.mean([evaluate_sr(net, photo(n), name=n, dtype=dt).psnr for n in PHOTOS])
             for dt in (torch.float32, torch.bfloat16)}
     loss = psnr[torch.float32] - psnr[torch.bfloat16]
-    assert abs(loss) < QUALITY_RULE_DB, f"x{scale}: bf16 {loss:+.4f} dB against float32"
+    assert abs(loss) < min(QUALITY_RULE_DB, MEASURED_DB), f"x{scale}: bf16 {loss:+.4f} dB against float32"

@@ -42,7 +42,8 @@ std::vector<IsaChoice> isa_choices() {
 bool has_bf16_arithmetic() {
 #if defined(LK_HAVE_AVX2)
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+  // AVX512_BF16 alone: every AMX-BF16 CPU has it, and clang before 19 rejects the "amx-bf16" feature name.
+  return __builtin_cpu_supports("avx512bf16");
 #else
   return false;
 #endif

@@ -16,7 +16,8 @@ namespace cpu {
 // The kernels of the instruction set chosen once for this process (LATTICE_KERNELS_CPU_ISA, else the CPU's best).
 const KernelSet& kernels();
 std::vector<std::string> supported_isas();
-// Whether this CPU has bf16 arithmetic (AVX512_BF16 or AMX-BF16), which oneDNN uses for bf16 convolutions and GEMMs.
+// Whether this CPU has bf16 arithmetic (AVX512_BF16; every AMX-BF16 CPU has it too), which oneDNN uses for bf16
+// convolutions and GEMMs.
 bool has_bf16_arithmetic();
 std::string choose_isa(const std::string& want, const std::vector<std::pair<std::string, bool>>& choices);
 

@@ -24,7 +24,7 @@ import torch
 from .. import BACKENDS, LatticeNet, LatticeRestorer
 from ..evaluation import TASKS, DatasetScores, evaluate_folder, markdown, model_label
 from . import HelpFormatter, command
-from .images import dtype_option
+from .images import DTYPE_AUTO_HELP, DTYPE_CHOICES, dtype_option
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=512,
                    help="tile size in input pixels for big images (exact: whole-image statistics); 0: no tiling")
     p.add_argument("--stats", choices=["global", "tile"], default="global")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                   help="auto: bfloat16 for LatticeNet on a CPU with bf16 arithmetic, else float32 "
-                        "(inference.default_dtype)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",
+                   help="float32 (default): the reference precision of published scores; "
+                        f"{DTYPE_AUTO_HELP}, as lattice-upscale runs")
     p.add_argument("--self-ensemble", action="store_true",
                    help="x8 geometric self-ensemble: the papers' '+' rows (LatticeNet+), 8x the time")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
