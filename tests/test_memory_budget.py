@@ -56,7 +56,11 @@ print(json.dumps({"peak": peak, "full_peak": full_peak, "passes": passes[-1],
 @pytest.mark.parametrize(("dtype", "size", "budget_mib", "max_err"),
                          # bf16: 0.10 measured (2026-12-07); 0.75 is bf16's own max error against float32 at LR
                          # 320x180 (max_abs_diff_vs_eager in the deploy-peers records)
-                         [("float32", 192, 64, 1e-3), ("bfloat16", 320, 64, 0.75)])
+                         [("float32", 192, 64, 1e-3),
+                          pytest.param("bfloat16", 320, 64, 0.75, marks=pytest.mark.skipif(
+                              inference.default_dtype(lk.LatticeNet(), "cpu") != torch.bfloat16,
+                              reason="bf16 is the default only on a CPU with bf16 arithmetic (several times slower "
+                                     "elsewhere)"))])
 def test_run_under_a_memory_budget(tmp_path, dtype, size, budget_mib, max_err):
     """float32: the tiled output equals the untiled one; bfloat16 (the default on a CPU with bf16 arithmetic): the
     same within bf16's error (exact-statistics tiles flip some bf16 roundings, tests/test_inference.py)."""
