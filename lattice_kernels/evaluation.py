@@ -16,6 +16,9 @@ Denoising (the protocol of the DnCNN-style benchmarks):
 - gray models (1 channel) take the BT.601 luma of the image, rounded to uint8; color models take RGB;
 - the output is rounded to uint8; PSNR over every pixel and channel of the full image, SSIM per channel averaged.
   The baseline is the noisy input itself (clipped and rounded to uint8 to be scored as an image).
+
+The model runs in float32, the precision of published scores, whatever inference.run's default on this machine,
+unless run_kwargs give a dtype (None: inference.default_dtype).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from . import inference
@@ -100,7 +104,7 @@ def evaluate_sr(model: nn.Module, hr: np.ndarray, lr: np.ndarray | None = None, 
         raise ValueError(f"{name or 'LR image'}: LR is {lr.shape[1]}x{lr.shape[0]}, expected "
                          f"{hr.shape[1] // s}x{hr.shape[0] // s} (the HR image cropped to {hr.shape[1]}x{hr.shape[0]}, "
                          f"divided by the scale {s})")
-    sr = inference.super_resolve(model, lr, **run_kwargs)
+    sr = inference.super_resolve(model, lr, **_scored_precision(run_kwargs))
     up = imresize(lr, size=hr.shape[:2])
     (p, q), (bp, bq) = scores_y([sr, up], hr, s)
     return ImageScore(name, hr.shape[1], hr.shape[0], p, q, bp, bq)
@@ -140,7 +144,7 @@ def evaluate_denoise(model: nn.Module, img: np.ndarray, sigma: float, rng: np.ra
     if not gray and clean.ndim == 2:
         clean = np.repeat(clean[..., None], 3, axis=2)
     noisy = add_noise(clean, sigma, rng, clip_noisy)
-    out = inference.restore(model, noisy, **run_kwargs)
+    out = inference.restore(model, noisy, **_scored_precision(run_kwargs))
     noisy8 = np.floor(np.clip(noisy, 0, 255) + 0.5).astype(np.uint8)
     return ImageScore(name, clean.shape[1], clean.shape[0], psnr(out, clean), ssim(out, clean), psnr(noisy8, clean),
                       ssim(noisy8, clean))
@@ -194,6 +198,11 @@ def _scores(model: nn.Module, name: str, task: str, sigma: float, given_lr: bool
         return DatasetScores(name, task, scale=int(model.scale),
                              baseline="bicubic (MATLAB imresize)" + (" of the given LR" if given_lr else ""))
     return DatasetScores(name, task, sigma=float(sigma), baseline="noisy input")
+
+
+def _scored_precision(run_kwargs: dict) -> dict:
+    """run_kwargs with float32 unless they name a dtype (see the module docstring)."""
+    return {"dtype": torch.float32, **run_kwargs}
 
 
 def _score_one(model: nn.Module, res: DatasetScores, index: int, name: str, img: np.ndarray, lr: np.ndarray | None,

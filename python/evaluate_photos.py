@@ -1,7 +1,6 @@
 """The published LatticeNet x2/x3/x4, plain and with the x8 self-ensemble (LatticeNet+), against bicubic on
 scikit-image's photographs, with the SR papers' protocol (lattice_kernels.evaluation: HR cropped to a multiple of
-the scale, LR by MATLAB-bicubic imresize, uint8 outputs, PSNR/SSIM on Y with the scale shaved), in float32 (the
-reference precision, whatever inference.run's default on this CPU). Prints the
+the scale, LR by MATLAB-bicubic imresize, uint8 outputs, PSNR/SSIM on Y with the scale shaved, in float32). Prints the
 Markdown table of docs/evaluation.md and writes it with a JSON record.
 
     python python/evaluate_photos.py [--weights DIR] [--photos astronaut chelsea ...] \\
@@ -54,10 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     for s in a.scales:
         net = (lk.LatticeNet.from_pretrained(s) if a.weights is None
                else lk.LatticeNet.from_checkpoint(a.weights / f"LatticeNet_x{s}.pt")).eval()
-        plain.append(evaluate_images(net, images, "scikit-image photos", tile=a.tile, progress=True,
-                                     dtype=torch.float32))
+        plain.append(evaluate_images(net, images, "scikit-image photos", tile=a.tile, progress=True))
         ensemble.append(evaluate_images(net, images, "scikit-image photos (LatticeNet+)", tile=a.tile,
-                                        progress=True, self_ensemble=True, dtype=torch.float32))
+                                        progress=True, self_ensemble=True))
     record = {"protocol": "HR cropped to a multiple of the scale; LR = MATLAB-bicubic imresize of the uint8 HR; "
                           "output rounded to uint8; PSNR/SSIM on BT.601 Y, scale pixels shaved",
               "self_ensemble": "x8 flips and rotations, outputs averaged in float32 before rounding (LatticeNet+)",

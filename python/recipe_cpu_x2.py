@@ -15,8 +15,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 import lattice_kernels as lk
 from lattice_kernels.evaluation import evaluate_folder, image_files
 from lattice_kernels.train import TrainConfig, Trainer
@@ -52,7 +50,7 @@ def main(argv=None) -> int:
     summary["stage1_minutes"] = (time.perf_counter() - t) / 60
     summary["stage1_steps"] = a.steps
     net = lk.LatticeNet.from_checkpoint(a.out / "stage1" / "model.safetensors")
-    res = evaluate_folder(net, val, dtype=torch.float32)  # the recorded scores are float32
+    res = evaluate_folder(net, val)
     summary["bicubic_psnr"], summary["bicubic_ssim"] = res.mean("baseline_psnr"), res.mean("baseline_ssim")
     summary["stage1_psnr"], summary["stage1_ssim"] = res.mean("psnr"), res.mean("ssim")
 
@@ -66,7 +64,7 @@ def main(argv=None) -> int:
     summary["stage2_steps"] = a.stage2_steps
     summary["stage2_features"] = s2.cl_features
     net = lk.LatticeNet.from_checkpoint(a.out / "stage2" / "model.safetensors")
-    res = evaluate_folder(net, val, dtype=torch.float32)  # the recorded scores are float32
+    res = evaluate_folder(net, val)
     summary["stage2_psnr"], summary["stage2_ssim"] = res.mean("psnr"), res.mean("ssim")
     out = a.summary
     out.write_text(json.dumps(summary, indent=1))

@@ -460,9 +460,7 @@ def evaluate(model: nn.Module, folder: str, task: str = "sr", scale: int = 2, si
     s = sigma if np.isscalar(sigma) else float(np.mean(sigma))
     model.eval()
     try:
-        # float32 whatever inference's default on this CPU: the logged scores and the best checkpoint must not
-        # depend on the machine
-        res = evaluate_folder(model, folder, task=task, sigma=s, seed=seed, tile=tile, dtype=torch.float32)
+        res = evaluate_folder(model, folder, task=task, sigma=s, seed=seed, tile=tile)
     finally:
         model.train()
     return res.mean("psnr"), res.mean("ssim")
