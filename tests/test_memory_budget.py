@@ -143,8 +143,8 @@ def peak_of_upscale(*args: str | Path) -> tuple[subprocess.CompletedProcess, int
 def test_upscale_command_under_a_memory_budget(tmp_path):
     """lattice-upscale --max-memory is the whole process's peak: a budget 70 MiB above what the command holds on a
     tiny image is kept on a 192x192 photograph that needs more untiled, and the PNG equals the untiled one. In
-    float32: bf16 tiles flip some bf16 roundings (on an AMX Xeon 0.4% of the levels by one), and bf16 under a budget
-    is test_run_under_a_memory_budget's bfloat16 case."""
+    float32: bf16 tiles flip some bf16 roundings (0.36% of the levels by one on the CPU of CI's 2026-12-07 run),
+    and bf16 under a budget is test_run_under_a_memory_budget's bfloat16 case."""
     torch.manual_seed(5)
     ckpt = tmp_path / "x4.safetensors"
     lk.LatticeNet(scale=4).save_safetensors(ckpt)
