@@ -68,7 +68,7 @@ def run_doc_export(command: str, folder: Path) -> Path:
     words = shlex.split(command)
     exe = Path(sys.executable).parent / words[0]
     r = subprocess.run([str(exe), *words[1:]], cwd=folder, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "OMP_NUM_THREADS": "2"})
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ONNX Runtime check at" in r.stdout and r.stdout.rstrip().endswith(": ok"), r.stdout
     return folder / words[words.index("--out") + 1]

@@ -112,6 +112,22 @@ class Traffic:
         return self.load_used / self.load_requests if self.load_requests else 0.0
 
 
+def row_ids(*columns: np.ndarray) -> np.ndarray:
+    """One int64 per row of the given equal-length integer columns, equal exactly where the rows are equal (a dense
+    rank per column, combined in mixed radix and re-ranked before it could overflow): np.unique on it is a 1-D sort,
+    several times faster than np.unique(..., axis=1) on the stacked columns."""
+    key = np.zeros(len(columns[0]), dtype=np.int64)
+    radix = 1
+    for col in columns:
+        values, rank = np.unique(col, return_inverse=True)
+        if radix * len(values) >= 2 ** 62:
+            radix_values, key = np.unique(key, return_inverse=True)
+            radix = len(radix_values)
+        key = key * len(values) + rank.ravel()
+        radix *= len(values)
+    return key
+
+
 def traffic(request: np.ndarray, address: np.ndarray, nbytes: np.ndarray, store: np.ndarray) -> Traffic:
     """request: an integer id per access (accesses with one id are one warp-level request); address, nbytes per
     access; store: 1 for a store. A request moves every 32-byte sector its accesses touch; it uses the distinct
@@ -126,12 +142,12 @@ def traffic(request: np.ndarray, address: np.ndarray, nbytes: np.ndarray, store:
         m = last - first >= k
         req_s.append(request[m])
         sec.append(first[m] + k)
-    pairs = np.unique(np.stack([np.concatenate(req_s), np.concatenate(sec)]), axis=1)
-    _, idx = np.unique(np.stack([request, address]), axis=1, return_index=True)
+    sectors = len(np.unique(row_ids(np.concatenate(req_s), np.concatenate(sec))))
+    _, idx = np.unique(row_ids(request, address), return_index=True)
     used_b, st = nbytes[idx], store[idx].astype(bool)
     req_ids, first_idx = np.unique(request, return_index=True)
     is_load_req = ~store[first_idx].astype(bool)
-    return Traffic(requests=len(req_ids), sectors=pairs.shape[1], used=int(used_b.sum()),
+    return Traffic(requests=len(req_ids), sectors=sectors, used=int(used_b.sum()),
                    load_requests=int(is_load_req.sum()), load_used=int(used_b[~st].sum()),
                    store_used=int(used_b[st].sum()))
 
@@ -397,8 +413,7 @@ def trace_traffic(m, run) -> dict[str, Traffic]:
     t = m.take_trace()
     kernels = t["kernels"]
     warp = t["thread"].astype(np.int64) // 32
-    keys = np.stack([t["launch"], t["block"], warp, t["site"], t["seq"]]).astype(np.int64)
-    _, request = np.unique(keys, axis=1, return_inverse=True)
+    _, request = np.unique(row_ids(t["launch"], t["block"], warp, t["site"], t["seq"]), return_inverse=True)
     request = request.ravel()
     out: dict[str, Traffic] = {}
     for li, name in enumerate(kernels):
@@ -428,6 +443,7 @@ def cuda_records(card: Card, shapes=BENCH_SHAPES, dtypes=DTYPES, layouts=LAYOUTS
     m = cuda_emu.load("plain")
     loops, res = cuda_sass()
     records = []
+    traces: dict[C.Case, dict[str, Traffic]] = {}  # shapes of one C and at least SAMPLE_P pixels share a sample
     for launcher, mode in CUDA_LAUNCHERS:
         for dt in dtypes:
             for layout in layouts:
@@ -435,7 +451,9 @@ def cuda_records(card: Card, shapes=BENCH_SHAPES, dtypes=DTYPES, layouts=LAYOUTS
                     n, c, h, w = shape
                     sample = (1, c, min(h * w, SAMPLE_P))
                     case = C.Case(launcher, mode, dt, sample, layout)
-                    traffic_of = trace_traffic(m, lambda case=case: C.run(m, case))
+                    if case not in traces:
+                        traces[case] = trace_traffic(m, lambda case=case: C.run(m, case))
+                    traffic_of = traces[case]
                     launches = m.dry(launcher, C.DTYPE_CODE[dt], (n, c, h * w, layout == "nhwc"), True, c // 16)
                     for kernel, grid, block, smem in launches:
                         base = kernel.split("<")[0].removeprefix("lk::cuda::")
