@@ -231,3 +231,40 @@ def test_kept_outputs_do_not_raise_what_it_keeps(workspace_on):
     assert info["live_bytes"] >= sum(o.numel() * o.element_size() for o in kept)
     # the outputs kept alive are not part of a forward's peak: the cache stays within 1.25x one forward's
     assert info["cached_bytes"] <= MAX_HELD * info["peak_bytes"], info
+
+
+def _resident_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the resident memory from Linux's /proc")
+def test_released_blocks_leave_resident_memory(workspace_on):
+    """The workspace maps its blocks itself: released, they leave the process. Through glibc they stayed resident in
+    its heap once glibc's mmap threshold had risen (it rises to each mapped block freed, up to 32 MiB), as here."""
+    ops.release_cpu_workspace()
+    raise_threshold = torch.empty(16 << 20, dtype=torch.uint8).fill_(1)
+    del raise_threshold  # glibc now serves blocks of up to 16 MiB from its heap, and trims it above 32 MiB free
+    x = _image(1, 8, 8)
+    blocks = 6
+    with ops.workspace(x):
+        made = [torch.empty(2 << 20, dtype=torch.uint8).fill_(1) for _ in range(blocks)]
+        made.clear()  # freed inside the scope: cached
+    held = _counts()["cached_bytes"] / 2 ** 20
+    assert held >= 2 * blocks, _counts()
+    before = _resident_mib()
+    ops.release_cpu_workspace()
+    assert _counts()["cached_bytes"] == 0
+    assert before - _resident_mib() >= 0.9 * held, f"released {held:.0f} MiB, resident memory fell by " \
+                                                   f"{before - _resident_mib():.1f} MiB"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/sys/vm/overcommit_memory")
+                    or open("/proc/sys/vm/overcommit_memory").read().strip() == "1",
+                    reason="with vm.overcommit_memory=1 Linux maps any size")
+def test_a_block_that_cannot_be_mapped_is_named(workspace_on):
+    with ops.workspace(_image(1, 8, 8)):
+        with pytest.raises(RuntimeError, match=r"CPU workspace: could not map \d+ bytes .*"
+                                               "LATTICE_KERNELS_CPU_WORKSPACE=0"):
+            torch.empty(2 ** 50, dtype=torch.uint8)
+    assert _counts()["depth"] == 0

@@ -21,6 +21,12 @@
 // - When the outermost scope ends, the cached blocks no forward of it used are released, then the least recently
 //   freed ones until at most 1.25x that scope's peak is held.
 // - Blocks made here are not reported to torch's memory profiler.
+// - Its blocks are mapped and unmapped by the workspace itself (mmap, munmap), not taken from glibc: glibc raises its
+//   mmap threshold to the size of each mapped block freed (up to 32 MiB), so blocks the workspace evicted were kept in
+//   glibc's heap, resident, beside the ones it made next. LatticeNet x4 at LR 320x180 under bf16 autocast peaked at
+//   79.4 MiB over the process's resident memory with glibc's blocks and at 68.5-69.1 MiB with its own (2-core EPYC,
+//   2026-12-07; the RSS high-water mark of one call in a fresh process after a 16x16 one; the peers memory record
+//   bench/results/peers-memory-*.json has the per-runner numbers).
 #include "workspace.h"
 
 #include <c10/core/CPUAllocator.h>
@@ -28,6 +34,7 @@
 #include <c10/util/Exception.h>
 
 #include <pthread.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <new>
@@ -116,9 +123,11 @@ class WorkspaceAllocator final : public c10::Allocator {
           return;
         }
         sizes_.erase(it);
+        unmap(ptr, bytes);  // one of ours freed outside a scope of this thread
+        return;
       }
     }
-    c10::free_cpu(ptr);  // a block of the default allocator, or one of ours freed outside a scope of this thread
+    c10::free_cpu(ptr);  // a block of the default allocator
   }
 
   void release() {
@@ -157,7 +166,7 @@ class WorkspaceAllocator final : public c10::Allocator {
       ++misses_;
       const size_t limit = allowance(std::max({previous_peak_, peak_, scope_live() + bytes}));
       evict_oldest_while([&] { return scope_live() + cached_ + bytes > limit; });
-      ptr = c10::alloc_cpu(bytes);
+      ptr = map(bytes);
       sizes_[ptr] = bytes;
       live_ += bytes;
     }
@@ -166,6 +175,16 @@ class WorkspaceAllocator final : public c10::Allocator {
   }
 
   static size_t allowance(size_t peak) { return peak + peak / 4; }
+
+  // Page-aligned (c10 asks for 64 bytes), zero-filled on first touch, returned to the system by unmap.
+  static void* map(size_t bytes) {
+    void* ptr = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    TORCH_CHECK(ptr != MAP_FAILED, "lattice_kernels CPU workspace: could not map ", bytes,
+                " bytes (out of memory?); LATTICE_KERNELS_CPU_WORKSPACE=0 turns the workspace off");
+    return ptr;
+  }
+
+  static void unmap(void* ptr, size_t bytes) { munmap(ptr, bytes); }
 
   // Live bytes of blocks made since the outermost scope opened (those alive before it, kept outputs say, not counted).
   size_t scope_live() const { return live_ > base_ ? live_ - base_ : 0; }
@@ -179,7 +198,7 @@ class WorkspaceAllocator final : public c10::Allocator {
   void drop(std::vector<CachedBlock>::iterator it) {
     cached_ -= it->bytes;
     sizes_.erase(it->ptr);
-    c10::free_cpu(it->ptr);
+    unmap(it->ptr, it->bytes);
     cache_.erase(it);
     ++evictions_;
   }
