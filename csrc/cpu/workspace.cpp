@@ -25,8 +25,9 @@
 //   mmap threshold to the size of each mapped block freed (up to 32 MiB), so blocks the workspace evicted were kept in
 //   glibc's heap, resident, beside the ones it made next. LatticeNet x4 at LR 320x180 under bf16 autocast peaked at
 //   79.4 MiB over the process's resident memory with glibc's blocks and at 68.5-69.1 MiB with its own (2-core EPYC,
-//   2026-12-07; the RSS high-water mark of one call in a fresh process after a 16x16 one; the peers memory record
-//   bench/results/peers-memory-*.json has the per-runner numbers).
+//   2026-12-07; VmHWM of one call in a fresh process after a 16x16 call, measured by hand). In the peers memory
+//   record's method (bench/peers_memory.py: 2 warm-up and 3 calls) the library's bf16 went from 118 to 83 MiB
+//   (bench/results/peers-memory-cpu-amd-epyc-avx512-bf16-default-malloc.json and its 2026-12-07 version in git).
 #include "workspace.h"
 
 #include <c10/core/CPUAllocator.h>
@@ -37,6 +38,9 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
 #include <new>
 #include <mutex>
 #include <unordered_map>
@@ -65,11 +69,9 @@ class WorkspaceAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t n) override {
     if (t_depth > 0 && n >= kMinBytes) {
-      void* ptr = nullptr;
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        ptr = take((n + kPage - 1) / kPage * kPage);
-      }
+      std::unique_lock<std::mutex> lock(mutex_);
+      void* ptr = take((n + kPage - 1) / kPage * kPage);
+      unmap_dropped(lock);
       return c10::DataPtr(ptr, ptr, &release_block, c10::Device(c10::kCPU));
     }
     return c10::GetDefaultCPUAllocator()->allocate(n);  // torch's own blocks, with its profiler reports
@@ -86,7 +88,8 @@ class WorkspaceAllocator final : public c10::Allocator {
     if (!tried_install_) {
       // Installed once, for the rest of the process, and only over torch's default allocator: swapping c10's
       // allocator while other threads allocate is not safe, and a block must be freed by the allocator that made
-      // it whatever is installed by then (raw_deallocate looks the allocator up again).
+      // it whatever is installed by then (raw_deallocate looks the allocator up again; an allocator another library
+      // installs after this one would be handed mapped blocks by oneDNN's raw_deallocate: not supported).
       tried_install_ = true;
       if (c10::GetCPUAllocator() == c10::GetDefaultCPUAllocator()) c10::SetCPUAllocator(this, 0);
       installed_ = c10::GetCPUAllocator() == this;
@@ -101,18 +104,19 @@ class WorkspaceAllocator final : public c10::Allocator {
   }
 
   void exit() {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
     TORCH_CHECK(depth_ > 0 && t_depth > 0, "lattice_kernels: workspace_exit without a matching workspace_enter");
     --t_depth;
     if (--depth_ > 0) return;
     previous_peak_ = peak_;
     evict_if([&](const CachedBlock& b) { return b.epoch != epoch_; });
     evict_oldest_while([&] { return scope_live() + cached_ > allowance(peak_); });
+    unmap_dropped(lock);
   }
 
   void free(void* ptr) {
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      std::unique_lock<std::mutex> lock(mutex_);
       auto it = sizes_.find(ptr);
       if (it != sizes_.end()) {
         const size_t bytes = it->second;
@@ -123,6 +127,7 @@ class WorkspaceAllocator final : public c10::Allocator {
           return;
         }
         sizes_.erase(it);
+        lock.unlock();
         unmap(ptr, bytes);  // one of ours freed outside a scope of this thread
         return;
       }
@@ -131,9 +136,10 @@ class WorkspaceAllocator final : public c10::Allocator {
   }
 
   void release() {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
     evict_if([](const CachedBlock&) { return true; });
     previous_peak_ = 0;
+    unmap_dropped(lock);
   }
 
   WorkspaceInfo info() {
@@ -177,14 +183,28 @@ class WorkspaceAllocator final : public c10::Allocator {
   static size_t allowance(size_t peak) { return peak + peak / 4; }
 
   // Page-aligned (c10 asks for 64 bytes), zero-filled on first touch, returned to the system by unmap.
+  // (Unlike c10::alloc_cpu, no 2 MiB alignment and madvise for THP_MEM_ALLOC_ENABLE, and no junk fill.)
   static void* map(size_t bytes) {
     void* ptr = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    TORCH_CHECK(ptr != MAP_FAILED, "lattice_kernels CPU workspace: could not map ", bytes,
-                " bytes (out of memory?); LATTICE_KERNELS_CPU_WORKSPACE=0 turns the workspace off");
+    TORCH_CHECK(ptr != MAP_FAILED, "lattice_kernels CPU workspace: could not map ", bytes, " bytes (",
+                std::strerror(errno), "); LATTICE_KERNELS_CPU_WORKSPACE=0 turns the workspace off");
     return ptr;
   }
 
-  static void unmap(void* ptr, size_t bytes) { munmap(ptr, bytes); }
+  static void unmap(void* ptr, size_t bytes) {
+    const int rc = munmap(ptr, bytes);
+    TORCH_INTERNAL_ASSERT(rc == 0, "lattice_kernels CPU workspace: munmap failed: ", std::strerror(errno));
+  }
+
+  // The blocks dropped while the lock was held are unmapped after it is released: munmap of many MiB (TLB
+  // shootdowns on every thread) would otherwise stall every CPU free in the process, which takes this lock. Their
+  // addresses cannot be handed out again before they are unmapped.
+  void unmap_dropped(std::unique_lock<std::mutex>& lock) {
+    std::vector<std::pair<void*, size_t>> blocks;
+    blocks.swap(dropped_);
+    lock.unlock();
+    for (const auto& [ptr, bytes] : blocks) unmap(ptr, bytes);
+  }
 
   // Live bytes of blocks made since the outermost scope opened (those alive before it, kept outputs say, not counted).
   size_t scope_live() const { return live_ > base_ ? live_ - base_ : 0; }
@@ -198,7 +218,7 @@ class WorkspaceAllocator final : public c10::Allocator {
   void drop(std::vector<CachedBlock>::iterator it) {
     cached_ -= it->bytes;
     sizes_.erase(it->ptr);
-    unmap(it->ptr, it->bytes);
+    dropped_.emplace_back(it->ptr, it->bytes);
     cache_.erase(it);
     ++evictions_;
   }
@@ -215,6 +235,7 @@ class WorkspaceAllocator final : public c10::Allocator {
   size_t live_ = 0, cached_ = 0, peak_ = 0, previous_peak_ = 0, base_ = 0;
   uint64_t hits_ = 0, misses_ = 0, evictions_ = 0;
   std::vector<CachedBlock> cache_;
+  std::vector<std::pair<void*, size_t>> dropped_;  // taken out of the cache, to unmap once the lock is released
   std::unordered_map<void*, size_t> sizes_;
 };
 
