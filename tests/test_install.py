@@ -120,7 +120,8 @@ CASES = [(how, isolation) for how in ("pip install .", "pip install -e .", "pip 
 
 
 def test_install_paths(fresh_clone, torch_only, sdist, checkpoint_and_image, tmp_path):
-    """The six cases, two at a time (they wait on pip and interpreter starts more than on the CPU)."""
+    """The six cases, two at a time (they wait on pip and interpreter starts more than on the CPU), each building
+    in a folder of its own."""
     def case(i: int) -> str | None:
         how, isolation = CASES[i]
         try:
@@ -145,7 +146,13 @@ def install_and_use(how: str, isolation: bool, fresh_clone: Path, torch_only: Pa
     pip = [*PIP, "--python", py, "install", "-q"]
     if not isolation:  # docs/install.md: --no-build-isolation needs setuptools and wheel in the environment
         _run([*pip, "setuptools>=64", "wheel"])
-    target = sdist if how == "pip install sdist" else fresh_clone
+    # Each case builds in a copy of its own: setuptools writes build/ (and the egg-info) into the source folder,
+    # and two builds of one folder at once collided there (CI sim of 2026-12-08: "No such file or directory:
+    # 'build/lib/lattice_kernels/csrc/cpu/kernels_baseline.cpp'").
+    source = tmp_path / "source"
+    if how != "pip install sdist":
+        shutil.copytree(fresh_clone, source)
+    target = sdist if how == "pip install sdist" else source
     _run([*pip, *([] if isolation else ["--no-build-isolation"]), *(["-e"] if "-e" in how else []), target])
     assert _run([py, "-c", "import torch; print(torch.__file__)"]).stdout.startswith(str(torch_only)), \
         "the environment's torch must be the installed one, not one pip put there"
@@ -154,7 +161,7 @@ def install_and_use(how: str, isolation: bool, fresh_clone: Path, torch_only: Pa
     env.pop("PYTHONPATH", None)
     r = _run([py, "-c", CHECK], env=env, cwd=tmp_path)
     where = Path(r.stdout.splitlines()[0])
-    assert where.is_relative_to(fresh_clone if "-e" in how else site), where
+    assert where.is_relative_to(source if "-e" in how else site), where
     assert "compiling" not in r.stderr, f"the installed kernel sources differ from the checkout's:\n{r.stderr}"
 
     ckpt, image = checkpoint_and_image
