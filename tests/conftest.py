@@ -19,9 +19,11 @@ from .triton_launch_limits import enforce_on_interpreter
 # `make test` runs two pytest-xdist workers on a 2-core machine: each keeps one intra-op thread, since two workers
 # of two OpenMP threads each wait on each other's cores (in the 2026-12-07 run on the 2-core EPYC, the tiny-image
 # CLI tests took 90 s and 47 s under two workers against 6 s and 4 s alone). A test that needs more threads sets
-# them (the thread_count fixture).
+# them (the thread_count fixture). The processes the tests start inherit one OpenMP thread too (a test's own env
+# may say otherwise).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(autouse=True, scope="session")
