@@ -294,13 +294,68 @@ print("ok")
 
 @pytest.mark.skipif(_C is None, reason="the compiled extension did not load")
 @pytest.mark.parametrize(("isa", "group"), [("baseline", "7"), ("avx2", "7"), ("avx2", "1"), ("avx512", "7"),
-                                            ("avx512", "1")],
+                                            ("avx512", "1"), ("amx", "7")],
                          ids=["baseline-groups-of-7", "avx2-groups-of-7", "avx2-one-tile-groups",
-                              "avx512-groups-of-7", "avx512-one-tile-groups"])
+                              "avx512-groups-of-7", "avx512-one-tile-groups", "amx-groups-of-7"])
 def test_instruction_sets_and_tile_groups_match_reference(isa, group):
     if isa not in _C.cpu_isas():
         pytest.skip(f"this CPU or build has no {isa} kernels (it runs {', '.join(_C.cpu_isas())})")
     r = subprocess.run([sys.executable, "-c", f"ISA = {isa!r}\n" + CHECK], capture_output=True, text=True,
                        env={**os.environ, "LATTICE_KERNELS_CPU_ISA": isa,
                             "LATTICE_KERNELS_WINOGRAD_TILES": group}, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
+AMX_CHECK = r"""
+import itertools, torch, lattice_kernels as lk
+from lattice_kernels._extension import C as _C
+from lattice_kernels.ops import reference as ref
+assert _C.cpu_isa() == "amx", _C.cpu_isa()
+g = torch.Generator().manual_seed(0)
+# Widths around the 32-pixel blocks (1, 31, 33, 70), channel counts around the 32-channel K blocks and the 16- and
+# 32-channel output tiles (3, 32, 48, 65 in; 7, 32, 48, 70 out), one-row and taller images (bands of up to 8 rows).
+shapes = [(2, 3, 7, 5, 1), (1, 32, 32, 9, 31), (2, 48, 48, 3, 33), (1, 65, 70, 11, 70), (1, 64, 48, 1, 40)]
+for (n, cin, cout, h, w), fmt, slope in itertools.product(shapes, (torch.contiguous_format, torch.channels_last),
+                                                         (None, 0.05)):
+    x = torch.randn(n, cin, h, w, generator=g).bfloat16().contiguous(memory_format=fmt)
+    wt = (torch.randn(cout, cin, 3, 3, generator=g) / (3 * cin ** 0.5)).bfloat16()
+    b = torch.randn(cout, generator=g).bfloat16() if cin != 32 else None
+    y = lk.ops.conv3x3(x, wt, b, negative_slope=slope, backend="cpu")
+    assert y.is_contiguous(memory_format=fmt) and y.dtype == torch.bfloat16
+    want = ref.conv3x3(x.double(), wt.double(), None if b is None else b.double(), slope)
+    eager = ref.conv3x3(x, wt, b, slope)
+    err = ((y.double() - want).abs().max() / want.abs().max()).item()
+    eager_err = ((eager.double() - want).abs().max() / want.abs().max()).item()
+    assert err <= 2 * eager_err, ((n, cin, cout, h, w), fmt, slope, err, eager_err)
+# A channel slice of a channels_last tensor (pixel stride 2 * C) reads only its own channels.
+big = torch.randn(1, 96, 6, 20, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
+wt = (torch.randn(16, 48, 3, 3, generator=g) / 20).bfloat16()
+y = lk.ops.conv3x3(big[:, 48:], wt, backend="cpu")
+assert torch.equal(y, lk.ops.conv3x3(big[:, 48:].contiguous(memory_format=torch.channels_last), wt, backend="cpu"))
+# A direct convolution: a NaN input pixel makes NaN its 3x3 neighbourhood of outputs and nothing else.
+x = torch.randn(1, 40, 12, 40, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
+x[0, 5, 6, 33] = float("nan")
+y = lk.ops.conv3x3(x, (torch.randn(24, 40, 3, 3, generator=g) / 20).bfloat16(), backend="cpu")
+nan = y.isnan().any(1)[0]
+assert nan[5:8, 32:35].all() and nan.sum() == 9, nan.nonzero()
+# The sums' order is fixed by the shape: one thread and two give the same bits.
+x = torch.randn(2, 48, 21, 37, generator=g).bfloat16()
+wt = (torch.randn(64, 48, 3, 3, generator=g) / 20).bfloat16()
+torch.set_num_threads(1)
+y1 = lk.ops.conv3x3(x, wt, backend="cpu")
+torch.set_num_threads(2)
+assert torch.equal(y1, lk.ops.conv3x3(x, wt, backend="cpu"))
+print("ok")
+"""
+
+
+@pytest.mark.skipif(_C is None, reason="the compiled extension did not load")
+def test_bf16_direct_convolution_on_amx_matches_reference():
+    """The "amx" kernel set's bf16 conv3x3 (a direct convolution on AMX tiles) against the float64 reference, at
+    shapes that leave partial pixel, channel and row blocks, both layouts, a channel slice, NaN locality and the
+    thread count."""
+    if "amx" not in _C.cpu_isas():
+        pytest.skip(f"this CPU has no AMX-BF16 (it runs {', '.join(_C.cpu_isas())})")
+    r = subprocess.run([sys.executable, "-c", AMX_CHECK], capture_output=True, text=True,
+                       env={**os.environ, "LATTICE_KERNELS_CPU_ISA": "amx"}, timeout=600)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]

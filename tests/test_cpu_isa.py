@@ -1,5 +1,5 @@
-"""The CPU kernels exist for the baseline target, AVX2 and AVX-512, and write large outputs with streaming stores; the
-suite runs what the CPU and the (small) test shapes pick, and this test runs the other paths in a subprocess
+"""The CPU kernels exist for the baseline target, AVX2, AVX-512 and AVX-512 with AMX (its bf16 convolution), and
+write large outputs with streaming stores; the suite runs what the CPU and the (small) test shapes pick, and this test runs the other paths in a subprocess
 (LATTICE_KERNELS_CPU_ISA forces the instruction set, LATTICE_KERNELS_STREAM_BYTES=0 streaming on every call)
 against the spec."""
 
@@ -51,9 +51,9 @@ print("ok")
 
 
 @pytest.mark.parametrize(("isa", "stream"), [("baseline", "0"), ("avx2", "0"), ("avx2", "-1"), ("avx512", "0"),
-                                             ("avx512", "-1")],
+                                             ("avx512", "-1"), ("amx", "0")],
                          ids=["baseline", "avx2-streaming", "avx2-plain-stores", "avx512-streaming",
-                              "avx512-plain-stores"])
+                              "avx512-plain-stores", "amx"])
 def test_each_instruction_set_matches_reference(isa, stream):
     if "cpu" not in lk.available_backends():
         pytest.skip("the compiled extension did not load")
@@ -84,7 +84,7 @@ def test_isa_the_cpu_lacks_is_an_error():
         pytest.skip("the compiled extension did not load")
     from lattice_kernels._extension import C as _C
 
-    built = ("avx512", "avx2", "baseline") if "avx2" in _C.cpu_isas() or _C.cpu_isa() != "baseline" else ("baseline",)
+    built = ("amx", "avx512", "avx2", "baseline") if "avx2" in _C.cpu_isas() or _C.cpu_isa() != "baseline" else ("baseline",)
     missing = [isa for isa in built if isa not in _C.cpu_isas()]
     if not missing:
         pytest.skip(f"this CPU runs every instruction set of this build ({', '.join(_C.cpu_isas())})")

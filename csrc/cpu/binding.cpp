@@ -28,6 +28,9 @@ std::vector<IsaChoice> isa_choices() {
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+  KernelSet amx = LK_KERNEL_SET("amx", isa_avx512);
+  amx.conv3x3_bf16_bands = isa_amx::conv3x3_bf16_bands;
+  out.push_back({"amx", avx512 && isa_amx::usable(), amx});
   out.push_back({"avx512", avx512, LK_KERNEL_SET("avx512", isa_avx512)});
   out.push_back({"avx2", avx2, LK_KERNEL_SET("avx2", isa_avx2)});
 #endif
@@ -76,8 +79,8 @@ std::string choose_isa(const std::string& want, const std::vector<std::pair<std:
   TORCH_CHECK(false, "LATTICE_KERNELS_CPU_ISA must be one of ", names, " (this build), got '", want, "'");
 }
 
-// The instruction set is chosen once: LATTICE_KERNELS_CPU_ISA=avx512|avx2|baseline forces one (tests run each the
-// CPU has), otherwise the most capable one this CPU runs (AVX-512 F/VL/BW/DQ, else AVX2 with FMA and F16C).
+// The instruction set is chosen once: LATTICE_KERNELS_CPU_ISA=amx|avx512|avx2|baseline forces one (tests run each the
+// CPU has), otherwise the most capable one this CPU runs (AVX-512 with AMX-BF16, AVX-512 F/VL/BW/DQ, else AVX2 with FMA and F16C).
 const KernelSet& kernels() {
   static const KernelSet chosen = [] {
     const char* env = std::getenv("LATTICE_KERNELS_CPU_ISA");

@@ -72,6 +72,44 @@ at::Tensor winograd_weights(const at::Tensor& w, at::ScalarType acc) {
   return u;
 }
 
+// Output rows per work item of the direct bf16 convolution: the band's input rows (rows + 2 of them, w_p + 2 pixels
+// of cin_p channels) stay within ~1 MiB, half an AMX core's L2, and at most 8 rows (the copy of a band reads its
+// 2 outer rows again for the next band).
+int64_t direct_rows(int64_t w_p, int64_t cin_p) {
+  const int64_t row_bytes = (w_p + 2) * cin_p * 2;
+  return std::clamp<int64_t>((int64_t(1) << 20) / row_bytes - 2, 1, 8);
+}
+
+// y = conv3x3 of bf16 x, weight and bias by the kernel set's direct convolution (kernels_amx.cpp).
+void conv3x3_bf16_direct(const at::Tensor& x, const View& xv, const at::Tensor& weight, const at::Tensor& bias,
+                         c10::optional<double> negative_slope, const View& yv) {
+  const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3), Cout = weight.size(0);
+  const int64_t cin_p = (Cin + 31) / 32 * 32, cout_p = (Cout + 31) / 32 * 32, w_p = (W + 31) / 32 * 32;
+  // w[co][ci][tap] into [tap][ci / 32][co / 16][(ci % 32) / 2][co % 16][ci % 2], zeros past Cin and Cout.
+  const at::Tensor wc = weight.contiguous();
+  const uint16_t* ws = reinterpret_cast<const uint16_t*>(wc.data_ptr());
+  at::Tensor wp = at::zeros({9 * cin_p * cout_p}, x.options().dtype(at::kBFloat16));
+  uint16_t* wd = reinterpret_cast<uint16_t*>(wp.data_ptr());
+  for (int64_t co = 0; co < Cout; ++co)
+    for (int64_t ci = 0; ci < Cin; ++ci)
+      for (int64_t tap = 0; tap < 9; ++tap)
+        wd[(((tap * (cin_p / 32) + ci / 32) * (cout_p / 16) + co / 16) * 16 + (ci % 32) / 2) * 32 + (co % 16) * 2 +
+           ci % 2] = ws[(co * Cin + ci) * 9 + tap];
+  at::Tensor bp = at::zeros({cout_p}, x.options().dtype(at::kFloat));
+  if (bias.defined()) bp.narrow(0, 0, Cout).copy_(bias);
+  Conv3x3DirectArgs args{N, H, W, Cin, Cout, xv, yv, W * xv.sp, xv.sp, W * yv.sp, yv.sp, wd,
+                         bp.data_ptr<float>(), negative_slope.has_value(), negative_slope.value_or(0.0), 0,
+                         cin_p, cout_p, w_p};
+  args.rows = direct_rows(w_p, cin_p);
+  const int64_t items = N * ((H + args.rows - 1) / args.rows);
+  const size_t scratch_bytes = static_cast<size_t>(conv3x3_direct_scratch_bytes(args));
+  at::parallel_for(0, items, 1, [&](int64_t b0, int64_t e0) {
+    std::vector<double> s((scratch_bytes + 63) / sizeof(double) + 8);
+    void* aligned = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(s.data()) + 63) & ~uintptr_t(63));
+    kernels().conv3x3_bf16_bands(args, b0, e0, aligned);
+  });
+}
+
 at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                    c10::optional<double> negative_slope) {
   check_input(x, "x");
@@ -98,6 +136,10 @@ at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& weight, const c10::opt
   at::Tensor y = at::empty({N, Cout, H, W}, x.options().memory_format(format_of(il)));
   View yv;
   TORCH_CHECK(view_of(y, il, yv), "lattice_kernels: internal error: no view of the conv3x3 output");
+  if (x.scalar_type() == at::kBFloat16 && kernels().conv3x3_bf16_bands != nullptr && y.numel() > 0) {
+    conv3x3_bf16_direct(xt, xv, weight, has_bias ? *bias : at::Tensor(), negative_slope, yv);
+    return y;
+  }
 
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor u = winograd_weights(weight, acc);

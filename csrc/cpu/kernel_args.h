@@ -118,6 +118,27 @@ struct Conv3x3Args {
 // AVX-512, 2-core Xeon, 2026-11-29).
 inline int64_t conv3x3_plane_stride(int64_t group, int64_t C) { return group * C + 16; }
 
+// conv3x3 (stride 1, padding 1) of bf16 x and weights as a direct convolution (kernels_amx.cpp): a work item is
+// a band of `rows` output rows of one image; the band's rows + 2 input rows are copied, zero-padded, into the
+// scratch as [rows + 2][w_p + 2][cin_p] bf16 (cin_p: Cin rounded up to 32, w_p: W rounded up to 32), then each
+// 32-pixel x 32-channel output block is the sum over the 9 taps and cin_p / 32 channel blocks of AMX tile
+// products, float32 sums, then + bias, LeakyReLU when has_slope, rounded to bf16. x and y share a layout.
+struct Conv3x3DirectArgs {
+  int64_t N, H, W, Cin, Cout;
+  View x, y;                       // bf16
+  int64_t x_sh, x_sw, y_sh, y_sw;  // row and column strides
+  const uint16_t* w;  // bf16 [9][cin_p / 32][cout_p / 16][16][16][2]: w[co][ci][tap], ci = 32 kb + 2 k + e
+  const float* bias;  // cout_p values (zeros past Cout, and for no bias)
+  bool has_slope;
+  double slope;
+  int64_t rows, cin_p, cout_p, w_p;  // cout_p: Cout rounded up to 32
+};
+inline int64_t conv3x3_direct_band_elements(const Conv3x3DirectArgs& a) { return (a.rows + 2) * (a.w_p + 2) * a.cin_p; }
+// Scratch bytes of one call of the kernel: the band, then 4 tiles of 16 x 16 float32 sums.
+inline int64_t conv3x3_direct_scratch_bytes(const Conv3x3DirectArgs& a) {
+  return conv3x3_direct_band_elements(a) * 2 + 4 * 256 * 4;
+}
+
 // The weight gradient of conv3x3 through the same Winograd algorithm: the forward is y_t = A^T (U . V_t) A per tile
 // t with U = G w G^T and V_t = B^T x_t B, so dL/dw = G^T (sum_t (A dy_t A^T) . V_t) G. The kernel forms, per chunk
 // of `chunk` consecutive tiles (fixed by the shape, never by the thread count), the partial sums

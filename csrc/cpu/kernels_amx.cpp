@@ -1,0 +1,187 @@
+// conv3x3 of bfloat16 tensors as a direct convolution on AMX tiles (Intel AMX-BF16): the kernel set "amx" is the
+// AVX-512 one with this convolution for bf16 inputs. Products of bf16 values are exact in float32 and summed in
+// float32 in a fixed order (tap by tap, 32 input channels at a time), so the result does not depend on the thread
+// count. The standard headers are included before the target pragma so that nothing they define is compiled for AMX.
+#include <cstdint>
+#include <cstring>
+#include <immintrin.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#include "kernel_args.h"
+#include "kernels.h"
+
+namespace lk {
+namespace isa_amx {
+
+namespace {
+
+// CPUID.(EAX=7, ECX=0): EDX bit 22 AMX-BF16, bit 24 AMX-TILE; CPUID.(EAX=7, ECX=1): EAX bit 5 AVX512_BF16 (the
+// epilogue's conversion). XCR0 bits 17 and 18: the OS saves the tile state.
+bool cpu_has_amx_bf16() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0), "c"(0));
+  if (a < 7) return false;
+  __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+  if (!((d >> 22) & 1u) || !((d >> 24) & 1u)) return false;
+  __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(1));
+  if (!((a >> 5) & 1u)) return false;
+  __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+  if (!((c >> 27) & 1u)) return false;  // OSXSAVE, without which xgetbv faults
+  unsigned lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return ((lo >> 17) & 3u) == 3u;
+}
+
+}  // namespace
+
+bool usable() {
+  static const bool ok = [] {
+    if (!cpu_has_amx_bf16()) return false;
+#if defined(__linux__)
+    // Linux hands out the tile data state only to processes that ask for it (ARCH_REQ_XCOMP_PERM, feature 18:
+    // XTILEDATA); without it the first tile instruction raises SIGILL.
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#else
+    return false;
+#endif
+  }();
+  return ok;
+}
+
+}  // namespace isa_amx
+}  // namespace lk
+
+#pragma GCC push_options
+#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma,f16c")
+
+namespace lk {
+namespace isa_amx {
+
+namespace {
+
+// Tiles 0-3: float32 sums of a 32-pixel x 32-channel output block (2 x 2 tiles of 16 x 16); 4-5: the 16-pixel
+// halves of the input block (16 rows of 32 bf16 channels); 6-7: the two 16-channel halves of the weights
+// (16 rows of 16 channel pairs).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+inline void store_block(const Conv3x3DirectArgs& a, const float* c, int64_t n, int64_t h, int64_t w0, int64_t co0) {
+  const int64_t W = a.W, Cout = a.Cout;
+  uint16_t* y = static_cast<uint16_t*>(a.y.data) + n * a.y.sn + h * a.y_sh;
+  const __m512 slope = _mm512_set1_ps(static_cast<float>(a.slope));
+  for (int t = 0; t < 4; ++t) {
+    const int64_t wb = w0 + 16 * (t >> 1), cb = co0 + 16 * (t & 1);
+    if (wb >= W || cb >= Cout) continue;
+    const float* ct = c + 256 * t;
+    const __m512 bias = _mm512_loadu_ps(a.bias + cb);  // the binding pads bias to cout_p values
+    const int64_t nw = W - wb < 16 ? W - wb : 16, nc = Cout - cb < 16 ? Cout - cb : 16;
+    if (a.y.sc == 1) {
+      const __mmask16 keep = static_cast<__mmask16>((1u << nc) - 1u);
+      for (int64_t i = 0; i < nw; ++i) {
+        __m512 v = _mm512_add_ps(_mm512_load_ps(ct + 16 * i), bias);
+        if (a.has_slope) v = _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), v, slope);
+        _mm256_mask_storeu_epi16(y + (wb + i) * a.y_sw + cb, keep, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+      }
+    } else {
+      // Planar y: the tile is [pixel][channel]; each channel's 16 pixels are one contiguous run of y.
+      alignas(64) float col[16];
+      const __mmask16 keep = static_cast<__mmask16>((1u << nw) - 1u);
+      for (int64_t j = 0; j < nc; ++j) {
+        for (int i = 0; i < 16; ++i) col[i] = ct[16 * i + j];
+        __m512 v = _mm512_add_ps(_mm512_load_ps(col), _mm512_set1_ps(a.bias[cb + j]));
+        if (a.has_slope) v = _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), v, slope);
+        _mm256_mask_storeu_epi16(y + (cb + j) * a.y.sc + wb * a.y_sw, keep,
+                                 reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+      }
+    }
+  }
+}
+
+// Rows ih of x (zero outside the image) into the band's scratch: pixel (r, 1 + w) at (r * (w_p + 2) + 1 + w) * cin_p,
+// channels past Cin and pixels past the image zero.
+inline void pack_row(const Conv3x3DirectArgs& a, uint16_t* dst, int64_t n, int64_t ih) {
+  const int64_t cp = a.cin_p, wide = a.w_p + 2;
+  if (ih < 0 || ih >= a.H) {
+    std::memset(dst, 0, static_cast<size_t>(wide * cp) * 2);
+    return;
+  }
+  const uint16_t* x = static_cast<const uint16_t*>(a.x.data) + n * a.x.sn + ih * a.x_sh;
+  std::memset(dst, 0, static_cast<size_t>(cp) * 2);
+  std::memset(dst + (a.W + 1) * cp, 0, static_cast<size_t>((wide - a.W - 1) * cp) * 2);
+  if (a.x.sc == 1) {
+    for (int64_t w = 0; w < a.W; ++w) {
+      uint16_t* d = dst + (w + 1) * cp;
+      std::memcpy(d, x + w * a.x_sw, static_cast<size_t>(a.Cin) * 2);
+      if (cp > a.Cin) std::memset(d + a.Cin, 0, static_cast<size_t>(cp - a.Cin) * 2);
+    }
+  } else {
+    for (int64_t w = 0; w < a.W; ++w) std::memset(dst + (w + 1) * cp + a.Cin, 0, static_cast<size_t>(cp - a.Cin) * 2);
+    for (int64_t c = 0; c < a.Cin; ++c) {
+      const uint16_t* xc = x + c * a.x.sc;
+      uint16_t* d = dst + cp + c;
+      for (int64_t w = 0; w < a.W; ++w) d[w * cp] = xc[w * a.x_sw];
+    }
+  }
+}
+
+}  // namespace
+
+void conv3x3_bf16_bands(const Conv3x3DirectArgs& a, int64_t begin, int64_t end, void* scratch) {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  const int64_t cp = a.cin_p, wide = a.w_p + 2, kb_n = cp / 32, nb16 = a.cout_p / 16;
+  uint16_t* xs = static_cast<uint16_t*>(scratch);
+  float* c = reinterpret_cast<float*>(xs + conv3x3_direct_band_elements(a));
+  const int64_t bands = (a.H + a.rows - 1) / a.rows;
+  const int64_t astride = cp * 2;
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t n = item / bands, h0 = (item % bands) * a.rows;
+    const int64_t rows = a.H - h0 < a.rows ? a.H - h0 : a.rows;
+    for (int64_t r = 0; r < rows + 2; ++r) pack_row(a, xs + r * wide * cp, n, h0 - 1 + r);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t w0 = 0; w0 < a.W; w0 += 32)
+        for (int64_t nb = 0; nb < nb16; nb += 2) {
+          _tile_zero(0);
+          _tile_zero(1);
+          _tile_zero(2);
+          _tile_zero(3);
+          for (int tap = 0; tap < 9; ++tap) {
+            const uint16_t* arow = xs + ((r + tap / 3) * wide + w0 + tap % 3) * cp;
+            const uint16_t* wt = a.w + (tap * kb_n * nb16 + nb) * 512;
+            for (int64_t kb = 0; kb < kb_n; ++kb) {
+              _tile_loadd(4, arow + kb * 32, astride);
+              _tile_loadd(5, arow + 16 * cp + kb * 32, astride);
+              _tile_loadd(6, wt + kb * nb16 * 512, 64);
+              _tile_loadd(7, wt + kb * nb16 * 512 + 512, 64);
+              _tile_dpbf16ps(0, 4, 6);
+              _tile_dpbf16ps(1, 4, 7);
+              _tile_dpbf16ps(2, 5, 6);
+              _tile_dpbf16ps(3, 5, 7);
+            }
+          }
+          _tile_stored(0, c, 64);
+          _tile_stored(1, c + 256, 64);
+          _tile_stored(2, c + 512, 64);
+          _tile_stored(3, c + 768, 64);
+          store_block(a, c, n, h0 + r, w0, nb * 16);
+        }
+  }
+  _tile_release();
+}
+
+}  // namespace isa_amx
+}  // namespace lk
+
+#pragma GCC pop_options
