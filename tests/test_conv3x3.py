@@ -327,6 +327,16 @@ for (n, cin, cout, h, w), fmt, slope in itertools.product(shapes, (torch.contigu
     err = ((y.double() - want).abs().max() / want.abs().max()).item()
     eager_err = ((eager.double() - want).abs().max() / want.abs().max()).item()
     assert err <= 2 * eager_err, ((n, cin, cout, h, w), fmt, slope, err, eager_err)
+    if slope is None:  # the weight and bias gradients (bf16 x and dy), once per shape and layout
+        gy = torch.randn(n, cout, h, w, generator=g).bfloat16().contiguous(memory_format=fmt)
+        dw, db = torch.ops.lattice_kernels.conv3x3_weight_grad(x, gy)
+        want = torch.nn.grad.conv2d_weight(x.double(), wt.shape, gy.double(), padding=1)
+        eager = torch.nn.grad.conv2d_weight(x.float(), wt.shape, gy.float(), padding=1).bfloat16()
+        err = ((dw.double() - want).abs().max() / want.abs().max()).item()
+        eager_err = ((eager.double() - want).abs().max() / want.abs().max()).item()
+        assert err <= max(2 * eager_err, 2 ** -9), ("weight grad", (n, cin, cout, h, w), fmt, err, eager_err)
+        sums = gy.double().sum((0, 2, 3))
+        assert ((db.double() - sums).abs().max() / gy.double().abs().sum((0, 2, 3)).max()).item() <= 2 ** -9
 # A channel slice of a channels_last tensor (pixel stride 2 * C) reads only its own channels.
 big = torch.randn(1, 96, 6, 20, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
 wt = (torch.randn(16, 48, 3, 3, generator=g) / 20).bfloat16()
@@ -341,19 +351,23 @@ assert nan[5:8, 32:35].all() and nan.sum() == 9, nan.nonzero()
 # The sums' order is fixed by the shape: one thread and two give the same bits.
 x = torch.randn(2, 48, 21, 37, generator=g).bfloat16()
 wt = (torch.randn(64, 48, 3, 3, generator=g) / 20).bfloat16()
+gy = torch.randn(2, 64, 21, 37, generator=g).bfloat16()
 torch.set_num_threads(1)
 y1 = lk.ops.conv3x3(x, wt, backend="cpu")
+dw1, db1 = torch.ops.lattice_kernels.conv3x3_weight_grad(x, gy)
 torch.set_num_threads(2)
 assert torch.equal(y1, lk.ops.conv3x3(x, wt, backend="cpu"))
+dw2, db2 = torch.ops.lattice_kernels.conv3x3_weight_grad(x, gy)
+assert torch.equal(dw1, dw2) and torch.equal(db1, db2)
 print("ok")
 """
 
 
 @pytest.mark.skipif(_C is None, reason="the compiled extension did not load")
 def test_bf16_direct_convolution_on_amx_matches_reference():
-    """The "amx" kernel set's bf16 conv3x3 (a direct convolution on AMX tiles) against the float64 reference, at
-    shapes that leave partial pixel, channel and row blocks, both layouts, a channel slice, NaN locality and the
-    thread count."""
+    """The "amx" kernel set's bf16 conv3x3 and its weight and bias gradients (direct convolutions on AMX tiles)
+    against the float64 reference, at shapes that leave partial pixel, channel and row blocks, both layouts, a
+    channel slice, NaN locality and the thread count."""
     if "amx" not in _C.cpu_isas():
         pytest.skip(f"this CPU has no AMX-BF16 (it runs {', '.join(_C.cpu_isas())})")
     r = subprocess.run([sys.executable, "-c", AMX_CHECK], capture_output=True, text=True,

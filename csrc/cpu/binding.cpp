@@ -30,6 +30,7 @@ std::vector<IsaChoice> isa_choices() {
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
   KernelSet amx = LK_KERNEL_SET("amx", isa_avx512);
   amx.conv3x3_bf16_bands = isa_amx::conv3x3_bf16_bands;
+  amx.conv3x3_bf16_weight_grad_chunks = isa_amx::conv3x3_bf16_weight_grad_chunks;
   out.push_back({"amx", avx512 && isa_amx::usable(), amx});
   out.push_back({"avx512", avx512, LK_KERNEL_SET("avx512", isa_avx512)});
   out.push_back({"avx2", avx2, LK_KERNEL_SET("avx2", isa_avx2)});

@@ -193,6 +193,57 @@ template <class A> void finish_weight_grad(const A* p, int64_t nchunk, int64_t C
 // 9.4 MB for 64 -> 64 channels in float32), each a whole number of tile groups, at least 4. The bias gradient (the
 // sum of grad over (N, H, W)) comes from the kernel's own reads of grad: a separate sum cost ~2.5% of a LatticeNet
 // training step (b16 LR 48, 2-core Xeon, 2026-11-29).
+// Rows per band of the direct bf16 weight gradient: the band's copies (rows + 2 rows of x over cin_p planes, rows
+// of dy over cout_p channels, row pitch W + 2) within ~1 MiB, at most 64 rows (each band reloads the chunk's
+// float32 sums into the tiles once per tap and block: with 16 rows of 48 pixels that was ~10% of the kernel).
+int64_t direct_weight_grad_rows(int64_t W, int64_t cin_p, int64_t cout_p) {
+  const int64_t row_bytes = (W + 2) * (cin_p + cout_p) * 2;
+  return std::clamp<int64_t>((int64_t(1) << 20) / row_bytes - 2, 1, 64);
+}
+
+// (dL/dw, dL/db) of conv3x3 for bf16 x and grad by the kernel set's direct kernel (kernels_amx.cpp): chunks of bands
+// in parallel into float32 partials of their own, added in chunk order in double.
+std::tuple<at::Tensor, at::Tensor> conv3x3_weight_grad_bf16_direct(const at::Tensor& x, const View& xv,
+                                                                   const at::Tensor& grad, const View& gv) {
+  const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3), Cout = grad.size(1);
+  Conv3x3DirectWeightGradArgs args{N, H, W, Cin, Cout, xv, gv, W * xv.sp, xv.sp, W * gv.sp, gv.sp, 0, 0,
+                                   (Cin + 31) / 32 * 32, (Cout + 31) / 32 * 32, nullptr, nullptr};
+  args.rows = direct_weight_grad_rows(W, args.cin_p, args.cout_p);
+  const int64_t bands = args.bands();
+  args.chunk = std::max<int64_t>(1, (bands + 15) / 16);
+  const int64_t nchunk = (bands + args.chunk - 1) / args.chunk, size = 9 * args.cin_p * args.cout_p;
+  at::Tensor part = at::empty({nchunk, size}, x.options().dtype(at::kFloat));
+  at::Tensor bias_part = at::empty({nchunk, Cout}, x.options().dtype(at::kDouble));
+  args.partials = part.data_ptr<float>();
+  args.bias_partials = bias_part.data_ptr<double>();
+  const size_t scratch_bytes = static_cast<size_t>(conv3x3_direct_weight_grad_scratch_bytes(args));
+  at::parallel_for(0, nchunk, 1, [&](int64_t b0, int64_t e0) {
+    std::vector<double> s((scratch_bytes + 63) / sizeof(double) + 8);
+    void* aligned = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(s.data()) + 63) & ~uintptr_t(63));
+    kernels().conv3x3_bf16_weight_grad_chunks(args, b0, e0, aligned);
+  });
+  // part[c] holds [tap][ci / 16][co / 16][ci % 16][co % 16]
+  at::Tensor dw = at::empty({Cout, Cin, 3, 3}, x.options().dtype(at::kDouble));
+  double* o = dw.data_ptr<double>();
+  const float* p = args.partials;
+  std::vector<double> m(static_cast<size_t>(size), 0.0);  // the chunks added in order, streamed
+  at::parallel_for(0, size, 4096, [&](int64_t b0, int64_t e0) {
+    for (int64_t c = 0; c < nchunk; ++c)
+      for (int64_t i = b0; i < e0; ++i) m[i] += double(p[c * size + i]);
+  });
+  const int64_t cob_n = args.cout_p / 16, cib_n = args.cin_p / 16;
+  for (int64_t co = 0; co < Cout; ++co)
+    for (int64_t ci = 0; ci < Cin; ++ci)
+      for (int64_t tap = 0; tap < 9; ++tap)
+        o[(co * Cin + ci) * 9 + tap] = m[(((tap * cib_n + ci / 16) * cob_n + co / 16) * 16 + ci % 16) * 16 + co % 16];
+  at::Tensor db = at::zeros({Cout}, x.options().dtype(at::kDouble));
+  const double* bp = bias_part.data_ptr<double>();
+  double* dbp = db.data_ptr<double>();
+  for (int64_t c = 0; c < nchunk; ++c)  // in chunk order
+    for (int64_t co = 0; co < Cout; ++co) dbp[co] += bp[c * Cout + co];
+  return {dw.to(x.scalar_type()), db.to(x.scalar_type())};
+}
+
 std::tuple<at::Tensor, at::Tensor> conv3x3_weight_grad(const at::Tensor& x, const at::Tensor& grad) {
   check_input(x, "x");
   check_cpu(x, "x");
@@ -207,6 +258,8 @@ std::tuple<at::Tensor, at::Tensor> conv3x3_weight_grad(const at::Tensor& x, cons
   const bool il = is_interleaved(x);
   auto [xt, xv] = operand(x, il);
   auto [gt, gv] = operand(grad, il);
+  if (x.scalar_type() == at::kBFloat16 && kernels().conv3x3_bf16_weight_grad_chunks != nullptr)
+    return conv3x3_weight_grad_bf16_direct(xt, xv, gt, gv);
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t TH = (H + 3) / 4, TW = (W + 3) / 4, group = winograd_group(), total = N * TH * TW;
   const int64_t per = (total + 15) / 16, chunk = std::max<int64_t>(4, (per + group - 1) / group) * group;

@@ -139,6 +139,28 @@ inline int64_t conv3x3_direct_scratch_bytes(const Conv3x3DirectArgs& a) {
   return conv3x3_direct_band_elements(a) * 2 + 4 * 256 * 4;
 }
 
+// The weight and bias gradients of conv3x3 for bf16 x and dy on AMX tiles (kernels_amx.cpp): dw[co][ci][tap] =
+// sum over pixels of dy[co][p] x[ci][p + tap]. A work item is a chunk of `chunk` consecutive bands (a band: `rows`
+// output rows of one image; both fixed by the shape, never by the thread count). Per band, x's rows + 2 rows are
+// copied, zero-padded, into planes [cin_p][plane] of the padded rows laid end to end (row pitch W + 2), so a tap is an
+// offset along the plane, and dy's rows, with the same pitch and zeros in the 2 pad columns, as bf16 pairs of
+// pixels [k_p / 2][cout_p][2]; the chunk's sums go to its partials in float32, [9][cin_p / 16][cout_p / 16][16][16]
+// tiles (ci rows, co columns), and the sums of dy per output channel to its bias partials in double.
+struct Conv3x3DirectWeightGradArgs {
+  int64_t N, H, W, Cin, Cout;
+  View x, dy;                        // bf16, one layout
+  int64_t x_sh, x_sw, dy_sh, dy_sw;  // row and column strides
+  int64_t rows, chunk, cin_p, cout_p;  // cin_p, cout_p: Cin, Cout rounded up to 32
+  float* partials;        // [nchunk][9 * cin_p * cout_p]
+  double* bias_partials;  // [nchunk][Cout]
+  int64_t bands() const { return N * ((H + rows - 1) / rows); }
+  int64_t plane() const { return ((rows + 2) * (W + 2) + 64 + 31) / 32 * 32; }
+  int64_t k_p() const { return (rows * (W + 2) + 31) / 32 * 32; }
+};
+inline int64_t conv3x3_direct_weight_grad_scratch_bytes(const Conv3x3DirectWeightGradArgs& a) {
+  return (a.cin_p * a.plane() + a.k_p() * a.cout_p) * 2 + a.cout_p * 4;
+}
+
 // The weight gradient of conv3x3 through the same Winograd algorithm: the forward is y_t = A^T (U . V_t) A per tile
 // t with U = G w G^T and V_t = B^T x_t B, so dL/dw = G^T (sum_t (A dy_t A^T) . V_t) G. The kernel forms, per chunk
 // of `chunk` consecutive tiles (fixed by the shape, never by the thread count), the partial sums

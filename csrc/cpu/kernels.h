@@ -14,6 +14,8 @@ struct KernelSet {
   void (*conv3x3_weight_grad_chunks)(const Conv3x3WeightGradArgs&, int64_t, int64_t, void*);
   // bf16 conv3x3 as a direct convolution (the "amx" set; null elsewhere, where bf16 goes through the Winograd).
   void (*conv3x3_bf16_bands)(const Conv3x3DirectArgs&, int64_t, int64_t, void*) = nullptr;
+  // Its weight and bias gradients (the "amx" set; null elsewhere).
+  void (*conv3x3_bf16_weight_grad_chunks)(const Conv3x3DirectWeightGradArgs&, int64_t, int64_t, void*) = nullptr;
 };
 
 #define LK_DECLARE_KERNELS(ns)                                                      \
@@ -32,6 +34,7 @@ LK_DECLARE_KERNELS(isa_avx512)
 namespace isa_amx {
 bool usable();  // AMX-BF16, AVX512_BF16, the OS's tile state, and (Linux) this process's permission to use it
 void conv3x3_bf16_bands(const Conv3x3DirectArgs&, int64_t, int64_t, void*);
+void conv3x3_bf16_weight_grad_chunks(const Conv3x3DirectWeightGradArgs&, int64_t, int64_t, void*);
 }  // namespace isa_amx
 #endif
 #undef LK_DECLARE_KERNELS

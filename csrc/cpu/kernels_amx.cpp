@@ -181,6 +181,141 @@ void conv3x3_bf16_bands(const Conv3x3DirectArgs& a, int64_t begin, int64_t end, 
   _tile_release();
 }
 
+namespace {
+
+// x's band (input rows h0 - 1 ... h0 + rows) into planes: xp[ci][rr * (W + 2) + col] = x[ci][h0 - 1 + rr][col - 1],
+// zero outside the image, past Cin and in each plane's tail.
+inline void pack_planes(const Conv3x3DirectWeightGradArgs& a, uint16_t* xp, int64_t n, int64_t h0, int64_t rows) {
+  const int64_t pitch = a.W + 2, plane = a.plane();
+  std::memset(xp, 0, static_cast<size_t>(a.cin_p * plane) * 2);
+  const uint16_t* x = static_cast<const uint16_t*>(a.x.data) + n * a.x.sn;
+  for (int64_t rr = 0; rr < rows + 2; ++rr) {
+    const int64_t ih = h0 - 1 + rr;
+    if (ih < 0 || ih >= a.H) continue;
+    const uint16_t* xr = x + ih * a.x_sh;
+    uint16_t* d = xp + rr * pitch + 1;
+    if (a.x.sc == 1) {
+      // 16 pixels x a channel pair per 32-bit gather, split into the two planes (a scalar copy took ~30% of the
+      // kernel at 16x64x48x48, 2-core Xeon, 2026-12-08); an odd last channel alone.
+      const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                             _mm512_set1_epi32(static_cast<int>(a.x_sw * 2)));
+      for (int64_t w0 = 0; w0 < a.W; w0 += 16) {
+        const int64_t nw = a.W - w0 < 16 ? a.W - w0 : 16;
+        const __mmask16 m = static_cast<__mmask16>((1u << nw) - 1u);
+        const uint16_t* src = xr + w0 * a.x_sw;
+        for (int64_t ci = 0; ci + 1 < a.Cin; ci += 2) {
+          const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, src + ci, 1);
+          _mm256_mask_storeu_epi16(d + ci * plane + w0, m, _mm512_cvtepi32_epi16(v));
+          _mm256_mask_storeu_epi16(d + (ci + 1) * plane + w0, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(v, 16)));
+        }
+        if (a.Cin % 2)
+          for (int64_t w = 0; w < nw; ++w) d[(a.Cin - 1) * plane + w0 + w] = src[w * a.x_sw + a.Cin - 1];
+      }
+    } else {
+      for (int64_t ci = 0; ci < a.Cin; ++ci)
+        for (int64_t w = 0; w < a.W; ++w) d[ci * plane + w] = xr[ci * a.x.sc + w * a.x_sw];
+    }
+  }
+}
+
+// dy's band into pixel pairs: gv[q / 2][co][q % 2] = dy[co][h0 + r][c] at q = r * (W + 2) + c for c < W, zero in
+// the 2 pad columns, past Cout and up to k_p; colsum[co] += the band's dy (float32 sums per band).
+inline void pack_pairs(const Conv3x3DirectWeightGradArgs& a, uint16_t* gv, float* colsum, int64_t n, int64_t h0,
+                       int64_t rows) {
+  const int64_t pitch = a.W + 2, cp = a.cout_p;
+  std::memset(gv, 0, static_cast<size_t>(a.k_p() * cp) * 2);
+  const uint16_t* dy = static_cast<const uint16_t*>(a.dy.data) + n * a.dy.sn;
+  uint32_t* g32 = reinterpret_cast<uint32_t*>(gv);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < a.W; ++c) {
+      const int64_t q = r * pitch + c;
+      const uint16_t* src = dy + (h0 + r) * a.dy_sh + c * a.dy_sw;
+      uint32_t* dst = g32 + (q / 2) * cp;
+      const int shift = static_cast<int>(q & 1) * 16;
+      for (int64_t co0 = 0; co0 < a.Cout; co0 += 16) {
+        const int64_t nc = a.Cout - co0 < 16 ? a.Cout - co0 : 16;
+        const __mmask16 m = static_cast<__mmask16>((1u << nc) - 1u);
+        __m512i v;
+        if (a.dy.sc == 1) {
+          v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + co0));
+        } else {
+          alignas(32) uint16_t tmp[16] = {};
+          for (int64_t j = 0; j < nc; ++j) tmp[j] = src[(co0 + j) * a.dy.sc];
+          v = _mm512_cvtepu16_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(tmp)));
+        }
+        _mm512_storeu_ps(colsum + co0, _mm512_add_ps(_mm512_loadu_ps(colsum + co0),
+                                                     _mm512_castsi512_ps(_mm512_slli_epi32(v, 16))));
+        const __m512i sh = shift ? _mm512_slli_epi32(v, 16) : v;
+        _mm512_storeu_si512(dst + co0, _mm512_or_si512(_mm512_loadu_si512(dst + co0), sh));
+      }
+    }
+}
+
+}  // namespace
+
+void conv3x3_bf16_weight_grad_chunks(const Conv3x3DirectWeightGradArgs& a, int64_t begin, int64_t end,
+                                     void* scratch) {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  const int64_t pitch = a.W + 2, plane = a.plane(), kp = a.k_p(), cib_n = a.cin_p / 16, cob_n = a.cout_p / 16;
+  const int64_t part_size = 9 * a.cin_p * a.cout_p, per_image = (a.H + a.rows - 1) / a.rows, bands = a.bands();
+  uint16_t* xp = static_cast<uint16_t*>(scratch);
+  uint16_t* gv = xp + a.cin_p * plane;
+  float* colsum = reinterpret_cast<float*>(gv + kp * a.cout_p);
+  for (int64_t item = begin; item < end; ++item) {
+    float* part = a.partials + item * part_size;
+    double* bpart = a.bias_partials + item * a.Cout;
+    std::memset(part, 0, static_cast<size_t>(part_size) * 4);
+    for (int64_t co = 0; co < a.Cout; ++co) bpart[co] = 0;
+    for (int64_t band = item * a.chunk; band < (item + 1) * a.chunk && band < bands; ++band) {
+      const int64_t n = band / per_image, h0 = (band % per_image) * a.rows;
+      const int64_t rows = a.H - h0 < a.rows ? a.H - h0 : a.rows;
+      pack_planes(a, xp, n, h0, rows);
+      std::memset(colsum, 0, static_cast<size_t>(a.cout_p) * 4);
+      pack_pairs(a, gv, colsum, n, h0, rows);
+      for (int64_t co = 0; co < a.Cout; ++co) bpart[co] += colsum[co];
+      // 256 pixels at a time, all taps of a block of 32 ci x 32 co: the block's 32 planes and dy pairs for them
+      // (~16 KiB each) stay in L1 across the 9 taps. Looping over the taps outside, every tile came from L2, which
+      // bound the kernel (3.0 ms at 16x64x48x48 -> 48 channels, 2-core Xeon, 2026-12-08).
+      for (int64_t kb0 = 0; kb0 < kp; kb0 += 256) {
+        const int64_t kb1 = kb0 + 256 < kp ? kb0 + 256 : kp;
+        for (int64_t cib = 0; cib < cib_n; cib += 2)
+          for (int64_t cob = 0; cob < cob_n; cob += 2)
+            for (int tap = 0; tap < 9; ++tap) {
+              const int64_t off = (tap / 3) * pitch + tap % 3;
+              float* t00 = part + ((tap * cib_n + cib) * cob_n + cob) * 256;
+              float* t10 = t00 + cob_n * 256;
+              _tile_loadd(0, t00, 64);
+              _tile_loadd(1, t00 + 256, 64);
+              _tile_loadd(2, t10, 64);
+              _tile_loadd(3, t10 + 256, 64);
+              const uint16_t* a0 = xp + cib * 16 * plane + off;
+              const uint16_t* b0 = gv + cob * 32;
+              for (int64_t k0 = kb0; k0 < kb1; k0 += 32) {
+                _tile_loadd(4, a0 + k0, plane * 2);
+                _tile_loadd(5, a0 + 16 * plane + k0, plane * 2);
+                _tile_loadd(6, b0 + k0 * a.cout_p, a.cout_p * 4);
+                _tile_loadd(7, b0 + k0 * a.cout_p + 32, a.cout_p * 4);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+              }
+              _tile_stored(0, t00, 64);
+              _tile_stored(1, t00 + 256, 64);
+              _tile_stored(2, t10, 64);
+              _tile_stored(3, t10 + 256, 64);
+            }
+      }
+    }
+  }
+  _tile_release();
+}
+
 }  // namespace isa_amx
 }  // namespace lk
 
