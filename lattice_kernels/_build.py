@@ -61,8 +61,8 @@ def source_dir() -> Path:
 
 def sources(csrc: Path, cuda: bool) -> list[Path]:
     """The translation units: the schemas, one binding per op family over the torch-free kernels, the CPU workspace
-    (a caching CPU allocator), the kernels once per instruction set (x86-64: baseline, AVX2, AVX-512, and AMX's bf16 convolution), and with
-    `cuda` the CUDA kernels and their binding."""
+    (a caching CPU allocator), the kernels once per instruction set (x86-64: baseline, AVX2, AVX-512, and AMX's bf16
+    convolution), and with `cuda` the CUDA kernels and their binding."""
     out = [csrc / "lattice_kernels.cpp", csrc / "cpu/binding.cpp",
            *(csrc / f"cpu/{op}.cpp" for op in ("channel_stats", "butterfly", "conv3x3", "workspace")),
            csrc / "cpu/kernels_baseline.cpp"]

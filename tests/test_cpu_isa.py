@@ -1,7 +1,7 @@
 """The CPU kernels exist for the baseline target, AVX2, AVX-512 and AVX-512 with AMX (its bf16 convolution), and
-write large outputs with streaming stores; the suite runs what the CPU and the (small) test shapes pick, and this test runs the other paths in a subprocess
-(LATTICE_KERNELS_CPU_ISA forces the instruction set, LATTICE_KERNELS_STREAM_BYTES=0 streaming on every call)
-against the spec."""
+write large outputs with streaming stores; the suite runs what the CPU and the (small) test shapes pick, and this test
+runs the other paths in a subprocess (LATTICE_KERNELS_CPU_ISA forces the instruction set,
+LATTICE_KERNELS_STREAM_BYTES=0 streaming on every call) against the spec."""
 
 from __future__ import annotations
 
@@ -84,7 +84,8 @@ def test_isa_the_cpu_lacks_is_an_error():
         pytest.skip("the compiled extension did not load")
     from lattice_kernels._extension import C as _C
 
-    built = ("amx", "avx512", "avx2", "baseline") if "avx2" in _C.cpu_isas() or _C.cpu_isa() != "baseline" else ("baseline",)
+    x86 = "avx2" in _C.cpu_isas() or _C.cpu_isa() != "baseline"
+    built = ("amx", "avx512", "avx2", "baseline") if x86 else ("baseline",)
     missing = [isa for isa in built if isa not in _C.cpu_isas()]
     if not missing:
         pytest.skip(f"this CPU runs every instruction set of this build ({', '.join(_C.cpu_isas())})")

@@ -84,7 +84,7 @@ int64_t direct_rows(int64_t w_p, int64_t cin_p) {
 void conv3x3_bf16_direct(const at::Tensor& x, const View& xv, const at::Tensor& weight, const at::Tensor& bias,
                          c10::optional<double> negative_slope, const View& yv) {
   const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3), Cout = weight.size(0);
-  const int64_t cin_p = (Cin + 31) / 32 * 32, cout_p = (Cout + 31) / 32 * 32, w_p = (W + 31) / 32 * 32;
+  const int64_t cin_p = (Cin + 31) / 32 * 32, cout_p = (Cout + 15) / 16 * 16, w_p = (W + 31) / 32 * 32;
   // w[co][ci][tap] into [tap][ci / 32][co / 16][(ci % 32) / 2][co % 16][ci % 2], zeros past Cin and Cout.
   const at::Tensor wc = weight.contiguous();
   const uint16_t* ws = reinterpret_cast<const uint16_t*>(wc.data_ptr());
@@ -207,7 +207,7 @@ std::tuple<at::Tensor, at::Tensor> conv3x3_weight_grad_bf16_direct(const at::Ten
                                                                    const at::Tensor& grad, const View& gv) {
   const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3), Cout = grad.size(1);
   Conv3x3DirectWeightGradArgs args{N, H, W, Cin, Cout, xv, gv, W * xv.sp, xv.sp, W * gv.sp, gv.sp, 0, 0,
-                                   (Cin + 31) / 32 * 32, (Cout + 31) / 32 * 32, nullptr, nullptr};
+                                   (Cin + 15) / 16 * 16, (Cout + 15) / 16 * 16, nullptr, nullptr};
   args.rows = direct_weight_grad_rows(W, args.cin_p, args.cout_p);
   const int64_t bands = args.bands();
   args.chunk = std::max<int64_t>(1, (bands + 15) / 16);

@@ -121,8 +121,9 @@ inline int64_t conv3x3_plane_stride(int64_t group, int64_t C) { return group * C
 // conv3x3 (stride 1, padding 1) of bf16 x and weights as a direct convolution (kernels_amx.cpp): a work item is
 // a band of `rows` output rows of one image; the band's rows + 2 input rows are copied, zero-padded, into the
 // scratch as [rows + 2][w_p + 2][cin_p] bf16 (cin_p: Cin rounded up to 32, w_p: W rounded up to 32), then each
-// 32-pixel x 32-channel output block is the sum over the 9 taps and cin_p / 32 channel blocks of AMX tile
-// products, float32 sums, then + bias, LeakyReLU when has_slope, rounded to bf16. x and y share a layout.
+// 32-pixel x 32-channel output block (16 channels for an odd last 16) is the sum over the 9 taps and cin_p / 32
+// channel blocks of AMX tile products, float32 sums, then + bias, LeakyReLU when has_slope, rounded to bf16. x and
+// y share a layout.
 struct Conv3x3DirectArgs {
   int64_t N, H, W, Cin, Cout;
   View x, y;                       // bf16
@@ -131,7 +132,7 @@ struct Conv3x3DirectArgs {
   const float* bias;  // cout_p values (zeros past Cout, and for no bias)
   bool has_slope;
   double slope;
-  int64_t rows, cin_p, cout_p, w_p;  // cout_p: Cout rounded up to 32
+  int64_t rows, cin_p, cout_p, w_p;  // cout_p: Cout rounded up to 16
 };
 inline int64_t conv3x3_direct_band_elements(const Conv3x3DirectArgs& a) { return (a.rows + 2) * (a.w_p + 2) * a.cin_p; }
 // Scratch bytes of one call of the kernel: the band, then 4 tiles of 16 x 16 float32 sums.
@@ -150,7 +151,7 @@ struct Conv3x3DirectWeightGradArgs {
   int64_t N, H, W, Cin, Cout;
   View x, dy;                        // bf16, one layout
   int64_t x_sh, x_sw, dy_sh, dy_sw;  // row and column strides
-  int64_t rows, chunk, cin_p, cout_p;  // cin_p, cout_p: Cin, Cout rounded up to 32
+  int64_t rows, chunk, cin_p, cout_p;  // cin_p, cout_p: Cin, Cout rounded up to 16
   float* partials;        // [nchunk][9 * cin_p * cout_p]
   double* bias_partials;  // [nchunk][Cout]
   int64_t bands() const { return N * ((H + rows - 1) / rows); }

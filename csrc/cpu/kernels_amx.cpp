@@ -56,6 +56,10 @@ bool usable() {
 
 #pragma GCC push_options
 #pragma GCC target("amx-tile,amx-bf16,avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma,f16c")
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*() (`__m512i __Y = __Y;`), which -Wmaybe-uninitialized
+// reports once inlined (GCC bug 105593, fixed in GCC 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace lk {
 namespace isa_amx {
@@ -73,13 +77,14 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-inline void store_block(const Conv3x3DirectArgs& a, const float* c, int64_t n, int64_t h, int64_t w0, int64_t co0) {
+inline void store_block(const Conv3x3DirectArgs& a, const float* c, int64_t n, int64_t h, int64_t w0, int64_t co0,
+                        int nt) {
   const int64_t W = a.W, Cout = a.Cout;
   uint16_t* y = static_cast<uint16_t*>(a.y.data) + n * a.y.sn + h * a.y_sh;
   const __m512 slope = _mm512_set1_ps(static_cast<float>(a.slope));
   for (int t = 0; t < 4; ++t) {
     const int64_t wb = w0 + 16 * (t >> 1), cb = co0 + 16 * (t & 1);
-    if (wb >= W || cb >= Cout) continue;
+    if (wb >= W || cb >= Cout || (t & 1) >= nt) continue;
     const float* ct = c + 256 * t;
     const __m512 bias = _mm512_loadu_ps(a.bias + cb);  // the binding pads bias to cout_p values
     const int64_t nw = W - wb < 16 ? W - wb : 16, nc = Cout - cb < 16 ? Cout - cb : 16;
@@ -132,6 +137,41 @@ inline void pack_row(const Conv3x3DirectArgs& a, uint16_t* dst, int64_t n, int64
   }
 }
 
+// The sums of a 32-pixel x (16 NT)-channel output block into c (tiles [pixel half][channel half], 16 x 16 each):
+// the input block starts at `base` (the band's pixel of the first output, tap (0, 0)), the channels at 16 nb.
+template <int NT>
+inline void forward_block(const Conv3x3DirectArgs& a, const uint16_t* base, int64_t wide, int64_t nb, float* c) {
+  const int64_t cp = a.cin_p, kb_n = cp / 32, nb16 = a.cout_p / 16, astride = cp * 2;
+  _tile_zero(0);
+  _tile_zero(2);
+  if constexpr (NT == 2) {
+    _tile_zero(1);
+    _tile_zero(3);
+  }
+  for (int tap = 0; tap < 9; ++tap) {
+    const uint16_t* arow = base + ((tap / 3) * wide + tap % 3) * cp;
+    const uint16_t* wt = a.w + (tap * kb_n * nb16 + nb) * 512;
+    for (int64_t kb = 0; kb < kb_n; ++kb) {
+      _tile_loadd(4, arow + kb * 32, astride);
+      _tile_loadd(5, arow + 16 * cp + kb * 32, astride);
+      _tile_loadd(6, wt + kb * nb16 * 512, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(2, 5, 6);
+      if constexpr (NT == 2) {
+        _tile_loadd(7, wt + kb * nb16 * 512 + 512, 64);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+    }
+  }
+  _tile_stored(0, c, 64);
+  _tile_stored(2, c + 512, 64);
+  if constexpr (NT == 2) {
+    _tile_stored(1, c + 256, 64);
+    _tile_stored(3, c + 768, 64);
+  }
+}
+
 }  // namespace
 
 void conv3x3_bf16_bands(const Conv3x3DirectArgs& a, int64_t begin, int64_t end, void* scratch) {
@@ -141,11 +181,10 @@ void conv3x3_bf16_bands(const Conv3x3DirectArgs& a, int64_t begin, int64_t end, 
     cfg.colsb[t] = 64;
   }
   _tile_loadconfig(&cfg);
-  const int64_t cp = a.cin_p, wide = a.w_p + 2, kb_n = cp / 32, nb16 = a.cout_p / 16;
+  const int64_t cp = a.cin_p, wide = a.w_p + 2, nb16 = a.cout_p / 16;
   uint16_t* xs = static_cast<uint16_t*>(scratch);
   float* c = reinterpret_cast<float*>(xs + conv3x3_direct_band_elements(a));
   const int64_t bands = (a.H + a.rows - 1) / a.rows;
-  const int64_t astride = cp * 2;
   for (int64_t item = begin; item < end; ++item) {
     const int64_t n = item / bands, h0 = (item % bands) * a.rows;
     const int64_t rows = a.H - h0 < a.rows ? a.H - h0 : a.rows;
@@ -153,29 +192,13 @@ void conv3x3_bf16_bands(const Conv3x3DirectArgs& a, int64_t begin, int64_t end, 
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t w0 = 0; w0 < a.W; w0 += 32)
         for (int64_t nb = 0; nb < nb16; nb += 2) {
-          _tile_zero(0);
-          _tile_zero(1);
-          _tile_zero(2);
-          _tile_zero(3);
-          for (int tap = 0; tap < 9; ++tap) {
-            const uint16_t* arow = xs + ((r + tap / 3) * wide + w0 + tap % 3) * cp;
-            const uint16_t* wt = a.w + (tap * kb_n * nb16 + nb) * 512;
-            for (int64_t kb = 0; kb < kb_n; ++kb) {
-              _tile_loadd(4, arow + kb * 32, astride);
-              _tile_loadd(5, arow + 16 * cp + kb * 32, astride);
-              _tile_loadd(6, wt + kb * nb16 * 512, 64);
-              _tile_loadd(7, wt + kb * nb16 * 512 + 512, 64);
-              _tile_dpbf16ps(0, 4, 6);
-              _tile_dpbf16ps(1, 4, 7);
-              _tile_dpbf16ps(2, 5, 6);
-              _tile_dpbf16ps(3, 5, 7);
-            }
-          }
-          _tile_stored(0, c, 64);
-          _tile_stored(1, c + 256, 64);
-          _tile_stored(2, c + 512, 64);
-          _tile_stored(3, c + 768, 64);
-          store_block(a, c, n, h0 + r, w0, nb * 16);
+          // 32 output channels at a time; an odd last block of 16 alone (Cout = 48 would waste 1/4 of the products
+          // on zero weights in blocks of 32)
+          if (nb + 1 < nb16)
+            forward_block<2>(a, xs + (r * wide + w0) * cp, wide, nb, c);
+          else
+            forward_block<1>(a, xs + (r * wide + w0) * cp, wide, nb, c);
+          store_block(a, c, n, h0 + r, w0, nb * 16, nb + 1 < nb16 ? 2 : 1);
         }
   }
   _tile_release();
@@ -251,6 +274,36 @@ inline void pack_pairs(const Conv3x3DirectWeightGradArgs& a, uint16_t* gv, float
     }
 }
 
+// Adds pixels [kb0, kb1) of a block of (16 MT) ci x (16 NT) co to its float32 sums at t00 (tiles [ci half][co
+// half], 16 x 16 each, rows of co): a0 the first ci's plane at the tap's offset, b0 the pixel pairs at the first co.
+template <int MT, int NT>
+inline void weight_grad_block(float* t00, int64_t cob_n, const uint16_t* a0, int64_t plane, const uint16_t* b0,
+                              int64_t cout_p, int64_t kb0, int64_t kb1) {
+  float* t10 = t00 + cob_n * 256;
+  _tile_loadd(0, t00, 64);
+  if constexpr (NT == 2) _tile_loadd(1, t00 + 256, 64);
+  if constexpr (MT == 2) _tile_loadd(2, t10, 64);
+  if constexpr (MT == 2 && NT == 2) _tile_loadd(3, t10 + 256, 64);
+  for (int64_t k0 = kb0; k0 < kb1; k0 += 32) {
+    _tile_loadd(4, a0 + k0, plane * 2);
+    _tile_loadd(6, b0 + k0 * cout_p, cout_p * 4);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (NT == 2) {
+      _tile_loadd(7, b0 + k0 * cout_p + 32, cout_p * 4);
+      _tile_dpbf16ps(1, 4, 7);
+    }
+    if constexpr (MT == 2) {
+      _tile_loadd(5, a0 + 16 * plane + k0, plane * 2);
+      _tile_dpbf16ps(2, 5, 6);
+    }
+    if constexpr (MT == 2 && NT == 2) _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, t00, 64);
+  if constexpr (NT == 2) _tile_stored(1, t00 + 256, 64);
+  if constexpr (MT == 2) _tile_stored(2, t10, 64);
+  if constexpr (MT == 2 && NT == 2) _tile_stored(3, t10 + 256, 64);
+}
+
 }  // namespace
 
 void conv3x3_bf16_weight_grad_chunks(const Conv3x3DirectWeightGradArgs& a, int64_t begin, int64_t end,
@@ -286,29 +339,19 @@ void conv3x3_bf16_weight_grad_chunks(const Conv3x3DirectWeightGradArgs& a, int64
         for (int64_t cib = 0; cib < cib_n; cib += 2)
           for (int64_t cob = 0; cob < cob_n; cob += 2)
             for (int tap = 0; tap < 9; ++tap) {
-              const int64_t off = (tap / 3) * pitch + tap % 3;
+              // blocks of 32 ci x 32 co; an odd last block of 16 of either alone
               float* t00 = part + ((tap * cib_n + cib) * cob_n + cob) * 256;
-              float* t10 = t00 + cob_n * 256;
-              _tile_loadd(0, t00, 64);
-              _tile_loadd(1, t00 + 256, 64);
-              _tile_loadd(2, t10, 64);
-              _tile_loadd(3, t10 + 256, 64);
-              const uint16_t* a0 = xp + cib * 16 * plane + off;
+              const uint16_t* a0 = xp + cib * 16 * plane + (tap / 3) * pitch + tap % 3;
               const uint16_t* b0 = gv + cob * 32;
-              for (int64_t k0 = kb0; k0 < kb1; k0 += 32) {
-                _tile_loadd(4, a0 + k0, plane * 2);
-                _tile_loadd(5, a0 + 16 * plane + k0, plane * 2);
-                _tile_loadd(6, b0 + k0 * a.cout_p, a.cout_p * 4);
-                _tile_loadd(7, b0 + k0 * a.cout_p + 32, a.cout_p * 4);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-              }
-              _tile_stored(0, t00, 64);
-              _tile_stored(1, t00 + 256, 64);
-              _tile_stored(2, t10, 64);
-              _tile_stored(3, t10 + 256, 64);
+              const bool m2 = cib + 1 < cib_n, n2 = cob + 1 < cob_n;
+              if (m2 && n2)
+                weight_grad_block<2, 2>(t00, cob_n, a0, plane, b0, a.cout_p, kb0, kb1);
+              else if (m2)
+                weight_grad_block<2, 1>(t00, cob_n, a0, plane, b0, a.cout_p, kb0, kb1);
+              else if (n2)
+                weight_grad_block<1, 2>(t00, cob_n, a0, plane, b0, a.cout_p, kb0, kb1);
+              else
+                weight_grad_block<1, 1>(t00, cob_n, a0, plane, b0, a.cout_p, kb0, kb1);
             }
       }
     }
@@ -319,4 +362,5 @@ void conv3x3_bf16_weight_grad_chunks(const Conv3x3DirectWeightGradArgs& a, int64
 }  // namespace isa_amx
 }  // namespace lk
 
+#pragma GCC diagnostic pop
 #pragma GCC pop_options
