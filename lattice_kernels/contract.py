@@ -192,7 +192,8 @@ def register_conv3x3(ns: str = NS) -> None:
     kernels only). Backward: the gradient through the LeakyReLU (mask from the saved output: y > 0 exactly where the
     pre-activation is > 0, for a slope >= 0), then the input gradient by conv3x3 itself (a stride-1, padding-1 3x3
     conv with the weights transposed and flipped), the weight and bias gradients by conv3x3_weight_grad (the adjoint
-    of the same Winograd algorithm; the bias gradient, the sum of the gradient over (N, H, W), from the same reads)."""
+    of the same Winograd algorithm, or for bf16 on the amx kernel set the direct sum over pixels on AMX tiles; the
+    bias gradient, the sum of the gradient over (N, H, W), from the same reads)."""
 
     @torch.library.register_fake(f"{ns}::conv3x3")
     def _(x, weight, bias, negative_slope):

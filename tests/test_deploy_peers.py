@@ -16,8 +16,9 @@ from bench.deploy import _plain_and_library, peers_table, precision_name, run_on
 from lattice_kernels import inference
 
 ROOT = Path(__file__).resolve().parent.parent
-RECORDS = [ROOT / "bench" / "results" / f"deploy-peers-cpu-amd-epyc-{cpu}-default-malloc{what}.json"
-           for cpu, what in (("avx2", ""), ("avx512-bf16", "-workspace"), ("avx512-bf16", "-bf16-default"))]
+RECORDS = [ROOT / "bench" / "results" / f"deploy-peers-cpu-{cpu}-default-malloc{what}.json"
+           for cpu, what in (("amd-epyc-avx2", ""), ("amd-epyc-avx512-bf16", "-workspace"),
+                             ("amd-epyc-avx512-bf16", "-bf16-default"), ("intel-xeon-amx", "-bf16-default"))]
 
 
 @pytest.mark.parametrize("record", RECORDS, ids=lambda p: p.stem)

@@ -60,13 +60,28 @@ def test_fold_compress_gradients(fmt):
     assert torch.autograd.gradcheck(fn, leaves)
 
 
-def test_fold_compress_under_autocast_matches_eager_bf16():
-    """Under CPU autocast the products run in bfloat16, as the unfolded conv does; both within bf16 rounding."""
-    x1, x2, coefs, w, b = _inputs(PLACEMENTS["cross"], torch.channels_last, True, torch.float32)
-    want = _unfolded(x1.double(), x2.double(), {k: v.double() for k, v in coefs.items()}, w.double(), b.double())
+@pytest.mark.parametrize("inputs_dtype", [torch.float32, torch.bfloat16], ids=["f32-inputs", "bf16-inputs"])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_fold_compress_under_autocast_matches_eager_bf16(inputs_dtype, fmt):
+    """Under CPU autocast the products run in bfloat16, as the unfolded conv does; output and gradients both within
+    2x eager's bf16 error of float64, from float32 inputs (autocast casts them) and from bf16 activations (the
+    block's case: its convs' outputs)."""
+    x1, x2, coefs, w, b = _inputs(PLACEMENTS["cross"], fmt, True, torch.float32)
+    x1, x2 = (t.to(inputs_dtype).requires_grad_() for t in (x1, x2))
+    probe = torch.randn(3, 4, 6, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def run(f, *args):
+        y = f(*args)
+        grads = torch.autograd.grad((y.double() * probe).sum(), (args[0], args[1]))
+        return y, *grads
+
+    want = run(_unfolded, *(t.detach().double().requires_grad_() for t in (x1, x2)),
+               {k: v.double() for k, v in coefs.items()}, w.double(), b.double())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = fold_compress(x1, x2, coefs, w, b)
-        eager = _unfolded(x1, x2, coefs, w, b)
-    err = ((got.double() - want).abs().max() / want.abs().max()).item()
-    eager_err = ((eager.double() - want).abs().max() / want.abs().max()).item()
-    assert err <= 2 * eager_err, (err, eager_err)
+        got = run(fold_compress, x1, x2, coefs, w, b)
+        eager = run(_unfolded, x1, x2, coefs, w, b)
+    assert got[0].dtype == torch.bfloat16 and got[0].is_contiguous(memory_format=fmt)
+    for name, g, e, r in zip(("output", "dx1", "dx2"), got, eager, want):
+        err = ((g.double() - r).abs().max() / r.abs().max()).item()
+        eager_err = ((e.double() - r).abs().max() / r.abs().max()).item()
+        assert err <= 2 * eager_err, (name, err, eager_err)

@@ -53,8 +53,8 @@ class LatticeBlock(nn.Module):
     The non-conv work runs the fused plan: the coefficients of x, f and g each from one combination_coefficients
     op (statistics and MLP), q1's from butterfly 1's own statistics pass; butterfly 2 and the compress conv are
     one 1x1 conv over g and q1 with per-sample folded weights (fold_compress), so p3 and q3 are never formed. The
-    3x3 convs (with their LeakyReLU) are ops.conv3x3: the library's Winograd convolution on the cpu backend,
-    torch's convolution on the others."""
+    3x3 convs (with their LeakyReLU) are ops.conv3x3: the library's convolution on the cpu backend (Winograd; bf16 on
+    AMX tiles where the CPU has them), torch's convolution on the others."""
 
     def __init__(self, channels: int = 64, diff: int = 16, reduction: int = 16,
                  placement: str | tuple[str, ...] = "cross", backend: str | None = None):

@@ -175,8 +175,11 @@ def conv3x3(
     GEMM per transform point): about 4x fewer multiplications than a direct convolution, with a float32 error of
     ~2e-6 of max |y|, 2-7x a direct convolution's (tests/test_conv3x3.py). A NaN or infinite input gives a non-finite
     output wherever the direct convolution does, and may also make NaN the rest of each 4x4 output tile whose 6x6
-    input patch holds it (the transforms mix a tile's inputs). On GPUs (``cuda``, ``triton``) and
-    with ``torch`` it is torch's own convolution (cuDNN on CUDA)."""
+    input patch holds it (the transforms mix a tile's inputs). On a CPU with AMX (the ``amx`` kernel set), bf16
+    inputs take a direct convolution on AMX tiles instead: bf16 products, float32 sums in an order fixed by the
+    shape, one rounding to bf16 (within 2x eager's bf16 error, tests/test_conv3x3.py); a NaN there reaches only its
+    3x3 neighbourhood. On GPUs (``cuda``, ``triton``) and with ``torch`` it is torch's own convolution (cuDNN on
+    CUDA)."""
     device_type = x.device.type if isinstance(x, Tensor) else "cpu"
     if isinstance(x, Tensor) and autocast_enabled(device_type) and x.dtype != torch.float64:
         dt = torch.get_autocast_dtype(device_type)
