@@ -337,11 +337,27 @@ for (n, cin, cout, h, w), fmt, slope in itertools.product(shapes, (torch.contigu
         assert err <= max(2 * eager_err, 2 ** -9), ("weight grad", (n, cin, cout, h, w), fmt, err, eager_err)
         sums = gy.double().sum((0, 2, 3))
         assert ((db.double() - sums).abs().max() / gy.double().abs().sum((0, 2, 3)).max()).item() <= 2 ** -9
-# A channel slice of a channels_last tensor (pixel stride 2 * C) reads only its own channels.
+# Weight gradients over several bands of rows per image (halo rows inside the image) and over more bands than
+# chunks (several bands summed into one chunk's partials).
+for n, cin, cout, h, w in ((1, 48, 48, 90, 200), (40, 16, 16, 5, 6)):
+    x = torch.randn(n, cin, h, w, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
+    gy = torch.randn(n, cout, h, w, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
+    dw, db = torch.ops.lattice_kernels.conv3x3_weight_grad(x, gy)
+    want = torch.nn.grad.conv2d_weight(x.double(), (cout, cin, 3, 3), gy.double(), padding=1)
+    eager = torch.nn.grad.conv2d_weight(x.float(), (cout, cin, 3, 3), gy.float(), padding=1).bfloat16()
+    err = ((dw.double() - want).abs().max() / want.abs().max()).item()
+    eager_err = ((eager.double() - want).abs().max() / want.abs().max()).item()
+    assert err <= max(2 * eager_err, 2 ** -9), ("weight grad, bands", (n, cin, cout, h, w), err, eager_err)
+# A channel slice of a channels_last tensor (pixel stride 2 * C) reads only its own channels, forward and weight
+# gradient.
 big = torch.randn(1, 96, 6, 20, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
 wt = (torch.randn(16, 48, 3, 3, generator=g) / 20).bfloat16()
 y = lk.ops.conv3x3(big[:, 48:], wt, backend="cpu")
-assert torch.equal(y, lk.ops.conv3x3(big[:, 48:].contiguous(memory_format=torch.channels_last), wt, backend="cpu"))
+own = big[:, 48:].contiguous(memory_format=torch.channels_last)
+assert torch.equal(y, lk.ops.conv3x3(own, wt, backend="cpu"))
+gy = torch.randn(1, 16, 6, 20, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
+sliced, copied = (torch.ops.lattice_kernels.conv3x3_weight_grad(t, gy) for t in (big[:, 48:], own))
+assert all(torch.equal(a, b) for a, b in zip(sliced, copied))
 # A direct convolution: a NaN input pixel makes NaN its 3x3 neighbourhood of outputs and nothing else.
 x = torch.randn(1, 40, 12, 40, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
 x[0, 5, 6, 33] = float("nan")

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <algorithm>
 #include <cstdlib>
+#include <memory>
 #include <vector>
 #include "binding.h"
 
@@ -73,8 +74,8 @@ at::Tensor winograd_weights(const at::Tensor& w, at::ScalarType acc) {
 }
 
 // Output rows per work item of the direct bf16 convolution: the band's input rows (rows + 2 of them, w_p + 2 pixels
-// of cin_p channels) stay within ~1 MiB, half an AMX core's L2, and at most 8 rows (the copy of a band reads its
-// 2 outer rows again for the next band).
+// of cin_p channels) stay within ~1 MiB, half an AMX core's L2, and at most 8 rows (a 180-row image is then 23 work
+// items for the threads; the next band copies a band's 2 halo rows again).
 int64_t direct_rows(int64_t w_p, int64_t cin_p) {
   const int64_t row_bytes = (w_p + 2) * cin_p * 2;
   return std::clamp<int64_t>((int64_t(1) << 20) / row_bytes - 2, 1, 8);
@@ -104,8 +105,9 @@ void conv3x3_bf16_direct(const at::Tensor& x, const View& xv, const at::Tensor& 
   const int64_t items = N * ((H + args.rows - 1) / args.rows);
   const size_t scratch_bytes = static_cast<size_t>(conv3x3_direct_scratch_bytes(args));
   at::parallel_for(0, items, 1, [&](int64_t b0, int64_t e0) {
-    std::vector<double> s((scratch_bytes + 63) / sizeof(double) + 8);
-    void* aligned = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(s.data()) + 63) & ~uintptr_t(63));
+    // not zero-filled: the kernel writes every scratch byte it reads (the band's padding included)
+    const std::unique_ptr<double[]> s(new double[(scratch_bytes + 63) / sizeof(double) + 8]);
+    void* aligned = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(s.get()) + 63) & ~uintptr_t(63));
     kernels().conv3x3_bf16_bands(args, b0, e0, aligned);
   });
 }
@@ -187,18 +189,25 @@ template <class A> void finish_weight_grad(const A* p, int64_t nchunk, int64_t C
   });
 }
 
-// (dL/dw, dL/db) of conv3x3 (conv3x3_kernels.h, conv3x3_weight_grad_t): chunks of tiles in parallel, each into
-// its own partial sums; the chunks are added in order in double and G^T . G is applied in double, so the result
-// does not depend on the thread count. At most 16 chunks (the partials are 16 x 36 x Cin x Cout values at most:
-// 9.4 MB for 64 -> 64 channels in float32), each a whole number of tile groups, at least 4. The bias gradient (the
-// sum of grad over (N, H, W)) comes from the kernel's own reads of grad: a separate sum cost ~2.5% of a LatticeNet
-// training step (b16 LR 48, 2-core Xeon, 2026-11-29).
 // Rows per band of the direct bf16 weight gradient: the band's copies (rows + 2 rows of x over cin_p planes, rows
-// of dy over cout_p channels, row pitch W + 2) within ~1 MiB, at most 64 rows (each band reloads the chunk's
-// float32 sums into the tiles once per tap and block: with 16 rows of 48 pixels that was ~10% of the kernel).
+// of dy over cout_p channels, row pitch W + 2) within ~1 MiB, at most 64 rows (a band's 2 halo rows of x are
+// copied again by the next band: 2 / rows of the copy's reads).
 int64_t direct_weight_grad_rows(int64_t W, int64_t cin_p, int64_t cout_p) {
   const int64_t row_bytes = (W + 2) * (cin_p + cout_p) * 2;
   return std::clamp<int64_t>((int64_t(1) << 20) / row_bytes - 2, 1, 64);
+}
+
+// The weight gradient dw (float64) and the bias gradient, the sum of the chunks' partial bias sums
+// bias_part [nchunk][Cout] (float64) in chunk order, both in dtype.
+std::tuple<at::Tensor, at::Tensor> weight_and_bias_grads(const at::Tensor& dw, const at::Tensor& bias_part,
+                                                         int64_t nchunk, at::ScalarType dtype) {
+  const int64_t Cout = dw.size(0);
+  at::Tensor db = at::zeros({Cout}, dw.options());
+  const double* bp = bias_part.data_ptr<double>();
+  double* dbp = db.data_ptr<double>();
+  for (int64_t c = 0; c < nchunk; ++c)
+    for (int64_t co = 0; co < Cout; ++co) dbp[co] += bp[c * Cout + co];
+  return {dw.to(dtype), db.to(dtype)};
 }
 
 // (dL/dw, dL/db) of conv3x3 for bf16 x and grad by the kernel set's direct kernel (kernels_amx.cpp): chunks of bands
@@ -218,8 +227,9 @@ std::tuple<at::Tensor, at::Tensor> conv3x3_weight_grad_bf16_direct(const at::Ten
   args.bias_partials = bias_part.data_ptr<double>();
   const size_t scratch_bytes = static_cast<size_t>(conv3x3_direct_weight_grad_scratch_bytes(args));
   at::parallel_for(0, nchunk, 1, [&](int64_t b0, int64_t e0) {
-    std::vector<double> s((scratch_bytes + 63) / sizeof(double) + 8);
-    void* aligned = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(s.data()) + 63) & ~uintptr_t(63));
+    // not zero-filled: the kernel writes every scratch byte it reads (the band's padding included)
+    const std::unique_ptr<double[]> s(new double[(scratch_bytes + 63) / sizeof(double) + 8]);
+    void* aligned = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(s.get()) + 63) & ~uintptr_t(63));
     kernels().conv3x3_bf16_weight_grad_chunks(args, b0, e0, aligned);
   });
   // part[c] holds [tap][ci / 16][co / 16][ci % 16][co % 16]
@@ -236,14 +246,15 @@ std::tuple<at::Tensor, at::Tensor> conv3x3_weight_grad_bf16_direct(const at::Ten
     for (int64_t ci = 0; ci < Cin; ++ci)
       for (int64_t tap = 0; tap < 9; ++tap)
         o[(co * Cin + ci) * 9 + tap] = m[(((tap * cib_n + ci / 16) * cob_n + co / 16) * 16 + ci % 16) * 16 + co % 16];
-  at::Tensor db = at::zeros({Cout}, x.options().dtype(at::kDouble));
-  const double* bp = bias_part.data_ptr<double>();
-  double* dbp = db.data_ptr<double>();
-  for (int64_t c = 0; c < nchunk; ++c)  // in chunk order
-    for (int64_t co = 0; co < Cout; ++co) dbp[co] += bp[c * Cout + co];
-  return {dw.to(x.scalar_type()), db.to(x.scalar_type())};
+  return weight_and_bias_grads(dw, bias_part, nchunk, x.scalar_type());
 }
 
+// (dL/dw, dL/db) of conv3x3 (conv3x3_kernels.h, conv3x3_weight_grad_t): chunks of tiles in parallel, each into
+// its own partial sums; the chunks are added in order in double and G^T . G is applied in double, so the result
+// does not depend on the thread count. At most 16 chunks (the partials are 16 x 36 x Cin x Cout values at most:
+// 9.4 MB for 64 -> 64 channels in float32), each a whole number of tile groups, at least 4. The bias gradient (the
+// sum of grad over (N, H, W)) comes from the kernel's own reads of grad: a separate sum cost ~2.5% of a LatticeNet
+// training step (b16 LR 48, 2-core Xeon, 2026-11-29).
 std::tuple<at::Tensor, at::Tensor> conv3x3_weight_grad(const at::Tensor& x, const at::Tensor& grad) {
   check_input(x, "x");
   check_cpu(x, "x");
@@ -279,12 +290,7 @@ std::tuple<at::Tensor, at::Tensor> conv3x3_weight_grad(const at::Tensor& x, cons
     finish_weight_grad(part.data_ptr<double>(), nchunk, Cin, Cout, dw.data_ptr<double>());
   else
     finish_weight_grad(part.data_ptr<float>(), nchunk, Cin, Cout, dw.data_ptr<double>());
-  at::Tensor db = at::zeros({Cout}, x.options().dtype(at::kDouble));
-  const double* bp = bias_part.data_ptr<double>();
-  double* dbp = db.data_ptr<double>();
-  for (int64_t c = 0; c < nchunk; ++c)  // in chunk order
-    for (int64_t co = 0; co < Cout; ++co) dbp[co] += bp[c * Cout + co];
-  return {dw.to(x.scalar_type()), db.to(x.scalar_type())};
+  return weight_and_bias_grads(dw, bias_part, nchunk, x.scalar_type());
 }
 
 }  // namespace

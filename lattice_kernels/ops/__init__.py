@@ -178,8 +178,9 @@ def conv3x3(
     input patch holds it (the transforms mix a tile's inputs). On a CPU with AMX (the ``amx`` kernel set), bf16
     inputs take a direct convolution on AMX tiles instead: bf16 products, float32 sums in an order fixed by the
     shape, one rounding to bf16 (within 2x eager's bf16 error, tests/test_conv3x3.py); a NaN there reaches only its
-    3x3 neighbourhood. On GPUs (``cuda``, ``triton``) and with ``torch`` it is torch's own convolution (cuDNN on
-    CUDA)."""
+    3x3 neighbourhood. Its weight gradient: an infinite input at the image border can also make NaN the taps that
+    exclude it (it meets the zero gradient of the padding: 0 * inf). On GPUs (``cuda``, ``triton``) and with
+    ``torch`` it is torch's own convolution (cuDNN on CUDA)."""
     device_type = x.device.type if isinstance(x, Tensor) else "cpu"
     if isinstance(x, Tensor) and autocast_enabled(device_type) and x.dtype != torch.float64:
         dt = torch.get_autocast_dtype(device_type)
