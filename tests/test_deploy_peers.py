@@ -74,8 +74,9 @@ def test_the_readme_quotes_the_recorded_ratios():
     assert not missing, f"README quotes {missing}, which the headline of {record} does not hold"
 
 
-MEMORY_RECORDS = [ROOT / "bench" / "results" / f"peers-memory-cpu-amd-epyc-avx512-bf16-default-malloc{case}.json"
-                  for case in ("", "-batch8")]
+MEMORY_RECORDS = [ROOT / "bench" / "results" / f"peers-memory-cpu-{cpu}-default-malloc{case}.json"
+                  for cpu, case in (("amd-epyc-avx512-bf16", ""), ("amd-epyc-avx512-bf16", "-batch8"),
+                                    ("intel-xeon-amx", ""))]
 
 
 @pytest.mark.parametrize("record", MEMORY_RECORDS, ids=lambda p: p.stem)
