@@ -81,7 +81,8 @@ std::string choose_isa(const std::string& want, const std::vector<std::pair<std:
 }
 
 // The instruction set is chosen once: LATTICE_KERNELS_CPU_ISA=amx|avx512|avx2|baseline forces one (tests run each the
-// CPU has), otherwise the most capable one this CPU runs (AVX-512 with AMX-BF16, AVX-512 F/VL/BW/DQ, else AVX2 with FMA and F16C).
+// CPU has), otherwise the most capable one this CPU runs (AVX-512 with AMX-BF16, AVX-512 F/VL/BW/DQ, else AVX2 with
+// FMA and F16C).
 const KernelSet& kernels() {
   static const KernelSet chosen = [] {
     const char* env = std::getenv("LATTICE_KERNELS_CPU_ISA");

@@ -1,7 +1,8 @@
 // conv3x3 of bfloat16 tensors as a direct convolution on AMX tiles (Intel AMX-BF16): the kernel set "amx" is the
 // AVX-512 one with this convolution for bf16 inputs. Products of bf16 values are exact in float32 (but TDPBF16PS
 // treats denormal inputs as zero and flushes denormal results) and summed in float32 in a fixed order (tap by tap,
-// 32 input channels at a time), so the result does not depend on the thread count. The standard headers are included before the target pragma so that nothing they define is compiled for AMX.
+// 32 input channels at a time), so the result does not depend on the thread count. The standard headers are
+// included before the target pragma so that nothing they define is compiled for AMX.
 #include <cstdint>
 #include <cstring>
 #include <immintrin.h>
